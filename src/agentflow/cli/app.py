@@ -1,0 +1,56 @@
+"""The Typer application and what every command shares."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from agentflow.errors import AgentflowError, WorkflowError
+
+app = typer.Typer(
+    name="agentflow",
+    help="Run long, multi-step engineering workflows from one YAML file, in tmux sessions "
+    "you can attach to, with a checkpoint that survives anything.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(name: str | None = None) -> Callable[[F], F]:
+    """Register a command whose AgentflowError becomes a red one-line message and an exit
+    code (every problem on its own line for an invalid workflow), never a traceback."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except AgentflowError as e:
+                lines = e.problems if isinstance(e, WorkflowError) else [str(e)]
+                for line in lines:
+                    err_console.print(f"[bold red]error:[/] {escape(str(line))}", soft_wrap=True)
+                raise typer.Exit(e.exit_code) from None
+
+        app.command(name)(wrapper)
+        return fn
+
+    return decorate
+
+
+def plain_output(ci: bool) -> bool:
+    """Plain lines instead of a live view: asked for, in CI, or not on a terminal."""
+    return ci or bool(os.environ.get("CI")) or not sys.stdout.isatty()

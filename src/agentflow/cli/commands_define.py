@@ -1,0 +1,75 @@
+"""Commands that read a workflow without running it: validate, schema, plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from agentflow.cli.app import command, console
+from agentflow.plan import Plan
+from agentflow.planner import make_plan
+from agentflow.planner.inputs import parse_set_options
+from agentflow.workflow import Workflow, format_duration, load_workflow
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override an input: --set name=value (repeatable).", metavar="K=V"),
+]
+
+
+@command()
+def validate(file: Annotated[Path, typer.Argument(help="The workflow file.")]) -> None:
+    """Check a workflow file; no side effects. Exit 2 lists every problem with its line."""
+    wf = load_workflow(file)
+    n = len(wf.workflow.steps)
+    console.print(f"[green]✔[/] {file}: valid workflow '{wf.workflow.name}', {n} steps")
+
+
+@command()
+def schema() -> None:
+    """Print the JSON Schema of the workflow file format."""
+    print(json.dumps(Workflow.model_json_schema(by_alias=True), indent=2))
+
+
+@command()
+def plan(
+    file: Annotated[Path, typer.Argument(help="The workflow file.")],
+    set_: SetOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Save the plan as JSON here.")
+    ] = None,
+) -> None:
+    """Show the plan: the steps in run order with their commands (and save it with -o)."""
+    wf = load_workflow(file)
+    the_plan = make_plan(wf, parse_set_options(set_ or []))
+    print_plan(the_plan)
+    if output is not None:
+        output.write_text(the_plan.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        console.print(f"plan saved to {output}: run it with `agentflow run {file} --plan {output}`")
+
+
+def print_plan(the_plan: Plan) -> None:
+    table = Table(box=None, pad_edge=False, show_edge=False, title_justify="left")
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("step", style="bold", no_wrap=True)
+    table.add_column("needs", style="dim")
+    table.add_column("expect", justify="right")
+    table.add_column("command", overflow="fold")
+    for i, s in enumerate(the_plan.steps, 1):
+        table.add_row(
+            str(i),
+            s.id,
+            ", ".join(s.needs),
+            format_duration(s.duration) if s.duration else "",
+            s.run.strip(),
+        )
+    inputs = ", ".join(f"{k}={v}" for k, v in the_plan.inputs.items())
+    console.print(
+        f"[bold]{the_plan.workflow}[/]: {len(the_plan.steps)} steps, planner {the_plan.planner}"
+        + (f", inputs {inputs}" if inputs else "")
+    )
+    console.print(table)

@@ -1,0 +1,151 @@
+"""Commands that look at runs: status, logs, attach."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from agentflow.cli.app import command, console
+from agentflow.display import STATUS_STYLE, steps_table
+from agentflow.errors import UsageError
+from agentflow.state import RunState
+from agentflow.store import RunDir, Store
+from agentflow.tmux import Tmux, socket_path_for
+from agentflow.workflow import format_duration
+
+
+def _run_status(run: RunDir, state: RunState) -> str:
+    """The recorded status, corrected when its orchestrator died without saying so."""
+    if state.status == "running" and run.lock_holder() is None:
+        return "orphaned"
+    return state.status
+
+
+@command()
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="A run; all runs when omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print state.json's content.")] = False,
+) -> None:
+    """Show all runs, or one run's steps."""
+    store = Store()
+    if run_id is not None:
+        run = store.open(run_id)
+        if as_json:
+            sys.stdout.write(run.state_path.read_text(encoding="utf-8"))
+            return
+        state = run.read_state()
+        shown = _run_status(run, state)
+        console.print(
+            Text.assemble(
+                (state.run_id, "bold"),
+                f"  {state.workflow}  ",
+                (shown, STATUS_STYLE.get(shown, "yellow")),
+                f"  {state.message or ''}",
+            )
+        )
+        console.print(steps_table(state))
+        if shown == "orphaned":
+            console.print(f"its orchestrator is gone: `agentflow resume {state.run_id}`")
+        return
+    runs = store.list()
+    if as_json:
+        states = [r.read_state().model_dump(mode="json") for r in runs]
+        import json
+
+        print(json.dumps(states, indent=2))
+        return
+    if not runs:
+        console.print(f"no runs in {store.runs}")
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("run", "workflow", "status", "steps", "started", "time"):
+        table.add_column(col, no_wrap=col != "workflow")
+    for run in runs:
+        state = run.read_state()
+        shown = _run_status(run, state)
+        end = state.finished_at or state.updated_at
+        table.add_row(
+            state.run_id,
+            state.workflow,
+            Text(shown, style=STATUS_STYLE.get(shown, "yellow")),
+            f"{state.count('succeeded')}/{len(state.steps)}",
+            f"{state.created_at.astimezone():%Y-%m-%d %H:%M}",
+            format_duration(round((end - state.created_at).total_seconds())),
+        )
+    console.print(table)
+
+
+@command()
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    step: Annotated[str, typer.Argument(help="The step.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output.")
+    ] = False,
+    attempt: Annotated[
+        int | None, typer.Option("--attempt", help="An earlier attempt's log.")
+    ] = None,
+) -> None:
+    """Print a step's complete output (every byte, not a screen capture)."""
+    run = Store().open(run_id)
+    state = run.read_state()
+    if step not in state.steps:
+        raise UsageError(f"run {run.run_id} has no step '{step}'; steps: {', '.join(state.steps)}")
+    folder = run.step_dir(step)
+    if attempt is not None and attempt != state.steps[step].attempts:
+        folder = folder / f"attempt-{attempt}"
+    log = folder / "output.log"
+    if not log.exists() and not follow:
+        raise UsageError(f"step '{step}' has no output yet ({state.steps[step].status})")
+    _print_log(log, folder / "exit_code", follow)
+
+
+def _print_log(log: Path, exit_code: Path, follow: bool) -> None:
+    out = sys.stdout.buffer
+    pos = 0
+    while True:
+        if log.exists():
+            with log.open("rb") as f:
+                f.seek(pos)
+                while chunk := f.read(1 << 16):
+                    out.write(chunk)
+                    pos += len(chunk)
+            out.flush()
+        if not follow or (exit_code.exists() and (not log.exists() or log.stat().st_size == pos)):
+            return
+        time.sleep(0.2)
+
+
+@command()
+def attach(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    step: Annotated[str | None, typer.Argument(help="Open this step's window.")] = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", "-r", help="Watch without being able to type.")
+    ] = False,
+) -> None:
+    """Attach to the run's tmux session (detach again with Ctrl-b d)."""
+    store = Store()
+    run = store.open(run_id)
+    state = run.read_state()
+    if step is not None and step not in state.steps:
+        raise UsageError(f"run {run.run_id} has no step '{step}'; steps: {', '.join(state.steps)}")
+    tmux = Tmux(socket_path_for(store.home))
+    if not tmux.has_session(run.run_id):
+        raise UsageError(
+            f"run {run.run_id} has no tmux session any more (stopped, or the machine restarted): "
+            f"`agentflow logs {run.run_id} STEP` shows the output"
+        )
+    if not sys.stdin.isatty():
+        raise UsageError("attach needs a terminal")
+    window = state.steps[step].window if step else None
+    argv = tmux.attach_argv(run.run_id, window, read_only)
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}  # also from inside tmux
+    os.execvpe(argv[0], argv, env)

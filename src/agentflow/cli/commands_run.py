@@ -1,0 +1,191 @@
+"""Commands that drive runs: run, resume, stop."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentflow.cli.app import command, console, err_console, plain_output
+from agentflow.cli.commands_define import SetOption
+from agentflow.display import LiveTable, LogFile, Observers, PlainLines
+from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
+from agentflow.orchestrator import (
+    ObserverFactory,
+    Prepared,
+    SandboxChoice,
+    new_run,
+    reopen,
+    request_stop,
+    resume,
+)
+from agentflow.plan import Plan
+from agentflow.planner import make_plan
+from agentflow.planner.inputs import parse_set_options
+from agentflow.runner import Observer
+from agentflow.state import RunState
+from agentflow.store import RunDir, Store
+from agentflow.workflow import load_workflow
+
+EXIT_INTERRUPTED = 130
+
+CiOption = Annotated[
+    bool, typer.Option("--ci", help="Plain lines, one per event, no colours (also when CI is set).")
+]
+JunitOption = Annotated[
+    Path | None, typer.Option("--junit", help="Also write the JUnit XML report here.")
+]
+
+
+def _observer_factory(ci: bool) -> tuple[ObserverFactory, list[LiveTable]]:
+    lives: list[LiveTable] = []
+
+    def build(run: RunDir, plan: Plan, attach_hint: str) -> Observer:
+        log = LogFile(str(run.log_path))
+        if plain_output(ci):
+            return Observers([log, PlainLines(sys.stdout)])
+        live = LiveTable(console, [s.id for s in plan.steps], attach_hint)
+        lives.append(live)
+        return Observers([log, live])
+
+    return build, lives
+
+
+def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
+    for w in prepared.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"run [bold cyan]{prepared.run.run_id}[/]   watch: {prepared.attach_hint}")
+    if lives:
+        with lives[0]:
+            return fn()  # type: ignore[operator,no-any-return]
+    return fn()  # type: ignore[operator,no-any-return]
+
+
+def _conclude(state: RunState, run: RunDir) -> None:
+    rid = state.run_id
+    if state.status == "succeeded":
+        console.print(f"[green]✔ run {rid} succeeded[/]   report: {run.path / 'report.md'}")
+        raise typer.Exit(EXIT_OK)
+    if state.status == "interrupted":
+        stopped = state.finished_at is not None
+        if stopped:
+            console.print(f"[yellow]run {rid} stopped.[/] Resume it with `agentflow resume {rid}`")
+        else:
+            console.print(
+                f"[yellow]detached from run {rid}:[/] its running steps go on in tmux.\n"
+                f"  continue: agentflow resume {rid}\n  stop:     agentflow stop {rid}"
+            )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    failed = [k for k, v in state.steps.items() if v.status in ("failed", "crashed", "timeout")]
+    where = f"; see `agentflow logs {rid} {failed[0]}`" if failed else ""
+    if state.status == "blocked":
+        console.print(f"[magenta]run {rid} is blocked: a person must decide[/]{where}")
+        raise typer.Exit(EXIT_BLOCKED)
+    console.print(f"[red]✘ run {rid} failed[/] ({', '.join(failed) or state.message}){where}")
+    console.print(f"  report: {run.path / 'report.md'}   resume: agentflow resume {rid}")
+    raise typer.Exit(EXIT_FAILED)
+
+
+@command()
+def run(
+    file: Annotated[Path, typer.Argument(help="The workflow file.")],
+    plan_file: Annotated[
+        Path | None, typer.Option("--plan", help="Run this saved plan instead of planning.")
+    ] = None,
+    set_: SetOption = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Name the run.")] = None,
+    sandbox: Annotated[
+        SandboxChoice | None, typer.Option("--sandbox", help="Where steps run.")
+    ] = None,
+    planner: Annotated[str | None, typer.Option("--planner", help="static or anthropic.")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Run in the background, inside tmux.")
+    ] = False,
+    ci: CiOption = False,
+    junit: JunitOption = None,
+) -> None:
+    """Run a workflow. Exit 0 when every step succeeded, 1 when one failed, 3 when blocked."""
+    if detach:
+        raise UsageError("--detach is not supported yet in this version of agentflow")
+    if planner not in (None, "static"):
+        raise UsageError(f"--planner {planner} is not supported yet in this version of agentflow")
+    wf = load_workflow(file)
+    if plan_file is not None:
+        the_plan = _read_plan(plan_file, wf.workflow.name)
+    else:
+        the_plan = make_plan(wf, parse_set_options(set_ or []))
+    factory, lives = _observer_factory(ci)
+    prepared = new_run(
+        Store(),
+        wf,
+        the_plan,
+        factory,
+        run_id=run_id,
+        sandbox=sandbox,
+        junit=junit,
+    )
+    with prepared.run.lock():
+        state = _drive(prepared, lives, prepared.runner.start)
+    _conclude(state, prepared.run)
+
+
+def _read_plan(path: Path, workflow_name: str) -> Plan:
+    from pydantic import ValidationError
+
+    try:
+        the_plan = Plan.model_validate_json(path.read_bytes())
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the plan ({e.strerror})") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise UsageError(f"{path}: not a valid plan ({where}: {first['msg']})") from None
+    if the_plan.workflow != workflow_name:
+        raise UsageError(
+            f"{path}: a plan for workflow '{the_plan.workflow}', not '{workflow_name}'"
+        )
+    return the_plan
+
+
+@command("resume")
+def resume_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to continue.")],
+    ci: CiOption = False,
+    junit: JunitOption = None,
+) -> None:
+    """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
+    store = Store()
+    run_dir = store.open(run_id)
+    state = run_dir.read_state()
+    if state.status == "succeeded":
+        console.print(f"run {state.run_id} already succeeded: nothing to do")
+        raise typer.Exit(EXIT_OK)
+    factory, lives = _observer_factory(ci)
+    with run_dir.lock():
+        prepared = reopen(store, run_dir.run_id, factory, junit=junit)
+        final = _drive(prepared, lives, lambda: resume(prepared))
+    _conclude(final, run_dir)
+
+
+@command()
+def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> None:
+    """Stop a run: its steps' processes, its tmux session, its orchestrator."""
+    store = Store()
+    run_dir = store.open(run_id)
+    if request_stop(run_dir):
+        console.print(f"run {run_dir.run_id} stopped")
+        return
+    rid = run_dir.run_id
+    with run_dir.lock():
+        prepared = reopen(store, rid, lambda r, p, h: Observers([LogFile(str(r.log_path))]))
+        runner = prepared.runner
+        if runner.state.status in ("succeeded", "failed") and not runner.state.count("running"):
+            runner.s.tmux.kill_session(rid)
+            console.print(
+                f"run {rid} had already {runner.state.status}; its tmux session is closed"
+            )
+            return
+        runner.stop("stopped by `agentflow stop`")
+    console.print(f"run {rid} stopped; resume it with `agentflow resume {rid}`")

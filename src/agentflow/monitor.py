@@ -1,0 +1,98 @@
+"""Sleep-and-check: when the runner next looks at its steps, and how it sleeps until then.
+
+The runner sleeps in ``select`` on two things: the pipe of a ``tmux wait-for`` process
+(which exits when a step's window signals the run's channel, so a step's end wakes the
+runner at once) and a self-pipe that signal handlers write to (Ctrl-C, SIGTERM). While
+nothing changes, the periodic liveness check backs off, so an idle run costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from types import FrameType
+
+from agentflow.state import now
+
+
+class CheckSchedule:
+    """The periodic check: soon after a change, sparser while nothing changes."""
+
+    def __init__(self, first: float = 1.0, factor: float = 2.0, longest: float = 30.0) -> None:
+        self.first = first
+        self.factor = factor
+        self.longest = longest
+        self.interval = first
+        self.last = now()
+
+    def changed(self) -> None:
+        """Something happened: check again soon."""
+        self.interval = self.first
+        self.last = now()
+
+    def next_check(self) -> datetime:
+        return self.last + timedelta(seconds=self.interval)
+
+    def checked(self) -> None:
+        """A check found nothing new: back off."""
+        self.last = now()
+        self.interval = min(self.longest, self.interval * self.factor)
+
+
+class Waker:
+    """Sleeps until a deadline, a step's end (tmux channel) or a signal, whichever is first."""
+
+    def __init__(self, start_waiter: Callable[[], subprocess.Popen[bytes]]) -> None:
+        self._start_waiter = start_waiter
+        self._waiter = start_waiter()
+        self._signal_r, self._signal_w = os.pipe()
+        os.set_blocking(self._signal_r, False)
+        os.set_blocking(self._signal_w, False)
+        self.interrupted = False
+
+    def sleep(self, seconds: float) -> None:
+        assert self._waiter.stdout is not None
+        channel = self._waiter.stdout.fileno()
+        ready, _, _ = select.select([channel, self._signal_r], [], [], max(0, seconds))
+        if channel in ready:  # the channel was signalled: the waiter exited
+            self._waiter.wait()
+            self._waiter.stdout.close()
+            self._waiter = self._start_waiter()
+        if self._signal_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._signal_r, 1024)
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """While inside, Ctrl-C and SIGTERM set ``interrupted`` and wake the sleeper; the
+        runner acts on it between two steps of its loop, never halfway through one."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.interrupted = True
+
+        old_fd = signal.set_wakeup_fd(self._signal_w)
+        old_term = signal.signal(signal.SIGTERM, handler)
+        old_int = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
+            signal.set_wakeup_fd(old_fd)
+
+    def close(self) -> None:
+        self._waiter.kill()
+        self._waiter.wait()
+        if self._waiter.stdout:
+            self._waiter.stdout.close()
+        os.close(self._signal_r)
+        os.close(self._signal_w)

@@ -1,0 +1,145 @@
+"""Starting, resuming and stopping runs: what ``agentflow run/resume/stop`` do, without the
+printing. Each function assembles a ``Runner`` from a run directory and the machine's
+sandbox and tmux, so that the CLI stays a thin layer of parsing and printing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from agentflow.errors import EnvironmentProblem, StateError, UsageError
+from agentflow.plan import Plan
+from agentflow.runner import STOP_REQUEST, Observer, Runner, RunSetup
+from agentflow.sandbox import Sandbox
+from agentflow.sandbox.local import LocalSandbox
+from agentflow.state import RunState, StepState, prepare_resume
+from agentflow.store import RunDir, Store, new_run_id
+from agentflow.tmux import Tmux, socket_path_for
+from agentflow.workflow.load import WorkflowFile, parse_workflow
+from agentflow.workflow.model import Workflow
+
+SandboxChoice = Literal["auto", "docker", "local"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A runner ready to drive, and what the CLI shows about it."""
+
+    runner: Runner
+    run: RunDir
+    attach_hint: str
+    warnings: list[str]
+
+
+def choose_sandbox(workflow: Workflow, choice: SandboxChoice | None, workspace: Path) -> Sandbox:
+    backend = choice or workflow.sandbox.backend
+    if backend == "docker":
+        raise EnvironmentProblem(
+            "the docker sandbox is not supported yet in this version of agentflow: "
+            "use --sandbox local"
+        )
+    return LocalSandbox(workspace)
+
+
+def _tmux(store: Store) -> Tmux:
+    store.home.mkdir(parents=True, exist_ok=True)
+    return Tmux(socket_path_for(store.home))
+
+
+def new_run(
+    store: Store,
+    wf: WorkflowFile,
+    plan: Plan,
+    observer_for: ObserverFactory,
+    *,
+    run_id: str | None = None,
+    sandbox: SandboxChoice | None = None,
+    junit: Path | None = None,
+    kill_grace: float = 10.0,
+) -> Prepared:
+    """Create the run directory (workflow and plan frozen in it) and a runner for it."""
+    warnings = []
+    tmux = _tmux(store)  # fails early (exit 4) when tmux is missing
+    box = choose_sandbox(wf.workflow, sandbox, wf.base_dir)
+    if (sandbox or wf.workflow.sandbox.backend) == "auto":
+        warnings.append("no Docker sandbox yet: steps run on this machine (local sandbox)")
+    run = store.create(run_id or new_run_id(wf.workflow.name))
+    run.write_text("workflow.yaml", wf.text)
+    run.write_plan(plan)
+    state = RunState(
+        run_id=run.run_id,
+        workflow=wf.workflow.name,
+        workflow_file=str(wf.path),
+        workspace=str(wf.base_dir),
+        sandbox=box.name,
+        planner=plan.planner,
+        inputs=plan.inputs,
+        steps={s.id: StepState() for s in plan.steps},
+    )
+    setup = RunSetup(run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit)
+    hint = f"agentflow attach {run.run_id}"
+    runner = Runner(setup, state, observer_for(run, plan, hint))
+    return Prepared(runner, run, hint, warnings)
+
+
+def reopen(
+    store: Store,
+    run_id: str,
+    observer_for: ObserverFactory,
+    *,
+    junit: Path | None = None,
+    kill_grace: float = 10.0,
+) -> Prepared:
+    """A runner for an existing run, from what its directory froze."""
+    run = store.open(run_id)
+    state = run.read_state()
+    plan = run.read_plan()
+    workspace = Path(state.workspace)
+    try:
+        text = run.workflow_path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise StateError(f"{run.workflow_path}: cannot read the run's workflow ({e})") from None
+    workflow = parse_workflow(text, str(run.workflow_path), base_dir=None)
+    if not workspace.is_dir():
+        raise UsageError(f"run {run.run_id}: its workspace {workspace} no longer exists")
+    box = choose_sandbox(workflow, state.sandbox, workspace)  # type: ignore[arg-type]
+    setup = RunSetup(run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit)
+    hint = f"agentflow attach {run.run_id}"
+    return Prepared(Runner(setup, state, observer_for(run, plan, hint)), run, hint, [])
+
+
+def resume(prepared: Prepared) -> RunState:
+    runner = prepared.runner
+    runner.state = prepare_resume(runner.state)
+    return runner.resume()
+
+
+def request_stop(run: RunDir, wait: float = 30.0) -> bool:
+    """Ask a live orchestrator to stop its run; True if one was there and let go in time."""
+    pid = run.lock_holder()
+    if pid is None or pid <= 0:
+        return False
+    (run.path / STOP_REQUEST).touch()
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if run.lock_holder() is None:
+            return True
+        time.sleep(0.1)
+    raise EnvironmentProblem(
+        f"the orchestrator of run {run.run_id} (pid {pid}) did not stop within {wait:.0f}s"
+    )
+
+
+class ObserverFactory(Protocol):
+    """Builds the observer of a run once its directory exists (the CLI provides one)."""
+
+    def __call__(self, run: RunDir, plan: Plan, attach_hint: str) -> Observer: ...

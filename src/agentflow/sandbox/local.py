@@ -1,0 +1,46 @@
+"""The local sandbox: steps run on this machine, in the workflow's folder, as this user.
+
+It isolates nothing; it is for trusted workflows and for machines without Docker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agentflow.sandbox import Launch
+
+# The caller's tmux variables would point the step at the wrong server.
+_DROP = {"TMUX", "TMUX_PANE"}
+
+
+class LocalSandbox:
+    name = "local"
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+
+    def start(self) -> None:
+        return None
+
+    def workdir(self, relative: str | None) -> str:
+        return str((self.workspace / relative).resolve() if relative else self.workspace)
+
+    def launch(self, step_dir: Path, workdir: str, env: dict[str, str]) -> Launch:
+        # Passed explicitly so a step sees the environment of the agentflow process that
+        # starts it, not the one of whoever first started the tmux server.
+        full = {k: v for k, v in os.environ.items() if k not in _DROP}
+        full.update(env)
+        return Launch(["sh", str(step_dir / "wrapper.sh"), workdir], full)
+
+    def signal(self, pgid: int, signum: int) -> bool:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+        return True
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,44 @@
+# agentflow step wrapper (POSIX sh: works in images with no bash).
+# Usage: sh wrapper.sh WORKDIR
+# Runs run.sh (next to this file) with bash where there is one, else sh, in its own process
+# group, stdin from /dev/null, every byte of output to output.log and to the terminal.
+# Records pid (= the process group to kill), started_at, and exit_code (written last,
+# atomically: its presence means the step is over and output.log is complete).
+d=$(cd "$(dirname "$0")" && pwd)
+cd "$1" || { echo "agentflow: cannot enter $1" | tee -a "$d/output.log"; echo 127 >"$d/exit_code.tmp"; mv "$d/exit_code.tmp" "$d/exit_code"; exit 127; }
+shell=sh
+command -v bash >/dev/null 2>&1 && shell=bash
+rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp"
+mkfifo "$d/fifo"
+tee -a "$d/output.log" <"$d/fifo" &
+tee_pid=$!
+date +%s >"$d/started_at"
+# The step gets a process group of its own, which a timeout or stop kills whole: setsid
+# where there is one (a background child is no group leader, so setsid does not fork and
+# $! leads the new group), else the shell's job control (which needs a terminal).
+if command -v setsid >/dev/null 2>&1; then
+  setsid $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
+  pid=$!
+else
+  set -m
+  $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
+  pid=$!
+  set +m
+fi
+echo "$pid" >"$d/pid"
+# Ctrl-C or a hangup in the window is passed on to the step.
+trap 'kill -INT -"$pid" 2>/dev/null' INT
+trap 'kill -HUP -"$pid" 2>/dev/null' HUP
+trap 'kill -TERM -"$pid" 2>/dev/null' TERM
+while :; do
+  wait "$pid"
+  code=$?
+  # wait returns early (>128) when a trapped signal arrives; the step may still run.
+  kill -0 "$pid" 2>/dev/null || break
+done
+# What the step left running in its group goes with it (use `service: true` for servers).
+kill -TERM -"$pid" 2>/dev/null
+wait "$tee_pid"
+rm -f "$d/fifo"
+echo "$code" >"$d/exit_code.tmp"
+mv "$d/exit_code.tmp" "$d/exit_code"

@@ -1,0 +1,130 @@
+"""The checkpoint: a run's state, saved as ``state.json`` after every change.
+
+``RunState`` and ``StepState`` are frozen; each change makes a new value through the
+functions here, so a state is always complete and consistent when it is written.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentflow.workflow.model import Scalar
+
+RunStatus = Literal["running", "succeeded", "failed", "interrupted", "blocked"]
+StepStatus = Literal[
+    "pending", "running", "succeeded", "failed", "crashed", "timeout", "skipped", "blocked"
+]
+KillReason = Literal["timeout", "stop", "abort"]
+
+DONE: frozenset[str] = frozenset({"succeeded"})
+"""A step in this status never runs again, not even on resume."""
+UNSUCCESSFUL: frozenset[str] = frozenset({"failed", "crashed", "timeout"})
+"""The end of an attempt that went wrong."""
+FINAL: frozenset[str] = frozenset(
+    {"succeeded", "failed", "crashed", "timeout", "skipped", "blocked"}
+)
+"""A step in this status has nothing more to do in this run (until a resume)."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StateModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepState(StateModel):
+    """Where one step stands."""
+
+    status: StepStatus = "pending"
+    attempts: int = 0
+    """Attempts started so far, in this run and its resumes."""
+    retries: int = 0
+    """Retries used since the run (or its latest resume) began; the retry limit counts these."""
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    message: str | None = None
+    """Why the step is in its status, for a person (e.g. which dependency failed)."""
+    window: str | None = None
+    """The tmux window id (``@12``) of the current attempt."""
+    kill_reason: KillReason | None = None
+    """Set when agentflow has asked the step's processes to stop, and why."""
+    kill_sent_at: datetime | None = None
+    not_before: datetime | None = None
+    """A retry waits until then (back-off)."""
+
+
+class RunState(StateModel):
+    """Where a run stands: the content of ``state.json``."""
+
+    version: Literal[1] = 1
+    run_id: str
+    workflow: str
+    """The workflow's name."""
+    workflow_file: str
+    """The workflow file the run was started from (a copy is in the run directory)."""
+    workspace: str
+    """The folder steps run in (the workflow file's folder)."""
+    status: RunStatus = "running"
+    sandbox: str = "local"
+    planner: str = "static"
+    inputs: dict[str, Scalar] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+    finished_at: datetime | None = None
+    message: str | None = None
+    steps: dict[str, StepState]
+
+    def step(self, step_id: str) -> StepState:
+        return self.steps[step_id]
+
+    def with_step(self, step_id: str, **changes: object) -> RunState:
+        """A new state with one step changed."""
+        step = self.steps[step_id].model_copy(update=changes)
+        return self.model_copy(update={"steps": {**self.steps, step_id: step}, "updated_at": now()})
+
+    def with_run(self, **changes: object) -> RunState:
+        return self.model_copy(update={**changes, "updated_at": now()})
+
+    def count(self, *statuses: str) -> int:
+        return sum(1 for s in self.steps.values() if s.status in statuses)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.status in FINAL for s in self.steps.values())
+
+    def outcome(self) -> RunStatus:
+        """The run's status once no step can move any more."""
+        if any(s.status == "blocked" for s in self.steps.values()):
+            return "blocked"
+        if all(s.status == "succeeded" for s in self.steps.values()):
+            return "succeeded"
+        return "failed"
+
+
+def prepare_resume(state: RunState) -> RunState:
+    """A run being resumed: every step that did not succeed (and is not running) will run
+    again, with its retry allowance renewed."""
+    steps = {}
+    for step_id, st in state.steps.items():
+        if st.status in DONE or st.status == "running":
+            steps[step_id] = st.model_copy(update={"retries": 0})
+        else:
+            steps[step_id] = st.model_copy(
+                update={"status": "pending", "retries": 0, "message": None, "not_before": None}
+            )
+    return state.model_copy(
+        update={
+            "steps": steps,
+            "status": "running",
+            "finished_at": None,
+            "message": None,
+            "updated_at": now(),
+        }
+    )

@@ -1,0 +1,61 @@
+"""``${{ ... }}`` expressions in commands and environment values.
+
+Forms: ``inputs.NAME``, ``env.NAME``, ``run.id``, ``steps.ID.outputs.NAME``. Inputs are
+substituted when the plan is made; the others just before a step starts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+_EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_FORMS = {
+    "inputs": re.compile(rf"^inputs\.({_NAME})$"),
+    "env": re.compile(rf"^env\.({_NAME})$"),
+    "run": re.compile(r"^run\.(id)$"),
+    "steps": re.compile(rf"^steps\.({_NAME})\.outputs\.({_NAME})$"),
+}
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One expression: its kind (``inputs``, ``env``, ``run``, ``steps``) and names."""
+
+    text: str
+    kind: str
+    names: tuple[str, ...]
+
+
+class TemplateSyntaxError(ValueError):
+    """An expression that is none of the known forms."""
+
+
+def parse(expression: str) -> Ref:
+    """Parse the inside of ``${{ }}``."""
+    for kind, pattern in _FORMS.items():
+        m = pattern.match(expression)
+        if m:
+            return Ref(expression, kind, m.groups())
+    raise TemplateSyntaxError(
+        f"unknown expression '${{{{ {expression} }}}}': use inputs.NAME, env.NAME, run.id "
+        "or steps.ID.outputs.NAME"
+    )
+
+
+def references(text: str) -> Iterator[Ref]:
+    """Every expression in ``text``; raises TemplateSyntaxError for an unknown form."""
+    for m in _EXPR.finditer(text):
+        yield parse(m.group(1))
+
+
+def substitute(text: str, lookup: Callable[[Ref], str | None]) -> str:
+    """Replace each expression by ``lookup(ref)``; where it returns None, keep it as written."""
+
+    def one(m: re.Match[str]) -> str:
+        value = lookup(parse(m.group(1)))
+        return m.group(0) if value is None else value
+
+    return _EXPR.sub(one, text)

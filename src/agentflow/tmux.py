@@ -1,0 +1,147 @@
+"""The only module that talks to tmux.
+
+agentflow runs its own tmux server on its own socket (not in ``/tmp``, where a step's
+``rm -rf /tmp/*`` would kill it): one session per run, one window per step. Calls are raw
+tmux commands through libtmux's ``Server.cmd``, several per invocation where possible,
+since each tmux command costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import libtmux
+
+from agentflow.errors import EnvironmentProblem
+
+_MAX_SOCKET_PATH = 100
+HISTORY_LIMIT = 50000
+
+
+def tmux_binary() -> str:
+    path = shutil.which("tmux")
+    if path is None:
+        raise EnvironmentProblem(
+            "tmux is not installed: install it (Debian/Ubuntu: `sudo apt-get install tmux`, "
+            "macOS: `brew install tmux`)"
+        )
+    return path
+
+
+def socket_path_for(home: Path) -> Path:
+    """The tmux socket for an agentflow home: inside it when the path is short enough
+    (sockets are limited to ~100 bytes), else under ``$XDG_RUNTIME_DIR`` or ``~/.cache``."""
+    override = os.environ.get("AGENTFLOW_TMUX_SOCKET")
+    if override:
+        return Path(override)
+    path = home / "tmux.sock"
+    if len(str(path)) < _MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(str(home).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".cache") / "agentflow"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return base / f"{digest}.sock"
+
+
+@dataclass(frozen=True)
+class Pane:
+    """What tmux knows of a step's window."""
+
+    window_id: str
+    name: str
+    dead: bool
+    dead_status: int | None
+
+
+class Tmux:
+    """agentflow's tmux server."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.binary = tmux_binary()
+        self.socket_path = socket_path
+        self.server = libtmux.Server(socket_path=str(socket_path))
+
+    def _cmd(self, *args: str, check: bool = True) -> list[str]:
+        result = self.server.cmd(*args)
+        if check and result.returncode != 0:
+            raise EnvironmentProblem(f"tmux {args[0]} failed: {' '.join(result.stderr)}")
+        return list(result.stdout)
+
+    def has_session(self, session: str) -> bool:
+        return self.server.cmd("has-session", "-t", f"={session}").returncode == 0
+
+    def ensure_session(self, session: str, cwd: Path, command: str) -> None:
+        """Create the run's session (its first window runs ``command``) unless it exists.
+
+        ``remain-on-exit`` and ``history-limit`` are set on the server before any step's
+        window exists: a window whose command exits at once would otherwise vanish before
+        anyone looks at it."""
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.has_session(session):
+            return
+        self._cmd(
+            "new-session", "-d", "-s", session, "-n", "agentflow", "-x", "200", "-y", "50",
+            "-c", str(cwd), command,
+            ";", "set-option", "-g", "remain-on-exit", "on",
+            ";", "set-option", "-g", "history-limit", str(HISTORY_LIMIT),
+            ";", "set-option", "-g", "exit-empty", "off",
+        )  # fmt: skip
+
+    def new_window(
+        self, session: str, name: str, command: str, cwd: Path, env: dict[str, str]
+    ) -> str:
+        """Start ``command`` in a new background window; returns its window id (``@N``)."""
+        args = ["new-window", "-d", "-P", "-F", "#{window_id}", "-t", f"={session}:"]
+        args += ["-n", name, "-c", str(cwd)]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        out = self._cmd(*args, command)
+        return out[0].strip()
+
+    def panes(self, session: str) -> dict[str, Pane]:
+        """The session's windows by id; empty when the session (or server) is gone."""
+        fmt = "#{window_id}\t#{window_name}\t#{pane_dead}\t#{pane_dead_status}"
+        result = self.server.cmd("list-panes", "-s", "-t", f"={session}", "-F", fmt)
+        if result.returncode != 0:
+            return {}
+        panes = {}
+        for line in result.stdout:
+            window_id, name, dead, status = ([*line.split("\t"), "", "", "", ""])[:4]
+            panes[window_id] = Pane(
+                window_id, name, dead == "1", int(status) if status.isdigit() else None
+            )
+        return panes
+
+    def kill_window(self, window_id: str) -> None:
+        self.server.cmd("kill-window", "-t", window_id)
+
+    def kill_session(self, session: str) -> None:
+        self.server.cmd("kill-session", "-t", f"={session}")
+
+    def signal_command(self, channel: str) -> str:
+        """A shell command that wakes whoever waits on ``channel``."""
+        return shlex.join([self.binary, "-S", str(self.socket_path), "wait-for", "-S", channel])
+
+    def waiter(self, channel: str) -> subprocess.Popen[bytes]:
+        """A process that exits when ``channel`` is signalled. tmux remembers a signal
+        sent while nobody waits, so a wake-up between two waits is never lost; it is only
+        ever a hint to look, never a result."""
+        return subprocess.Popen(
+            [self.binary, "-S", str(self.socket_path), "wait-for", channel],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,  # closes when it exits: something to select() on
+            stderr=subprocess.DEVNULL,
+        )
+
+    def attach_argv(self, session: str, window: str | None, read_only: bool) -> list[str]:
+        target = f"={session}:{window}" if window else f"={session}"
+        argv = [self.binary, "-S", str(self.socket_path), "attach-session", "-t", target]
+        if read_only:
+            argv.append("-r")
+        return argv

@@ -1,0 +1,417 @@
+"""Load a workflow file: YAML → ``Workflow``, with every problem located by line and column.
+
+Parsing keeps the position of every key and value, so that pydantic's errors (located by a
+path like ``('steps', 2, 'timeout')``) and our own checks (cycles, unknown ``needs``) can
+both point at the line a person must edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from agentflow.errors import Problem, WorkflowError
+from agentflow.template import TemplateSyntaxError, references
+from agentflow.workflow.model import Step, Workflow
+from agentflow.workflow.support import unsupported
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class WorkflowFile:
+    """A validated workflow and where it came from."""
+
+    path: Path
+    """The file, absolute."""
+    text: str
+    """The file's text as read (frozen into each run's directory)."""
+    workflow: Workflow
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder the workflow's relative paths start from."""
+        return self.path.parent
+
+
+def load_workflow(path: Path | str) -> WorkflowFile:
+    """Read and validate a workflow file; raises WorkflowError listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WorkflowError([Problem(str(path), None, None, "no such file")]) from None
+    except IsADirectoryError:
+        raise WorkflowError([Problem(str(path), None, None, "is a folder, not a file")]) from None
+    except UnicodeDecodeError as e:
+        msg = f"not UTF-8 text (byte {e.start}): is this a workflow file?"
+        raise WorkflowError([Problem(str(path), None, None, msg)]) from None
+    except OSError as e:
+        raise WorkflowError([Problem(str(path), None, None, e.strerror or str(e))]) from None
+    workflow = parse_workflow(text, str(path), base_dir=p.resolve().parent)
+    return WorkflowFile(p.resolve(), text, workflow)
+
+
+def parse_workflow(text: str, filename: str, base_dir: Path | None = None) -> Workflow:
+    """Validate workflow text; ``base_dir`` (when given) is where ``docs:`` are looked up."""
+    data, positions = _parse_yaml(text, filename)
+    located = _Locator(filename, positions)
+    try:
+        workflow = Workflow.model_validate(data)
+    except ValidationError as e:
+        found = {located.pydantic(err) for err in e.errors()}
+        raise WorkflowError(
+            sorted(found, key=lambda p: (p.line or 0, p.column or 0, p.message))
+        ) from None
+    problems = list(_semantic_problems(workflow, located, base_dir))
+    problems += [located.at(loc, msg) for loc, msg in unsupported(workflow)]
+    if problems:
+        raise WorkflowError(sorted(problems, key=lambda p: (p.line or 0, p.column or 0)))
+    return workflow
+
+
+# --- YAML with positions -------------------------------------------------------------------
+
+
+def _parse_yaml(text: str, filename: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = " ".join(s for s in (e.context, e.problem) if s)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise WorkflowError([Problem(filename, line, col, f"YAML syntax error: {what}")]) from None
+    except yaml.YAMLError as e:
+        raise WorkflowError([Problem(filename, None, None, f"YAML error: {e}")]) from None
+    if node is None:
+        msg = "the file is empty: a workflow needs at least `version: 1`, `name` and `steps`"
+        raise WorkflowError([Problem(filename, 1, 1, msg)])
+    if not isinstance(node, yaml.MappingNode):
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        msg = "a workflow file must be a mapping of keys (version, name, steps, …)"
+        raise WorkflowError([Problem(filename, line, col, msg)])
+    positions: dict[Loc, tuple[int, int]] = {}
+    problems: list[Problem] = []
+    constructor = yaml.SafeLoader("")  # only its scalar construction is used
+    data = _to_python(node, (), positions, problems, filename, constructor)
+    if problems:
+        raise WorkflowError(problems)
+    return data, positions
+
+
+def _to_python(
+    node: yaml.Node,
+    loc: Loc,
+    positions: dict[Loc, tuple[int, int]],
+    problems: list[Problem],
+    filename: str,
+    constructor: yaml.SafeLoader,
+) -> Any:
+    positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = constructor.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool):
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                problems.append(Problem(filename, line, col, "a key must be a plain word"))
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            if key in out:
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                problems.append(Problem(filename, line, col, f"duplicate key '{key}'"))
+                continue
+            # A key's own position wins over its value's: that is the line to edit.
+            positions[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _to_python(
+                value_node, (*loc, key), positions, problems, filename, constructor
+            )
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _to_python(item, (*loc, i), positions, problems, filename, constructor)
+            for i, item in enumerate(node.value)
+        ]
+    return constructor.construct_object(node, deep=True)
+
+
+# --- locating problems ----------------------------------------------------------------------
+
+
+class _Locator:
+    def __init__(self, filename: str, positions: dict[Loc, tuple[int, int]]) -> None:
+        self.filename = filename
+        self.positions = positions
+
+    def at(self, loc: Loc, message: str, label: Loc | None = None) -> Problem:
+        """A problem at ``loc`` (or the nearest enclosing place that has a position),
+        described as being in ``label`` (default: ``loc``)."""
+        probe = loc
+        while probe not in self.positions and probe:
+            probe = probe[:-1]
+        line, col = self.positions.get(probe, (None, None))
+        where = _describe(loc if label is None else label)
+        return Problem(self.filename, line, col, f"{where}{message}")
+
+    def pydantic(self, err: Mapping[str, Any]) -> Problem:
+        loc: Loc = tuple(x for x in err["loc"] if not _is_internal(x))
+        kind = err["type"]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _allowed_keys(loc[:-1])
+            hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            known = f"; known keys: {', '.join(sorted(allowed))}" if allowed and not hint else ""
+            return self.at(loc, f"unknown key '{key}'{suggestion}{known}", label=loc[:-1])
+        if kind == "missing":
+            return self.at(loc[:-1], f"missing required key '{loc[-1]}'")
+        if kind == "string_pattern_mismatch":
+            msg = f"{err['input']!r} is not allowed here: {_pattern_hint(err)}"
+        elif kind == "literal_error":
+            msg = f"{err['input']!r} is not allowed: {msg[0].lower()}{msg[1:]}"
+            choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            hint = difflib.get_close_matches(str(err["input"]), choices, n=1, cutoff=0.6)
+            if hint:
+                msg += f" (did you mean '{hint[0]}'?)"
+        elif kind == "too_short" and loc == ("steps",):
+            msg = "a workflow needs at least one step"
+        else:
+            msg = f"{msg[0].lower()}{msg[1:]}" if msg else msg
+            if "input" in err and kind.endswith("_type"):
+                msg += f", got {_short(err['input'])}"
+        return self.at(loc, msg)
+
+
+def _is_internal(part: Any) -> bool:
+    # pydantic adds the name of a union member or a function validator to some locations.
+    return isinstance(part, str) and (
+        part in {"str", "int", "float", "bool", "list[...]", "dict[...]", "[key]"}
+        or part.startswith(("function-", "literal[", "list[", "dict["))
+    )
+
+
+def _pattern_hint(err: Mapping[str, Any]) -> str:
+    pattern = err.get("ctx", {}).get("pattern", "")
+    if "A-Za-z][A-Za-z0-9_-]{0,62}" in pattern:
+        return "an id starts with a letter, then letters, digits, - or _ (at most 63)"
+    if "A-Za-z_][A-Za-z0-9_]*" in pattern:
+        return "use letters, digits and _ only, not starting with a digit"
+    return f"it must match {pattern}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(loc: Loc) -> str:
+    """``('steps', 2, 'timeout')`` → ``"steps[2].timeout: "``."""
+    if not loc:
+        return ""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out + ": "
+
+
+def _allowed_keys(loc: Loc) -> list[str]:
+    """The keys allowed in the mapping at ``loc``, by walking the models' annotations."""
+    current: Any = Workflow
+    for part in loc:
+        current = _child_type(current, part)
+        if current is None:
+            return []
+    model = _model_in(current)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _child_type(annotation: Any, part: str | int) -> Any:
+    model = _model_in(annotation)
+    if model is not None and isinstance(part, str):
+        for name, field in model.model_fields.items():
+            if part in (name, field.alias):
+                return field.annotation
+        return None
+    for arg in _flatten(annotation):
+        origin = typing.get_origin(arg)
+        if origin is list and isinstance(part, int):
+            return typing.get_args(arg)[0]
+        if origin is dict and isinstance(part, str):
+            return typing.get_args(arg)[1]
+    return None
+
+
+def _flatten(annotation: Any) -> Iterator[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        yield from _flatten(typing.get_args(annotation)[0])
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            yield from _flatten(arg)
+    else:
+        yield annotation
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    for arg in _flatten(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+# --- checks beyond one key at a time --------------------------------------------------------
+
+
+def _semantic_problems(
+    workflow: Workflow, located: _Locator, base_dir: Path | None
+) -> Iterator[Problem]:
+    ids = [s.id for s in workflow.steps]
+    seen: dict[str, int] = {}
+    for i, step in enumerate(workflow.steps):
+        if step.id in seen:
+            yield located.at(
+                ("steps", i, "id"),
+                f"duplicate step id '{step.id}' (first used by steps[{seen[step.id]}])",
+            )
+        else:
+            seen[step.id] = i
+        for j, need in enumerate(step.needs):
+            if need == step.id:
+                yield located.at(("steps", i, "needs", j), f"step '{step.id}' needs itself")
+            elif need not in seen and need not in ids:
+                hint = difflib.get_close_matches(need, ids, n=1)
+                tail = (
+                    f" (did you mean '{hint[0]}'?)"
+                    if hint
+                    else f"; steps are: {', '.join(dict.fromkeys(ids))}"
+                )
+                yield located.at(("steps", i, "needs", j), f"unknown step '{need}'{tail}")
+    cycle = find_cycle(workflow.steps)
+    if cycle:
+        first = ids.index(cycle[0])
+        yield located.at(
+            ("steps", first, "needs"), f"dependency cycle: {' → '.join([*cycle, cycle[0]])}"
+        )
+    yield from _input_problems(workflow, located)
+    yield from _template_problems(workflow, located)
+    if base_dir is not None:
+        for i, doc in enumerate(workflow.docs):
+            if not (base_dir / doc).is_file():
+                yield located.at(("docs", i), f"runbook '{doc}' not found next to the workflow")
+
+
+def find_cycle(steps: list[Step]) -> list[str] | None:
+    """A dependency cycle as a list of step ids, or None."""
+    needs = {s.id: [n for n in s.needs if n != s.id] for s in steps}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in needs.get(node, []):
+            if nxt not in needs:
+                continue
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for s in steps:
+        if s.id not in state:
+            found = visit(s.id)
+            if found:
+                # Print in run order (a needs b: b runs first).
+                return list(reversed(found))
+    return None
+
+
+def _input_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
+    for name, spec in workflow.inputs.items():
+        if (
+            spec.choices is not None
+            and spec.default is not None
+            and spec.default not in spec.choices
+        ):
+            yield located.at(
+                ("inputs", name, "default"),
+                f"default {spec.default!r} is not one of the choices {spec.choices}",
+            )
+
+
+def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
+    by_id = {s.id: s for s in workflow.steps}
+    texts: list[tuple[Loc, str, Step | None]] = [
+        (("env", k), v, None) for k, v in workflow.env.items()
+    ]
+    for i, step in enumerate(workflow.steps):
+        for key in ("run", "task", "workdir"):
+            value = getattr(step, key)
+            if value:
+                texts.append((("steps", i, key), value, step))
+        texts += [(("steps", i, "env", k), v, step) for k, v in step.env.items()]
+    for loc, text, owner in texts:
+        try:
+            refs = list(references(text))
+        except TemplateSyntaxError as e:
+            yield located.at(loc, str(e))
+            continue
+        for ref in refs:
+            if ref.kind == "inputs" and ref.names[0] not in workflow.inputs:
+                known = ", ".join(workflow.inputs) or "none are declared"
+                yield located.at(loc, f"unknown input '{ref.names[0]}' (inputs: {known})")
+            elif ref.kind == "steps":
+                yield from _step_ref_problems(ref.names, loc, owner, by_id, located)
+
+
+def _step_ref_problems(
+    names: tuple[str, ...],
+    loc: Loc,
+    step: Step | None,
+    by_id: dict[str, Step],
+    located: _Locator,
+) -> Iterator[Problem]:
+    target, output = names
+    if target not in by_id:
+        yield located.at(loc, f"unknown step '{target}' in ${{{{ steps.{target}... }}}}")
+        return
+    if output not in by_id[target].outputs:
+        yield located.at(loc, f"step '{target}' declares no output '{output}' (add it to outputs)")
+        return
+    if step is None or target not in _ancestors(step.id, by_id):
+        where = f"step '{step.id}'" if step else "the workflow's env"
+        yield located.at(
+            loc, f"{where} reads an output of '{target}' but does not need it: add it to needs"
+        )
+
+
+def _ancestors(step_id: str, by_id: dict[str, Step]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(by_id[step_id].needs)
+    while todo:
+        cur = todo.pop()
+        if cur in seen or cur not in by_id:
+            continue
+        seen.add(cur)
+        todo.extend(by_id[cur].needs)
+    return seen

@@ -1,0 +1,387 @@
+"""The workflow file format, version 1, as pydantic models.
+
+These models are the format's single definition: loading validates against them, and
+``agentflow schema`` prints their JSON Schema. Every model forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from agentflow.workflow.types import Duration, Env, EnvName, StepId
+
+
+class Model(BaseModel):
+    """Base of every workflow model: frozen, no unknown keys, docstrings become descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+Scalar = str | int | float | bool
+
+
+def _input_shorthand(value: Any) -> Any:
+    # `inputs: {layers: 2}` is short for `inputs: {layers: {default: 2}}`.
+    if isinstance(value, str | int | float | bool) or value is None:
+        return {"default": value}
+    return value
+
+
+class Input(Model):
+    """A parameter of the workflow, overridable with ``--set name=value``."""
+
+    default: Scalar | None = None
+    """The value used when ``--set`` does not give one; no default means the input is required."""
+    description: str | None = None
+    """What the input means, shown by ``agentflow plan``."""
+    type: Literal["string", "integer", "number", "boolean"] | None = None
+    """The type a ``--set`` value is converted to; by default the type of ``default``."""
+    choices: list[Scalar] | None = None
+    """The only values allowed."""
+
+
+class Build(Model):
+    """How to build the sandbox image from a Dockerfile."""
+
+    context: str = "."
+    """The build context, relative to the workflow file's directory."""
+    dockerfile: str = "Dockerfile"
+    """The Dockerfile, relative to the context."""
+    args: Env = Field(default_factory=dict)
+    """Build arguments (``--build-arg``)."""
+
+
+class Mount(Model):
+    """A host folder made visible inside the sandbox."""
+
+    source: str
+    """The host path, relative to the workflow file's directory."""
+    target: str
+    """The absolute path inside the sandbox."""
+    read_only: bool = False
+    """Mount it read-only."""
+
+
+class Resources(Model):
+    """Limits for the sandbox."""
+
+    cpus: float | None = Field(default=None, gt=0)
+    """CPU cores the sandbox may use."""
+    memory: Annotated[str, Field(pattern=r"^\d+(\.\d+)?[kmgtKMGT]?[bB]?$")] | None = None
+    """Memory limit, like ``4g`` or ``512m``."""
+    pids: int | None = Field(default=None, gt=0)
+    """The most processes the sandbox may hold."""
+    gpus: int | Literal["all"] | None = None
+    """GPUs to hand to the sandbox (a count, or ``all``)."""
+
+
+class Sandbox(Model):
+    """Where steps run."""
+
+    backend: Literal["auto", "docker", "local"] = "auto"
+    """``docker``, ``local`` (on this machine, in the workflow's folder) or ``auto`` (Docker
+    when a daemon answers, else local with a warning)."""
+    image: str | None = None
+    """The image to run steps in."""
+    build: Build | None = None
+    """Build the image from a Dockerfile instead of naming one."""
+    workdir: str = "/workspace"
+    """Where the workflow's folder is mounted inside the sandbox (read-write)."""
+    mounts: list[Mount] = Field(default_factory=list)
+    """More host folders to make visible."""
+    network: Literal["none", "bridge", "host"] = "none"
+    """``none`` keeps only loopback inside the sandbox."""
+    resources: Resources = Field(default_factory=Resources)
+    """Limits on CPUs, memory, processes; GPUs."""
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> Sandbox:
+        if self.image and self.build:
+            raise ValueError("give either `image` or `build`, not both")
+        return self
+
+
+class Planner(Model):
+    """Who turns the workflow into concrete commands."""
+
+    type: Literal["static", "anthropic"] = "static"
+    """``static`` runs ``run:`` steps as written; ``anthropic`` asks a model to write ``task:``
+    steps."""
+    model: str | None = None
+    """The model name (else ``AGENTFLOW_MODEL``)."""
+    max_tokens: int = Field(default=4096, gt=0)
+    """The most tokens one answer of the model may have."""
+    budget: int | None = Field(default=None, gt=0)
+    """The most tokens the whole run may spend on the model."""
+
+
+class Backoff(Model):
+    """How long to wait between attempts: ``initial × factor^n``, at most ``max``, with jitter."""
+
+    initial: Duration = 5.0
+    """The wait before the second attempt."""
+    factor: float = Field(default=2.0, ge=1)
+    """How much the wait grows with each attempt."""
+    max: Duration = 300.0
+    """The longest wait."""
+
+
+RetryOn = Literal["failed", "crashed", "timeout", "stalled"]
+
+
+def _every_outcome() -> list[RetryOn]:
+    return ["failed", "crashed", "timeout", "stalled"]
+
+
+class Retry(Model):
+    """When and how often to run a step again."""
+
+    limit: int = Field(default=0, ge=0)
+    """How many more attempts after the first."""
+    backoff: Backoff = Field(default_factory=Backoff)
+    """The wait between attempts."""
+    on: list[RetryOn] = Field(default_factory=_every_outcome)
+    """Which outcomes are retried."""
+    exit_codes: list[int] | None = None
+    """Retry a failed step only for these exit codes (default: any)."""
+
+
+OnFailure = Literal["abort", "continue", "diagnose"]
+
+
+class Defaults(Model):
+    """Settings every step gets unless it says otherwise."""
+
+    timeout: Duration | None = None
+    """Kill a step that runs longer than this."""
+    retry: Retry | None = None
+    """The retry policy."""
+    on_failure: OnFailure | None = None
+    """What a failed step does to the run."""
+    stall_timeout: Duration | None = None
+    """Treat a step that prints nothing for this long as stalled."""
+
+
+class Probe(Model):
+    """A check that passes when a service is ready; give exactly one kind."""
+
+    http: str | None = None
+    """A URL that answers 2xx."""
+    tcp: str | None = None
+    """``host:port`` that accepts a connection."""
+    command: str | None = None
+    """A command that exits 0."""
+    log: str | None = None
+    """A regular expression that a line of the step's output matches."""
+    file: str | None = None
+    """A file that exists."""
+    timeout: Duration = 300.0
+    """Give up after this long: the step fails."""
+    interval: Duration = 1.0
+    """Time between two probes."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Probe:
+        kinds = [k for k in ("http", "tcp", "command", "log", "file") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of http, tcp, command, log, file")
+        return self
+
+
+class Expect(Model):
+    """What a healthy run of the step looks like; drives the sleep-and-check schedule."""
+
+    duration: Duration | None = None
+    """How long the step usually takes."""
+    progress: str | None = None
+    """A regular expression over output lines with two groups, done and total (or one, a
+    percentage)."""
+
+
+class MetricCheck(Model):
+    """A number read from a JSON file, checked against bounds."""
+
+    file: str
+    """The JSON file, relative to the step's folder in the workspace."""
+    key: str
+    """The key; dots go into nested objects (``eval.speedup``)."""
+    min: float | None = None
+    """The smallest allowed value."""
+    max: float | None = None
+    """The largest allowed value."""
+
+
+class Success(Model):
+    """Checks after a step exits 0; any failing check fails the step."""
+
+    files: list[str] = Field(default_factory=list)
+    """Files that must exist and be non-empty."""
+    command: str | None = None
+    """A command that must exit 0."""
+    log: str | None = None
+    """A regular expression that must match a line of the output."""
+    metrics: dict[str, MetricCheck] = Field(default_factory=dict)
+    """Numbers that must lie within bounds."""
+
+
+class Output(Model):
+    """A value the step produces for later steps; give exactly one source."""
+
+    json_file: str | None = Field(default=None, alias="json")
+    """A JSON file to read ``key`` from."""
+    key: str | None = None
+    """The key in the JSON file (dots go into nested objects)."""
+    file: str | None = None
+    """A file whose whole content (stripped) is the value."""
+    log: str | None = None
+    """A regular expression over the output; the first group of the last match is the value."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Output:
+        sources = [s for s in (self.json_file, self.file, self.log) if s]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of json, file, log")
+        if self.json_file and not self.key:
+            raise ValueError("`json` needs a `key`")
+        return self
+
+
+class RecoverRule(Model):
+    """A known failure mode: when the failed attempt's log matches, do this."""
+
+    match: str
+    """A regular expression searched in the tail of the failed attempt's log."""
+    action: Literal["retry", "skip", "abort", "escalate"]
+    """What to do."""
+    set_env: Env = Field(default_factory=dict)
+    """Environment to set for the next attempt (with ``retry``)."""
+    wait: Duration | None = None
+    """Wait this long before the next attempt (with ``retry``)."""
+    message: str | None = None
+    """What to tell the person (with ``escalate``)."""
+
+
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class Step(Model):
+    """One unit of work: a command (``run``) or a description for the planner (``task``)."""
+
+    id: StepId
+    """Unique name; used for the tmux window, the step's folder and references."""
+    description: str | None = None
+    """What the step is for (read by people and the planner)."""
+    needs: Annotated[list[StepId], BeforeValidator(_one_or_list)] = Field(default_factory=list)
+    """Steps that must succeed (or, for services, be ready) first."""
+    run: str | None = None
+    """The shell script to run (bash where the sandbox has it, else sh)."""
+    task: str | None = None
+    """Plain words for the LLM planner, which writes the command."""
+    workdir: str | None = None
+    """Where to run, relative to the workflow's folder."""
+    env: Env = Field(default_factory=dict)
+    """Environment variables for this step."""
+    timeout: Duration | None = None
+    """Kill the step's processes after this long."""
+    retry: Retry | None = None
+    """When and how often to run the step again."""
+    on_failure: OnFailure | None = None
+    """``continue`` (default: dependents are skipped, other branches go on), ``abort`` (stop
+    the run) or ``diagnose`` (ask the model)."""
+    stall_timeout: Duration | None = None
+    """Treat the step as stalled when it prints nothing for this long."""
+    service: bool = False
+    """A long-running server: done when ready, stopped when the run ends."""
+    ready: Probe | None = None
+    """When a service is ready."""
+    expect: Expect | None = None
+    """Expected duration and progress pattern."""
+    success: Success | None = None
+    """Checks that prove the step did its job."""
+    outputs: dict[StepId, Output] = Field(default_factory=dict)
+    """Values later steps read as ``${{ steps.<id>.outputs.<name> }}``."""
+    artifacts: list[str] = Field(default_factory=list)
+    """Files (globs) to keep with the run."""
+    recover: list[RecoverRule] = Field(default_factory=list)
+    """Known failure modes and what to do about them."""
+
+    @model_validator(mode="after")
+    def _run_or_task(self) -> Step:
+        if self.run is None and self.task is None:
+            raise ValueError("a step needs `run` (a command) or `task` (for the LLM planner)")
+        if self.run is not None and self.task is not None:
+            raise ValueError("a step has either `run` or `task`, not both")
+        if self.ready and not self.service:
+            raise ValueError("`ready` is for services: add `service: true`")
+        return self
+
+
+class Objective(Model):
+    """Which run of a sweep is best."""
+
+    metric: str
+    """An output name of some step."""
+    goal: Literal["maximize", "minimize"] = "maximize"
+    """Whether larger or smaller is better."""
+
+
+class Workflow(Model):
+    """A workflow file (version 1)."""
+
+    version: Literal[1]
+    """The format version; always 1."""
+    name: StepId
+    """The workflow's name (used in run ids)."""
+    description: str | None = None
+    """One line on what the workflow does."""
+    goal: str | None = None
+    """Free text for the LLM planner."""
+    docs: list[str] = Field(default_factory=list)
+    """Runbooks (paths relative to the workflow file) for the planner and recovery."""
+    inputs: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")],
+        Annotated[Input, BeforeValidator(_input_shorthand)],
+    ] = Field(default_factory=dict)
+    """Parameters, overridable with ``--set name=value``."""
+    env: Env = Field(default_factory=dict)
+    """Environment variables for every step."""
+    secrets: list[EnvName] = Field(default_factory=list)
+    """Names of environment variables handed to steps and masked everywhere."""
+    sandbox: Sandbox = Field(default_factory=Sandbox)
+    """Where steps run."""
+    planner: Planner = Field(default_factory=Planner)
+    """Who turns steps into commands."""
+    defaults: Defaults = Field(default_factory=Defaults)
+    """Settings every step gets unless it says otherwise."""
+    max_parallel: int = Field(default=4, ge=1)
+    """The most steps running at once."""
+    steps: list[Step] = Field(min_length=1)
+    """The steps."""
+    matrix: dict[str, list[Any]] | None = None
+    """A sweep: one run per combination of these input values."""
+    objective: Objective | None = None
+    """How to rank the runs of a sweep."""
+    max_parallel_runs: int = Field(default=1, ge=1)
+    """The most runs of a sweep at once."""
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    # Effective settings: the step's own, else the workflow's defaults, else built-in.
+
+    def timeout_of(self, step: Step) -> float | None:
+        return step.timeout if step.timeout is not None else self.defaults.timeout
+
+    def retry_of(self, step: Step) -> Retry:
+        return step.retry or self.defaults.retry or Retry()
+
+    def on_failure_of(self, step: Step) -> OnFailure:
+        return step.on_failure or self.defaults.on_failure or "continue"

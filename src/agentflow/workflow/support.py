@@ -1,0 +1,53 @@
+"""Keys of the format that this version parses but does not act on yet.
+
+A workflow that uses one is refused with "not supported yet" rather than run with the key
+silently ignored. Each entry disappears when the feature lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from agentflow.workflow.model import Workflow
+
+Loc = tuple[str | int, ...]
+
+_STEP_KEYS = {
+    "service": "services with readiness probes",
+    "ready": "readiness probes",
+    "expect": "expected duration and progress",
+    "success": "success checks",
+    "outputs": "step outputs",
+    "artifacts": "artifacts",
+    "recover": "recover rules",
+    "stall_timeout": "stall detection",
+}
+
+
+def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
+    """Where ``workflow`` uses a key that this version cannot act on yet."""
+    fields = workflow.model_fields_set
+    for key in ("secrets", "matrix", "objective"):
+        if key in fields and getattr(workflow, key):
+            yield (key,), _msg(f"`{key}`")
+    sandbox = workflow.sandbox
+    if sandbox.backend == "docker":
+        yield ("sandbox", "backend"), _msg("the docker sandbox")
+    for key in sorted(sandbox.model_fields_set - {"backend", "workdir"}):
+        yield ("sandbox", key), _msg(f"sandbox.{key} (it configures the docker sandbox)")
+    if workflow.planner.type != "static":
+        yield ("planner", "type"), _msg(f"the {workflow.planner.type} planner")
+    if workflow.defaults.stall_timeout is not None:
+        yield ("defaults", "stall_timeout"), _msg("stall detection")
+    if workflow.defaults.on_failure == "diagnose":
+        yield ("defaults", "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
+    for i, step in enumerate(workflow.steps):
+        for key in sorted(step.model_fields_set & _STEP_KEYS.keys()):
+            if getattr(step, key):
+                yield ("steps", i, key), _msg(_STEP_KEYS[key])
+        if step.on_failure == "diagnose":
+            yield ("steps", i, "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
+
+
+def _msg(what: str) -> str:
+    return f"{what} is not supported yet in this version of agentflow: remove it for now"

@@ -1,0 +1,79 @@
+"""Small value types of the workflow format: durations, ids, environment names."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_FULL = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"
+
+
+def parse_duration(value: Any) -> float:
+    """``"90s"``, ``"15m"``, ``"1h30m"`` or a number of seconds → seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 90s, 15m or 2h, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if _DURATION_FULL.match(text):
+            return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    raise ValueError(f"expected a duration like 90s, 15m or 2h, got {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds → the shortest readable form (``"1h30m"``, ``"45s"``, ``"0.5s"``)."""
+    if seconds < 60 and seconds != int(seconds):
+        return f"{seconds:.3g}s"
+    total = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if total >= size:
+            parts.append(f"{total // size}{unit}")
+            total %= size
+    return "".join(parts) or "0s"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: 500ms, 90s, 15m, 2h, 1d, 1h30m, or a number of seconds.",
+        }
+    ),
+]
+"""A length of time in seconds, written in YAML as ``90s``, ``15m``, ``2h``."""
+
+ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+StepId = Annotated[str, Field(pattern=ID_PATTERN)]
+"""A step id: a letter, then letters, digits, ``-`` or ``_`` (used in paths and tmux)."""
+
+ENV_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(pattern=ENV_PATTERN)]
+
+
+def _scalar_to_str(value: Any) -> Any:
+    # YAML reads `PYTHONUNBUFFERED: 1` as an int; environment values are strings.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+Env = dict[EnvName, EnvValue]
