@@ -222,17 +222,24 @@ class Runner:
         )
         self.schedule.changed()
         self._emit("step_finished", step_id, status=status, exit_code=code, message=message)
-        if status != "succeeded" and st.kill_reason not in ("stop", "abort"):
-            self._after_failure(step_id, status, code)
+        if status == "succeeded" or st.kill_reason in ("stop", "abort"):
+            return
+        if self._resuming:
+            self._requeue(step_id, f"{status} while agentflow was away")
+            return
+        self._after_failure(step_id, status, code)
+
+    def _requeue(self, step_id: str, why: str) -> None:
+        # A resume redoes whatever did not succeed: no retry allowance is needed for it.
+        self._update(step_id, status="pending", message=None)
+        self._emit("step_requeued", step_id, message=why)
 
     def _crashed(self, step_id: str, why: str) -> None:
         self._update(step_id, status="crashed", finished_at=now(), message=why, kill_reason=None)
         self.schedule.changed()
         self._emit("step_finished", step_id, status="crashed", message=why)
         if self._resuming:
-            # The run was resumed to redo what did not finish: no retry allowance needed.
-            self._update(step_id, status="pending", message=None)
-            self._emit("step_requeued", step_id, message="crashed while agentflow was away")
+            self._requeue(step_id, "crashed while agentflow was away")
             return
         self._after_failure(step_id, "crashed", None)
 

@@ -1,0 +1,107 @@
+"""Shared fixtures: a private agentflow home (with its own tmux server) per test, and a
+helper that runs the real ``agentflow`` console script."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libtmux
+import pytest
+
+from agentflow.tmux import socket_path_for
+
+AGENTFLOW = str(Path(sys.executable).parent / "agentflow")
+
+
+@dataclass
+class Env:
+    """A test's agentflow home, workspace and environment."""
+
+    home: Path
+    workspace: Path
+    env: dict[str, str]
+
+    def write(self, text: str, name: str = "wf.yaml") -> Path:
+        path = self.workspace / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def cli(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [AGENTFLOW, *args],
+            cwd=self.workspace,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kw,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """Start ``agentflow`` in the background (to kill it, or race it)."""
+        return subprocess.Popen(
+            [AGENTFLOW, *args],
+            cwd=self.workspace,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.home / "runs" / run_id
+
+    def state(self, run_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.run_dir(run_id) / "state.json").read_text())
+        return data
+
+    def wait_for(self, what: Callable[[], bool], timeout: float = 30, message: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if what():
+                    return
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting: {message}")
+
+
+@pytest.fixture
+def af(tmp_path: Path) -> Iterator[Env]:
+    home = tmp_path / "home"
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE", "CI")}
+    env["AGENTFLOW_HOME"] = str(home)
+    yield Env(home, workspace, env)
+    for pid_file in home.glob("runs/*/steps/*/pid"):
+        # A step's own process group (the wrapper puts it in one); gone if it ended.
+        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    socket = socket_path_for(home)
+    if socket.exists():
+        server = libtmux.Server(socket_path=str(socket))
+        # Steps left running by a test die with their windows' process groups.
+        for pane in _pane_pids(server):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pane, signal.SIGKILL)
+        server.kill()
+
+
+def _pane_pids(server: libtmux.Server) -> list[int]:
+    result = server.cmd("list-panes", "-a", "-F", "#{pane_pid}")
+    return [int(x) for x in result.stdout if x.strip().isdigit()]

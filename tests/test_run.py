@@ -1,0 +1,296 @@
+"""Running workflows for real: tmux windows, the wrapper, the runner's rules."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from datetime import datetime
+from pathlib import Path
+
+from conftest import Env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_id_of(stdout: str) -> str:
+    m = re.search(r"run (\S+)\s+watch:", stdout)
+    assert m, stdout
+    return m.group(1)
+
+
+def times(state: dict, step: str) -> tuple[datetime, datetime]:
+    st = state["steps"][step]
+    return datetime.fromisoformat(st["started_at"]), datetime.fromisoformat(st["finished_at"])
+
+
+def test_hello_workflow_runs_end_to_end(af: Env, tmp_path: Path) -> None:
+    junit = tmp_path / "out" / "junit.xml"
+    res = af.cli("run", str(ROOT / "workflows" / "hello.yaml"), "--junit", str(junit))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    state = af.state(rid)
+    assert state["status"] == "succeeded"
+    assert {s["status"] for s in state["steps"].values()} == {"succeeded"}
+    run_dir = af.run_dir(rid)
+    assert "line 3" in (run_dir / "steps" / "count" / "output.log").read_text()
+    assert (run_dir / "steps" / "count" / "exit_code").read_text().strip() == "0"
+    for name in ("report.md", "report.json", "junit.xml", "workflow.yaml", "plan.json"):
+        assert (run_dir / name).is_file(), name
+    cases = ET.parse(junit).getroot().findall(".//testcase")
+    assert [c.get("name") for c in cases] == ["prepare", "count", "lint", "summarize"]
+    # the plain output (stdout is not a terminal) has no colour codes
+    assert "\x1b[" not in res.stdout
+
+
+def test_independent_steps_run_in_parallel_up_to_max_parallel(af: Env) -> None:
+    steps = "".join(f"  - id: s{i}\n    run: sleep 1\n" for i in range(3))
+    wide = af.write(f"version: 1\nname: wide\nmax_parallel: 3\nsteps:\n{steps}", "wide.yaml")
+    narrow = af.write(f"version: 1\nname: narrow\nmax_parallel: 1\nsteps:\n{steps}", "n.yaml")
+    res = af.cli("run", str(wide))
+    assert res.returncode == 0, res.stderr
+    spans = [times(af.state(run_id_of(res.stdout)), f"s{i}") for i in range(3)]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), "all three overlapped"
+    res = af.cli("run", str(narrow))
+    assert res.returncode == 0, res.stderr
+    spans = sorted(times(af.state(run_id_of(res.stdout)), f"s{i}") for i in range(3))
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert end <= start, "max_parallel: 1 runs one at a time"
+
+
+def test_timeout_kills_the_whole_process_group(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: slow
+        steps:
+          - id: sleepy
+            timeout: 1s
+            run: |
+              sleep 300 &
+              echo $! > child.pid
+              sleep 300
+        """
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 1
+    st = af.state(run_id_of(res.stdout))["steps"]["sleepy"]
+    assert st["status"] == "timeout"
+    assert st["exit_code"] == 143  # TERM
+    child = int((af.workspace / "child.pid").read_text())
+    assert not Path(f"/proc/{child}").exists(), "the background child was killed too"
+
+
+def test_a_failed_step_skips_its_dependents_only(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: branches
+        steps:
+          - id: bad
+            run: echo broken >&2; exit 3
+          - id: after-bad
+            needs: [bad]
+            run: echo never
+          - id: later
+            needs: [after-bad]
+            run: echo never
+          - id: other
+            run: echo fine
+        """
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 1
+    assert "agentflow logs" in res.stdout
+    steps = af.state(run_id_of(res.stdout))["steps"]
+    assert steps["bad"]["status"] == "failed"
+    assert steps["bad"]["exit_code"] == 3
+    assert steps["after-bad"]["status"] == "skipped"
+    assert "bad" in steps["after-bad"]["message"]
+    assert steps["later"]["status"] == "skipped"
+    assert steps["other"]["status"] == "succeeded"
+
+
+def test_on_failure_abort_stops_the_rest_of_the_run(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: abort
+        steps:
+          - id: long
+            run: sleep 60
+          - id: bad
+            on_failure: abort
+            run: sleep 0.5; exit 1
+          - id: after
+            needs: [long]
+            run: echo never
+        """
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 1
+    steps = af.state(run_id_of(res.stdout))["steps"]
+    assert steps["bad"]["status"] == "failed"
+    assert steps["long"]["status"] == "failed"
+    assert "abort" in steps["long"]["message"]
+    assert steps["after"]["status"] == "skipped"
+
+
+def test_retry_with_backoff_until_success_keeps_each_attempts_log(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: flaky
+        steps:
+          - id: flaky
+            retry: {limit: 3, backoff: {initial: 100ms, factor: 2}}
+            run: |
+              n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count
+              echo "attempt $n"
+              [ $n -ge 3 ]
+        """
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 0, res.stdout
+    rid = run_id_of(res.stdout)
+    st = af.state(rid)["steps"]["flaky"]
+    assert st["status"] == "succeeded"
+    assert st["attempts"] == 3
+    step_dir = af.run_dir(rid) / "steps" / "flaky"
+    assert (step_dir / "attempt-1" / "output.log").read_text() == "attempt 1\n"
+    assert (step_dir / "attempt-2" / "output.log").read_text() == "attempt 2\n"
+    assert (step_dir / "output.log").read_text() == "attempt 3\n"
+    kinds = [json.loads(line)["kind"] for line in (af.run_dir(rid) / "events.jsonl").open()]
+    assert kinds.count("retry_scheduled") == 2
+
+
+def test_retry_limit_exhausted_fails(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: hopeless
+        defaults:
+          retry: {limit: 1, backoff: {initial: 0s}}
+        steps:
+          - id: nope
+            run: exit 7
+        """
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 1
+    st = af.state(run_id_of(res.stdout))["steps"]["nope"]
+    assert (st["status"], st["attempts"], st["exit_code"]) == ("failed", 2, 7)
+
+
+def test_output_log_holds_every_byte_of_a_large_output(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: chatty
+        steps:
+          - id: chatty
+            run: seq 1 300000
+        """
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 0
+    log = af.run_dir(run_id_of(res.stdout)) / "steps" / "chatty" / "output.log"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 300000
+    assert lines[0] == "1"
+    assert lines[-1] == "300000"
+
+
+def test_a_step_reading_stdin_does_not_hang(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: stdin
+        defaults: {timeout: 20s}
+        steps:
+          - id: reader
+            run: |
+              read -r line
+              echo "got [$line]"
+              cat
+        """
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 0
+    st = af.state(run_id_of(res.stdout))["steps"]["reader"]
+    assert st["status"] == "succeeded"
+    log = af.run_dir(run_id_of(res.stdout)) / "steps" / "reader" / "output.log"
+    assert log.read_text() == "got []\n"
+
+
+def test_commands_with_tricky_characters_run_as_written(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: tricky
+        env: {GREETING: "a; b | c"}
+        steps:
+          - id: tricky
+            workdir: sub
+            run: |
+              cat <<'END'
+              -leading dash; semicolon | pipe "quotes" $HOME
+              END
+              echo "$GREETING" "${{ env.GREETING }}" "$AGENTFLOW_STEP" "$(basename "$PWD")"
+        """
+    )
+    (af.workspace / "sub").mkdir()
+    res = af.cli("run", str(wf))
+    assert res.returncode == 0, res.stdout
+    log = af.run_dir(run_id_of(res.stdout)) / "steps" / "tricky" / "output.log"
+    assert log.read_text().splitlines() == [
+        '-leading dash; semicolon | pipe "quotes" $HOME',
+        "a; b | c a; b | c tricky sub",
+    ]
+
+
+def test_status_and_logs_commands(af: Env) -> None:
+    res = af.cli("run", str(ROOT / "workflows" / "hello.yaml"))
+    rid = run_id_of(res.stdout)
+    listing = af.cli("status")
+    assert listing.returncode == 0
+    assert rid in listing.stdout
+    assert "succeeded" in listing.stdout
+    one = af.cli("status", rid)
+    assert "summarize" in one.stdout
+    as_json = af.cli("status", rid, "--json")
+    assert json.loads(as_json.stdout) == af.state(rid)
+    logs = af.cli("logs", rid, "count")
+    assert logs.stdout.splitlines() == ["line 1", "line 2", "line 3"]
+    missing = af.cli("logs", rid, "nope")
+    assert missing.returncode == 2
+    assert "no step 'nope'" in missing.stderr
+    unknown = af.cli("status", "no-such-run")
+    assert unknown.returncode == 2
+    assert "Traceback" not in unknown.stderr
+
+
+def test_steps_see_their_environment(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: envs
+        inputs: {size: 3}
+        env: {LEVEL: top, SIZE: "${{ inputs.size }}"}
+        steps:
+          - id: show
+            env: {LEVEL: step}
+            run: echo "$LEVEL $SIZE $AGENTFLOW_RUN_ID $AGENTFLOW_ATTEMPT $FROM_CALLER"
+        """
+    )
+    env_before = dict(af.env)
+    af.env["FROM_CALLER"] = "caller"
+    res = af.cli("run", str(wf), "--set", "size=5")
+    af.env = env_before
+    assert res.returncode == 0
+    rid = run_id_of(res.stdout)
+    log = (af.run_dir(rid) / "steps" / "show" / "output.log").read_text()
+    assert log == f"step 5 {rid} 1 caller\n"
+    assert os.environ.get("FROM_CALLER") is None
