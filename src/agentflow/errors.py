@@ -51,7 +51,8 @@ class Problem:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        return f"{where}: {self.message}"
+        # One problem, one line: a key or value with a newline must not break that.
+        return f"{where}: {' '.join(self.message.splitlines())}"
 
 
 class WorkflowError(UsageError):

@@ -90,58 +90,96 @@ def _parse_yaml(text: str, filename: str) -> tuple[Any, dict[Loc, tuple[int, int
         what = " ".join(s for s in (e.context, e.problem) if s)
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
         raise WorkflowError([Problem(filename, line, col, f"YAML syntax error: {what}")]) from None
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        msg = f"YAML error: character {e.character!r} is not allowed in a YAML file"
+        raise WorkflowError([Problem(filename, line, col, msg)]) from None
     except yaml.YAMLError as e:
         raise WorkflowError([Problem(filename, None, None, f"YAML error: {e}")]) from None
-    if node is None:
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
         msg = "the file is empty: a workflow needs at least `version: 1`, `name` and `steps`"
         raise WorkflowError([Problem(filename, 1, 1, msg)])
     if not isinstance(node, yaml.MappingNode):
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
         msg = "a workflow file must be a mapping of keys (version, name, steps, …)"
         raise WorkflowError([Problem(filename, line, col, msg)])
-    positions: dict[Loc, tuple[int, int]] = {}
-    problems: list[Problem] = []
-    constructor = yaml.SafeLoader("")  # only its scalar construction is used
-    data = _to_python(node, (), positions, problems, filename, constructor)
-    if problems:
-        raise WorkflowError(problems)
-    return data, positions
+    builder = _Builder(filename)
+    data = builder.build(node, ())
+    if builder.problems:
+        raise WorkflowError(builder.problems)
+    return data, builder.positions
 
 
-def _to_python(
-    node: yaml.Node,
-    loc: Loc,
-    positions: dict[Loc, tuple[int, int]],
-    problems: list[Problem],
-    filename: str,
-    constructor: yaml.SafeLoader,
-) -> Any:
-    positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
+_STANDARD_TAGS = {
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")
+}
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _Builder:
+    """YAML nodes → plain Python values, recording each key's and value's position.
+
+    Only plain data is accepted: keys are read as written (so ``on:`` stays the word "on",
+    not YAML 1.1's boolean), dates stay text, and tags, merge keys and self-referring
+    aliases become located problems instead of exceptions."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.positions: dict[Loc, tuple[int, int]] = {}
+        self.problems: list[Problem] = []
+        self._scalars = yaml.SafeLoader("")  # only its scalar construction is used
+        self._path: set[int] = set()
+
+    def _problem(self, node: yaml.Node, message: str) -> None:
+        mark = node.start_mark
+        self.problems.append(Problem(self.filename, mark.line + 1, mark.column + 1, message))
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.positions.setdefault(loc, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if id(node) in self._path:
+            self._problem(node, "this alias refers to the value that contains it")
+            return None
+        self._path.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, loc)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+            return self._scalar(node)
+        finally:
+            self._path.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = constructor.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool):
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                problems.append(Problem(filename, line, col, "a key must be a plain word"))
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self._problem(key_node, "merge keys (<<) are not supported: write the keys out")
                 continue
-            key = str(key) if not isinstance(key, str) else key
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._problem(key_node, "a key must be a plain word")
+                continue
+            key = str(key_node.value)
             if key in out:
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                problems.append(Problem(filename, line, col, f"duplicate key '{key}'"))
+                self._problem(key_node, f"duplicate key {key!r}")
                 continue
             # A key's own position wins over its value's: that is the line to edit.
-            positions[(*loc, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _to_python(
-                value_node, (*loc, key), positions, problems, filename, constructor
-            )
+            mark = key_node.start_mark
+            self.positions[(*loc, key)] = (mark.line + 1, mark.column + 1)
+            out[key] = self.build(value_node, (*loc, key))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _to_python(item, (*loc, i), positions, problems, filename, constructor)
-            for i, item in enumerate(node.value)
-        ]
-    return constructor.construct_object(node, deep=True)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        if node.tag == _TIMESTAMP:
+            return str(node.value)  # a date is text to us, not a datetime
+        if node.tag not in _STANDARD_TAGS:
+            self._problem(node, f"unsupported YAML tag {node.tag!r}: use plain values")
+            return None
+        try:
+            return self._scalars.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as e:
+            self._problem(node, f"cannot read the value {node.value!r} ({type(e).__name__})")
+            return None
 
 
 # --- locating problems ----------------------------------------------------------------------
@@ -346,8 +384,25 @@ def find_cycle(steps: list[Step]) -> list[str] | None:
     return None
 
 
+_INPUT_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
+
+
 def _input_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
     for name, spec in workflow.inputs.items():
+        if spec.type and spec.default is not None:
+            ok = isinstance(spec.default, _INPUT_TYPES[spec.type])
+            if isinstance(spec.default, bool) and spec.type != "boolean":
+                ok = False
+            if not ok:
+                yield located.at(
+                    ("inputs", name, "default"),
+                    f"default {spec.default!r} is not of type {spec.type}",
+                )
         if (
             spec.choices is not None
             and spec.default is not None
@@ -392,16 +447,21 @@ def _step_ref_problems(
     located: _Locator,
 ) -> Iterator[Problem]:
     target, output = names
+    if step is None:
+        yield located.at(
+            loc, "the workflow's env cannot read step outputs: set it in the env of the step"
+        )
+        return
     if target not in by_id:
         yield located.at(loc, f"unknown step '{target}' in ${{{{ steps.{target}... }}}}")
         return
     if output not in by_id[target].outputs:
         yield located.at(loc, f"step '{target}' declares no output '{output}' (add it to outputs)")
         return
-    if step is None or target not in _ancestors(step.id, by_id):
-        where = f"step '{step.id}'" if step else "the workflow's env"
+    if target not in _ancestors(step.id, by_id):
         yield located.at(
-            loc, f"{where} reads an output of '{target}' but does not need it: add it to needs"
+            loc,
+            f"step '{step.id}' reads an output of '{target}' but does not need it: add it to needs",
         )
 
 
