@@ -396,7 +396,7 @@ def test_document_with_only_a_start_marker_is_refused() -> None:
     [
         ("{type: integer, default: abc}", "default 'abc' is not of type integer"),
         ("{type: number, default: true}", "default True is not of type number"),
-        ("{type: string, default: 3}", "default 3 is not of type string"),
+        ("{type: boolean, default: 3}", "default 3 is not of type boolean"),
     ],
 )
 def test_input_default_must_match_its_type(spec: str, message: str) -> None:

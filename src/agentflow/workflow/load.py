@@ -385,7 +385,7 @@ def find_cycle(steps: list[Step]) -> list[str] | None:
 
 
 _INPUT_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
+    "string": (str, int, float),  # `default: 1` of a string input means "1"
     "integer": (int,),
     "number": (int, float),
     "boolean": (bool,),
