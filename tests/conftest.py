@@ -80,6 +80,18 @@ class Env:
         raise AssertionError(f"timed out waiting: {message}")
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process group has a live (not zombie) member."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 @pytest.fixture
 def af(tmp_path: Path) -> Iterator[Env]:
     home = tmp_path / "home"

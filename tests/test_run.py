@@ -6,11 +6,16 @@ import itertools
 import json
 import os
 import re
+import signal
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 
-from conftest import Env
+import libtmux
+
+from agentflow.tmux import socket_path_for
+
+from conftest import Env, group_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,11 +81,14 @@ def test_timeout_kills_the_whole_process_group(af: Env) -> None:
     )
     res = af.cli("run", str(wf))
     assert res.returncode == 1
-    st = af.state(run_id_of(res.stdout))["steps"]["sleepy"]
+    rid = run_id_of(res.stdout)
+    st = af.state(rid)["steps"]["sleepy"]
     assert st["status"] == "timeout"
     assert st["exit_code"] == 143  # TERM
+    pgid = int((af.run_dir(rid) / "steps" / "sleepy" / "pid").read_text())
     child = int((af.workspace / "child.pid").read_text())
-    assert not Path(f"/proc/{child}").exists(), "the background child was killed too"
+    assert child != pgid  # a background child, in the step's process group
+    af.wait_for(lambda: not group_alive(pgid), timeout=5, message="the background child dies")
 
 
 def test_a_failed_step_skips_its_dependents_only(af: Env) -> None:
@@ -294,3 +302,78 @@ def test_steps_see_their_environment(af: Env) -> None:
     log = (af.run_dir(rid) / "steps" / "show" / "output.log").read_text()
     assert log == f"step 5 {rid} 1 caller\n"
     assert os.environ.get("FROM_CALLER") is None
+
+
+def test_expressions_render_the_same_in_commands_env_and_workdir(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: render
+        inputs: {flag: false, mode: fast}
+        env: {FLAG: "${{ inputs.flag }}", BOTH: "${{ env.FLAG }}-x"}
+        steps:
+          - id: show
+            workdir: "${{ inputs.mode }}"
+            run: echo "${{ inputs.flag }} $FLAG $BOTH $(basename "$PWD")"
+        """
+    )
+    (af.workspace / "fast").mkdir()
+    res = af.cli("run", str(wf), "--set", "flag=yes")
+    assert res.returncode == 0, res.stdout
+    log = af.run_dir(run_id_of(res.stdout)) / "steps" / "show" / "output.log"
+    assert log.read_text() == "true true true-x fast\n"
+
+
+def test_a_saved_plan_must_match_the_workflow(af: Env, tmp_path: Path) -> None:
+    hello = ROOT / "workflows" / "hello.yaml"
+    plan_path = tmp_path / "plan.json"
+    assert af.cli("plan", str(hello), "-o", str(plan_path)).returncode == 0
+    plan = json.loads(plan_path.read_text())
+    plan["steps"] = [s for s in plan["steps"] if s["id"] != "lint"]
+    plan_path.write_text(json.dumps(plan))
+    res = af.cli("run", str(hello), "--plan", str(plan_path))
+    assert res.returncode == 2
+    assert "does not match hello.yaml (missing steps: lint)" in res.stderr
+    assert not (af.home / "runs").exists() or not any((af.home / "runs").iterdir())
+    res = af.cli("run", str(hello), "--plan", str(plan_path), "--set", "count=1")
+    assert res.returncode == 2
+    assert "--set has no effect with --plan" in res.stderr
+
+
+def test_a_saved_plan_runs_as_saved(af: Env, tmp_path: Path) -> None:
+    hello = ROOT / "workflows" / "hello.yaml"
+    plan_path = tmp_path / "plan.json"
+    assert af.cli("plan", str(hello), "-o", str(plan_path), "--set", "count=2").returncode == 0
+    res = af.cli("run", str(hello), "--plan", str(plan_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    assert (af.run_dir(rid) / "steps" / "count" / "output.log").read_text().count("line") == 2
+    assert json.loads((af.run_dir(rid) / "plan.json").read_text())["inputs"]["count"] == 2
+
+
+def test_a_crashed_attempt_is_killed_before_its_retry(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: crashy
+        steps:
+          - id: victim
+            retry: {limit: 1, backoff: {initial: 0s}}
+            run: |
+              echo $$ > "pid.$AGENTFLOW_ATTEMPT"
+              sleep 3
+              touch "marker.$AGENTFLOW_ATTEMPT"
+        """
+    )
+    proc = af.start("run", str(wf), "--run-id", "c1")
+    af.wait_for(lambda: (af.workspace / "pid.1").exists(), message="attempt 1 started")
+    server = libtmux.Server(socket_path=str(socket_path_for(af.home)))
+    panes = server.cmd("list-panes", "-a", "-F", "#{window_name} #{pane_pid}").stdout
+    wrapper = next(int(line.split()[1]) for line in panes if line.startswith("victim "))
+    os.killpg(wrapper, signal.SIGKILL)  # the wrapper dies; the step itself would go on
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err
+    assert (af.workspace / "marker.2").exists()
+    assert not (af.workspace / "marker.1").exists(), "the crashed attempt was killed"
+    events = (af.run_dir("c1") / "events.jsonl").read_text()
+    assert '"status":"crashed"' in events

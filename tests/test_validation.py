@@ -681,10 +681,34 @@ def test_workflow_key_not_supported_yet(block: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        (
+            "sandbox: {workdir: /w}\n",
+            f"wf.yaml:3:11: sandbox.workdir: sandbox.workdir (it configures the docker sandbox) "
+            f"{NOT_YET}",
+        ),
+        (
+            "planner: {budget: 1000}\n",
+            f"wf.yaml:3:11: planner.budget: planner.budget (it configures the LLM planner) "
+            f"{NOT_YET}",
+        ),
+        (
+            "max_parallel_runs: 2\n",
+            f"wf.yaml:3:1: max_parallel_runs: `max_parallel_runs` {NOT_YET}",
+        ),
+    ],
+)
+def test_settings_that_change_nothing_yet_are_refused(block: str, expected: str) -> None:
+    assert problems(HEADER + block + ONE_STEP) == [expected]
+
+
+@pytest.mark.parametrize(
     "block",
     [
-        "sandbox: {backend: local, workdir: /w}\n",
-        "sandbox: {backend: auto}\n",
+        "sandbox: {backend: local}\n",
+        "sandbox: {backend: auto, network: none, workdir: /workspace}\n",  # defaults, written out
+        "planner: {type: static, max_tokens: 4096}\n",
         "planner: {type: static}\n",
         "defaults: {on_failure: abort, timeout: 1h}\n",
         "secrets: []\n",

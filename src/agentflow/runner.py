@@ -27,8 +27,8 @@ from agentflow.report import write_reports
 from agentflow.sandbox import Sandbox, wrapper_script
 from agentflow.state import FINAL, RunState, StepState, StepStatus, now
 from agentflow.store import Event, RunDir
-from agentflow.template import Ref, substitute
-from agentflow.tmux import Tmux
+from agentflow.template import Ref, scalar_text, substitute
+from agentflow.tmux import Tmux, wake_channel
 from agentflow.workflow.model import Workflow
 from agentflow.workflow.types import format_duration
 
@@ -66,7 +66,7 @@ class Runner:
         self.state = state
         self.observer = observer
         self.session = state.run_id
-        self.channel = f"agentflow-{state.run_id}"
+        self.channel = wake_channel(self.session)
         self.schedule = CheckSchedule()
         self.aborting: str | None = None
         self._resuming = False
@@ -235,6 +235,8 @@ class Runner:
         self._emit("step_requeued", step_id, message=why)
 
     def _crashed(self, step_id: str, why: str) -> None:
+        # Whatever the attempt left running must not overlap its retry.
+        self._signal(step_id, signal.SIGKILL)
         self._update(step_id, status="crashed", finished_at=now(), message=why, kill_reason=None)
         self.schedule.changed()
         self._emit("step_finished", step_id, status="crashed", message=why)
@@ -308,8 +310,11 @@ class Runner:
         step_dir = self.s.run.step_dir(planned.id)
         _archive_attempt(step_dir, st.attempts)
         step_dir.mkdir(parents=True, exist_ok=True)
-        env = {**self.s.workflow.env, **step.env}
-        env = {k: self._render(v, env) for k, v in env.items()}
+        # Like shell assignments: ${{ env.X }} reads what is set above it (the workflow's
+        # env, then the step's, in the order written), else the caller's environment.
+        env: dict[str, str] = {}
+        for key, value in [*self.s.workflow.env.items(), *step.env.items()]:
+            env[key] = self._render(value, env)
         command = self._render(planned.run, env)
         (step_dir / "run.sh").write_text(
             f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
@@ -321,9 +326,9 @@ class Runner:
             AGENTFLOW_STEP=planned.id,
             AGENTFLOW_ATTEMPT=str(attempt),
         )
-        workdir = self.s.sandbox.workdir(step.workdir)
+        workdir = self.s.sandbox.workdir(self._render(step.workdir, env) if step.workdir else None)
         launch = self.s.sandbox.launch(step_dir, workdir, env)
-        pane_command = f"{shlex.join(launch.command)}; {self.s.tmux.signal_command(self.channel)}"
+        pane_command = shlex.join(launch.command)
         if st.window:
             self.s.tmux.kill_window(st.window)
         window = self.s.tmux.new_window(
@@ -349,7 +354,7 @@ class Runner:
         def lookup(ref: Ref) -> str | None:
             if ref.kind == "inputs":
                 value = self.s.plan.inputs.get(ref.names[0])
-                return None if value is None else str(value)
+                return None if value is None else scalar_text(value)
             if ref.kind == "env":
                 return env.get(ref.names[0], os.environ.get(ref.names[0], ""))
             if ref.kind == "run":

@@ -51,6 +51,13 @@ def references(text: str) -> Iterator[Ref]:
         yield parse(m.group(1))
 
 
+def scalar_text(value: str | int | float | bool) -> str:
+    """An input value as it is substituted into text (``true``/``false`` for booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def substitute(text: str, lookup: Callable[[Ref], str | None]) -> str:
     """Replace each expression by ``lookup(ref)``; where it returns None, keep it as written."""
 

@@ -49,6 +49,11 @@ def socket_path_for(home: Path) -> Path:
     return base / f"{digest}.sock"
 
 
+def wake_channel(session: str) -> str:
+    """The tmux channel signalled when a window of ``session`` ends."""
+    return f"agentflow-{session}"
+
+
 @dataclass(frozen=True)
 class Pane:
     """What tmux knows of a step's window."""
@@ -81,16 +86,28 @@ class Tmux:
 
         ``remain-on-exit`` and ``history-limit`` are set on the server before any step's
         window exists: a window whose command exits at once would otherwise vanish before
-        anyone looks at it."""
+        anyone looks at it. A ``pane-died`` hook signals the session's wake channel
+        (``wake_channel``) whenever a window's process ends, however it ends."""
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.has_session(session):
             return
+        signal = shlex.join(
+            [
+                self.binary,
+                "-S",
+                str(self.socket_path),
+                "wait-for",
+                "-S",
+                wake_channel("#{session_name}"),
+            ]
+        )
         self._cmd(
             "new-session", "-d", "-s", session, "-n", "agentflow", "-x", "200", "-y", "50",
             "-c", str(cwd), command,
             ";", "set-option", "-g", "remain-on-exit", "on",
             ";", "set-option", "-g", "history-limit", str(HISTORY_LIMIT),
             ";", "set-option", "-g", "exit-empty", "off",
+            ";", "set-hook", "-g", "pane-died", f'run-shell -b "{signal}"',
         )  # fmt: skip
 
     def new_window(
@@ -123,10 +140,6 @@ class Tmux:
 
     def kill_session(self, session: str) -> None:
         self.server.cmd("kill-session", "-t", f"={session}")
-
-    def signal_command(self, channel: str) -> str:
-        """A shell command that wakes whoever waits on ``channel``."""
-        return shlex.join([self.binary, "-S", str(self.socket_path), "wait-for", "-S", channel])
 
     def waiter(self, channel: str) -> subprocess.Popen[bytes]:
         """A process that exits when ``channel`` is signalled. tmux remembers a signal

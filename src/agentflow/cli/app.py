@@ -53,4 +53,9 @@ def command(name: str | None = None) -> Callable[[F], F]:
 
 def plain_output(ci: bool) -> bool:
     """Plain lines instead of a live view: asked for, in CI, or not on a terminal."""
-    return ci or bool(os.environ.get("CI")) or not sys.stdout.isatty()
+    return ci or in_ci() or not sys.stdout.isatty()
+
+
+def in_ci() -> bool:
+    """CI systems set ``CI`` (to ``true``, ``1``, …); ``CI=false`` or ``0`` means no."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -15,7 +15,7 @@ from rich.text import Text
 from agentflow.cli.app import command, console
 from agentflow.display import STATUS_STYLE, steps_table
 from agentflow.errors import UsageError
-from agentflow.state import RunState
+from agentflow.state import RunState, now
 from agentflow.store import RunDir, Store
 from agentflow.tmux import Tmux, socket_path_for
 from agentflow.workflow import format_duration
@@ -70,7 +70,7 @@ def status(
     for run in runs:
         state = run.read_state()
         shown = _run_status(run, state)
-        end = state.finished_at or state.updated_at
+        end = state.finished_at or (now() if shown == "running" else state.updated_at)
         table.add_row(
             state.run_id,
             state.workflow,
@@ -99,7 +99,10 @@ def logs(
     if step not in state.steps:
         raise UsageError(f"run {run.run_id} has no step '{step}'; steps: {', '.join(state.steps)}")
     folder = run.step_dir(step)
-    if attempt is not None and attempt != state.steps[step].attempts:
+    attempts = state.steps[step].attempts
+    if attempt is not None and attempt != attempts:
+        if not 1 <= attempt < attempts:
+            raise UsageError(f"step '{step}' has no attempt {attempt} (it has had {attempts})")
         folder = folder / f"attempt-{attempt}"
     log = folder / "output.log"
     if not log.exists() and not follow:

@@ -22,7 +22,7 @@ from agentflow.orchestrator import (
     resume,
 )
 from agentflow.plan import Plan
-from agentflow.planner import make_plan
+from agentflow.planner import check_plan, make_plan
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
 from agentflow.state import RunState
@@ -113,7 +113,10 @@ def run(
         raise UsageError(f"--planner {planner} is not supported yet in this version of agentflow")
     wf = load_workflow(file)
     if plan_file is not None:
-        the_plan = _read_plan(plan_file, wf.workflow.name)
+        if set_:
+            raise UsageError("--set has no effect with --plan: a saved plan's inputs are fixed")
+        the_plan = _read_plan(plan_file)
+        check_plan(the_plan, wf, str(plan_file))
     else:
         the_plan = make_plan(wf, parse_set_options(set_ or []))
     factory, lives = _observer_factory(ci)
@@ -131,7 +134,7 @@ def run(
     _conclude(state, prepared.run)
 
 
-def _read_plan(path: Path, workflow_name: str) -> Plan:
+def _read_plan(path: Path) -> Plan:
     from pydantic import ValidationError
 
     try:
@@ -142,10 +145,6 @@ def _read_plan(path: Path, workflow_name: str) -> Plan:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise UsageError(f"{path}: not a valid plan ({where}: {first['msg']})") from None
-    if the_plan.workflow != workflow_name:
-        raise UsageError(
-            f"{path}: a plan for workflow '{the_plan.workflow}', not '{workflow_name}'"
-        )
     return the_plan
 
 

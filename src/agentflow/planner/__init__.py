@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agentflow.errors import PlanError
 from agentflow.plan import Plan
 from agentflow.planner.inputs import resolve_inputs
 from agentflow.planner.static import StaticPlanner
@@ -29,4 +30,40 @@ def make_plan(wf: WorkflowFile, overrides: dict[str, str], planner: Planner | No
     return (planner or StaticPlanner()).plan(wf, inputs)
 
 
-__all__ = ["Planner", "StaticPlanner", "make_plan", "resolve_inputs"]
+def check_plan(plan: Plan, wf: WorkflowFile, source: str) -> None:
+    """Refuse a saved plan that does not fit the workflow: other steps, other needs, an
+    order that runs a step before what it needs, or inputs the workflow does not have."""
+    workflow = wf.workflow
+    if plan.workflow != workflow.name:
+        raise PlanError(f"{source}: a plan for workflow '{plan.workflow}', not '{workflow.name}'")
+    planned = [s.id for s in plan.steps]
+    declared = [s.id for s in workflow.steps]
+    missing = [i for i in declared if i not in planned]
+    extra = [i for i in planned if i not in declared]
+    if missing or extra or len(set(planned)) != len(planned):
+        what = "; ".join(
+            part
+            for part in (
+                f"missing steps: {', '.join(missing)}" if missing else "",
+                f"steps the workflow does not have: {', '.join(extra)}" if extra else "",
+                "a step listed twice" if len(set(planned)) != len(planned) else "",
+            )
+            if part
+        )
+        raise PlanError(f"{source} does not match {wf.path.name} ({what}): plan it again")
+    seen: set[str] = set()
+    for s in plan.steps:
+        if set(s.needs) != set(workflow.step(s.id).needs):
+            raise PlanError(
+                f"{source}: step '{s.id}' needs {sorted(s.needs)} in the plan but "
+                f"{sorted(workflow.step(s.id).needs)} in {wf.path.name}: plan it again"
+            )
+        if not set(s.needs) <= seen:
+            raise PlanError(f"{source}: step '{s.id}' comes before a step it needs")
+        seen.add(s.id)
+    unknown = set(plan.inputs) - set(workflow.inputs)
+    if unknown or set(workflow.inputs) - set(plan.inputs):
+        raise PlanError(f"{source}: its inputs do not match {wf.path.name}'s: plan it again")
+
+
+__all__ = ["Planner", "StaticPlanner", "check_plan", "make_plan", "resolve_inputs"]

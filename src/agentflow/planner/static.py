@@ -6,7 +6,7 @@ import heapq
 
 from agentflow.errors import PlanError
 from agentflow.plan import Plan, PlannedStep
-from agentflow.template import Ref, substitute
+from agentflow.template import Ref, scalar_text, substitute
 from agentflow.workflow.load import WorkflowFile
 from agentflow.workflow.model import Scalar, Step, Workflow
 
@@ -21,8 +21,9 @@ class StaticPlanner:
         if tasks:
             raise PlanError(
                 f"{wf.path.name}: step '{tasks[0]}' is a `task:` (plain words), which the static "
-                "planner cannot run: set `planner: {type: anthropic}` and ANTHROPIC_API_KEY, "
-                "run a saved plan with --plan, or give the step a `run:` command"
+                "planner cannot run: give the step a `run:` command, or run a saved plan with "
+                "--plan (the anthropic planner, which writes commands for tasks, is not "
+                "supported yet in this version)"
             )
         steps = [
             PlannedStep(
@@ -42,10 +43,7 @@ def render_inputs(text: str, inputs: dict[str, Scalar]) -> str:
     def lookup(ref: Ref) -> str | None:
         if ref.kind != "inputs":
             return None
-        value = inputs[ref.names[0]]
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return str(value)
+        return scalar_text(inputs[ref.names[0]])
 
     return substitute(text, lookup)
 

@@ -35,7 +35,7 @@ class Input(Model):
     default: Scalar | None = None
     """The value used when ``--set`` does not give one; no default means the input is required."""
     description: str | None = None
-    """What the input means, shown by ``agentflow plan``."""
+    """What the input means (for people, and for the LLM planner)."""
     type: Literal["string", "integer", "number", "boolean"] | None = None
     """The type a ``--set`` value is converted to; by default the type of ``default``."""
     choices: list[Scalar] | None = None

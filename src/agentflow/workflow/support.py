@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pydantic import BaseModel
+
 from agentflow.workflow.model import Workflow
 
 Loc = tuple[str | int, ...]
@@ -26,17 +28,17 @@ _STEP_KEYS = {
 
 def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
     """Where ``workflow`` uses a key that this version cannot act on yet."""
-    fields = workflow.model_fields_set
-    for key in ("secrets", "matrix", "objective"):
-        if key in fields and getattr(workflow, key):
-            yield (key,), _msg(f"`{key}`")
+    for key in sorted(_changed(workflow) & {"secrets", "matrix", "objective", "max_parallel_runs"}):
+        yield (key,), _msg(f"`{key}`")
     sandbox = workflow.sandbox
     if sandbox.backend == "docker":
         yield ("sandbox", "backend"), _msg("the docker sandbox")
-    for key in sorted(sandbox.model_fields_set - {"backend", "workdir"}):
+    for key in sorted(_changed(sandbox) - {"backend"}):
         yield ("sandbox", key), _msg(f"sandbox.{key} (it configures the docker sandbox)")
     if workflow.planner.type != "static":
         yield ("planner", "type"), _msg(f"the {workflow.planner.type} planner")
+    for key in sorted(_changed(workflow.planner) - {"type"}):
+        yield ("planner", key), _msg(f"planner.{key} (it configures the LLM planner)")
     if workflow.defaults.stall_timeout is not None:
         yield ("defaults", "stall_timeout"), _msg("stall detection")
     if workflow.defaults.on_failure == "diagnose":
@@ -47,6 +49,16 @@ def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
                 yield ("steps", i, key), _msg(_STEP_KEYS[key])
         if step.on_failure == "diagnose":
             yield ("steps", i, "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
+
+
+def _changed(model: BaseModel) -> set[str]:
+    """The keys written with a value other than their default (writing a default is fine)."""
+    fields = type(model).model_fields
+    return {
+        k
+        for k in model.model_fields_set
+        if getattr(model, k) != fields[k].get_default(call_default_factory=True)
+    }
 
 
 def _msg(what: str) -> str:
