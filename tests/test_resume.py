@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
+from pathlib import Path
 
 import libtmux
 
 from agentflow.tmux import socket_path_for
 
-from conftest import Env, group_alive
+from conftest import AGENTFLOW, Env, group_alive
 
 CHAIN = """\
 version: 1
@@ -162,3 +164,58 @@ def test_resume_of_a_failed_run_redoes_the_failed_steps(af: Env) -> None:
     steps = af.state("fix1")["steps"]
     assert steps["needs-file"]["attempts"] == 2
     assert steps["after"]["status"] == "succeeded"
+
+
+def test_logs_follow_prints_until_the_step_ends(af: Env) -> None:
+    proc, rid = start_and_wait_running(af, "middle")
+    follower = af.start("logs", rid, "middle", "-f")
+    (af.workspace / "release").touch()
+    out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0
+    assert out == "middle done\n"
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_killing_the_tmux_server_mid_run_is_survived(af: Env) -> None:
+    proc, rid = start_and_wait_running(af, "middle")
+    libtmux.Server(socket_path=str(socket_path_for(af.home))).kill()
+    out, err = proc.communicate(timeout=30)
+    # The running step lost its window: it failed (no retries), and nothing else broke.
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in err
+    state = af.state(rid)
+    assert state["steps"]["middle"]["status"] in ("crashed", "failed")
+    assert state["steps"]["last"]["status"] == "skipped"
+    (af.workspace / "release").touch()
+    res = af.cli("resume", rid)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert af.state(rid)["steps"]["last"]["status"] == "succeeded"
+
+
+def test_attach_shows_the_steps_window_in_a_terminal(af: Env, tmp_path: Path) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: watchme
+        steps:
+          - id: busy
+            run: echo visible-marker; sleep 30
+        """
+    )
+    proc = af.start("run", str(wf), "--run-id", "w1")
+    af.wait_for(lambda: af.state("w1")["steps"]["busy"]["status"] == "running")
+    # A terminal of the test's own: another tmux server, where a person would type.
+    terminal = libtmux.Server(socket_path=str(tmp_path / "term.sock"))
+    try:
+        command = shlex.join(
+            ["env", f"AGENTFLOW_HOME={af.home}", AGENTFLOW, "attach", "w1", "busy"]
+        )
+        session = terminal.new_session(session_name="t", window_command=command, x=120, y=30)
+        pane = session.active_window.active_pane
+        assert pane is not None
+        af.wait_for(lambda: "visible-marker" in "\n".join(pane.capture_pane()), message="attached")
+    finally:
+        terminal.kill()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)

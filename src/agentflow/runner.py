@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from agentflow.errors import EnvironmentProblem
 from agentflow.monitor import CheckSchedule, Waker
 from agentflow.plan import Plan, PlannedStep
 from agentflow.report import write_reports
@@ -331,9 +332,17 @@ class Runner:
         pane_command = shlex.join(launch.command)
         if st.window:
             self.s.tmux.kill_window(st.window)
-        window = self.s.tmux.new_window(
-            self.session, planned.id, pane_command, self.s.workspace, launch.env
-        )
+        try:
+            window = self.s.tmux.new_window(
+                self.session, planned.id, pane_command, self.s.workspace, launch.env
+            )
+        except EnvironmentProblem:
+            # The tmux server or session went away (killed, or the machine's tmux restarted):
+            # make it again and try once more; a second failure is the environment's.
+            self._ensure_session()
+            window = self.s.tmux.new_window(
+                self.session, planned.id, pane_command, self.s.workspace, launch.env
+            )
         self._update(
             planned.id,
             status="running",

@@ -44,6 +44,11 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 for line in lines:
                     err_console.print(f"[bold red]error:[/] {escape(str(line))}", soft_wrap=True)
                 raise typer.Exit(e.exit_code) from None
+            except OSError as e:
+                # A full disk or a permission problem: say what and where, no traceback.
+                where = f"{e.filename}: " if e.filename else ""
+                err_console.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}")
+                raise typer.Exit(1) from None
 
         app.command(name)(wrapper)
         return fn
