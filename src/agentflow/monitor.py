@@ -1,9 +1,11 @@
 """Sleep-and-check: when the runner next looks at its steps, and how it sleeps until then.
 
-The runner sleeps in ``select`` on two things: the pipe of a ``tmux wait-for`` process
-(which exits when a step's window signals the run's channel, so a step's end wakes the
-runner at once) and a self-pipe that signal handlers write to (Ctrl-C, SIGTERM). While
-nothing changes, the periodic liveness check backs off, so an idle run costs nothing.
+The runner sleeps in ``select`` on three things: the run's wake FIFO (each step's wrapper
+writes a line to it right after its exit code, from inside any sandbox, since the FIFO
+lives in the mounted steps folder), the pipe of a ``tmux wait-for`` process (which exits
+when any window of the run dies, however it dies: the backstop for a wrapper that was
+killed), and a self-pipe that signal handlers write to (Ctrl-C, SIGTERM). While nothing
+changes, the periodic liveness check backs off, so an idle run costs nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 from agentflow.state import now
@@ -48,9 +51,16 @@ class CheckSchedule:
 class Waker:
     """Sleeps until a deadline, a step's end (tmux channel) or a signal, whichever is first."""
 
-    def __init__(self, start_waiter: Callable[[], subprocess.Popen[bytes]]) -> None:
+    def __init__(
+        self, start_waiter: Callable[[], subprocess.Popen[bytes]], wake_fifo: Path
+    ) -> None:
         self._start_waiter = start_waiter
         self._waiter = start_waiter()
+        if not wake_fifo.exists():
+            os.mkfifo(wake_fifo, 0o600)
+        # Read-write, so that the FIFO never reports end-of-file between two writers.
+        self._fifo = os.open(wake_fifo, os.O_RDWR | os.O_NONBLOCK)
+        self._fifo_path = wake_fifo
         self._signal_r, self._signal_w = os.pipe()
         os.set_blocking(self._signal_r, False)
         os.set_blocking(self._signal_w, False)
@@ -59,7 +69,12 @@ class Waker:
     def sleep(self, seconds: float) -> None:
         assert self._waiter.stdout is not None
         channel = self._waiter.stdout.fileno()
-        ready, _, _ = select.select([channel, self._signal_r], [], [], max(0, seconds))
+        fds = [self._fifo, channel, self._signal_r]
+        ready, _, _ = select.select(fds, [], [], max(0, seconds))
+        if self._fifo in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._fifo, 65536):
+                    pass
         if channel in ready:  # the channel was signalled: the waiter exited
             self._waiter.wait()
             self._waiter.stdout.close()
@@ -96,3 +111,7 @@ class Waker:
             self._waiter.stdout.close()
         os.close(self._signal_r)
         os.close(self._signal_w)
+        os.close(self._fifo)
+        # Nobody listens any more: wrappers that end from now on skip the wake-up.
+        with contextlib.suppress(FileNotFoundError):
+            self._fifo_path.unlink()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -36,14 +37,67 @@ class Prepared:
     warnings: list[str]
 
 
-def choose_sandbox(workflow: Workflow, choice: SandboxChoice | None, workspace: Path) -> Sandbox:
+def choose_backend(workflow: Workflow, choice: SandboxChoice | None) -> tuple[str, list[str]]:
+    """``docker`` or ``local``, and the warnings to show. ``auto`` is Docker when the
+    workflow names an image and a daemon answers, else local (said in a warning)."""
     backend = choice or workflow.sandbox.backend
+    if backend == "local":
+        return "local", []
+    has_image = bool(workflow.sandbox.image or workflow.sandbox.build)
     if backend == "docker":
-        raise EnvironmentProblem(
-            "the docker sandbox is not supported yet in this version of agentflow: "
-            "use --sandbox local"
+        from agentflow.sandbox.docker import connect
+
+        if not has_image:
+            raise UsageError(
+                "the docker sandbox needs `sandbox.image` or `sandbox.build` in the workflow"
+            )
+        connect().close()  # no daemon: exit 4 with a hint, before anything is created
+        return "docker", []
+    if not has_image:
+        return "local", ["the workflow names no image: steps run on this machine (local sandbox)"]
+    from agentflow.sandbox.docker import daemon_answers
+
+    if daemon_answers():
+        return "docker", []
+    return "local", ["no Docker daemon answers: steps run on this machine (local sandbox)"]
+
+
+def make_sandbox(
+    backend: str,
+    workflow: Workflow,
+    run: RunDir,
+    workspace: Path,
+    home: Path,
+    *,
+    keep: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Sandbox:
+    if backend == "docker":
+        from agentflow.sandbox.docker import DockerSandbox
+
+        return DockerSandbox(
+            workflow.sandbox,
+            run_id=run.run_id,
+            workflow=workflow.name,
+            workspace=workspace,
+            steps_dir=run.path / "steps",
+            home=home,
+            log=log,
+            build_log=run.path / "build.log",
+            keep=keep,
         )
     return LocalSandbox(workspace)
+
+
+def read_secrets(workflow: Workflow) -> dict[str, str]:
+    """The values of the workflow's secrets, from this process's environment."""
+    missing = [name for name in workflow.secrets if not os.environ.get(name)]
+    if missing:
+        raise EnvironmentProblem(
+            f"secret{'s' if len(missing) > 1 else ''} {', '.join(missing)} named in the "
+            "workflow but not set: export it in the environment agentflow runs in"
+        )
+    return {name: os.environ[name] for name in workflow.secrets}
 
 
 def _tmux(store: Store) -> Tmux:
@@ -61,14 +115,18 @@ def new_run(
     sandbox: SandboxChoice | None = None,
     junit: Path | None = None,
     kill_grace: float = 10.0,
+    keep_sandbox: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Prepared:
-    """Create the run directory (workflow and plan frozen in it) and a runner for it."""
-    warnings = []
-    tmux = _tmux(store)  # fails early (exit 4) when tmux is missing
-    box = choose_sandbox(wf.workflow, sandbox, wf.base_dir)
-    if (sandbox or wf.workflow.sandbox.backend) == "auto":
-        warnings.append("no Docker sandbox yet: steps run on this machine (local sandbox)")
+    """Create the run directory (workflow and plan frozen in it) and a runner for it.
+    Everything that can be missing (tmux, a daemon, a secret) is checked first."""
+    tmux = _tmux(store)
+    secrets = read_secrets(wf.workflow)
+    backend, warnings = choose_backend(wf.workflow, sandbox)
     run = store.create(run_id or new_run_id(wf.workflow.name))
+    box = make_sandbox(
+        backend, wf.workflow, run, wf.base_dir, store.home, keep=keep_sandbox, log=log
+    )
     run.write_text("workflow.yaml", wf.text)
     run.write_plan(plan)
     state = RunState(
@@ -81,7 +139,7 @@ def new_run(
         inputs=plan.inputs,
         steps={s.id: StepState() for s in plan.steps},
     )
-    setup = RunSetup(run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit)
+    setup = RunSetup(run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets)
     hint = f"agentflow attach {run.run_id}"
     runner = Runner(setup, state, observer_for(run, plan, hint))
     return Prepared(runner, run, hint, warnings)
@@ -94,6 +152,8 @@ def reopen(
     *,
     junit: Path | None = None,
     kill_grace: float = 10.0,
+    keep_sandbox: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Prepared:
     """A runner for an existing run, from what its directory froze."""
     run = store.open(run_id)
@@ -107,8 +167,11 @@ def reopen(
     workflow = parse_workflow(text, str(run.workflow_path), base_dir=None)
     if not workspace.is_dir():
         raise UsageError(f"run {run.run_id}: its workspace {workspace} no longer exists")
-    box = choose_sandbox(workflow, state.sandbox, workspace)  # type: ignore[arg-type]
-    setup = RunSetup(run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit)
+    secrets = read_secrets(workflow)
+    box = make_sandbox(
+        state.sandbox, workflow, run, workspace, store.home, keep=keep_sandbox, log=log
+    )
+    setup = RunSetup(run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, secrets)
     hint = f"agentflow attach {run.run_id}"
     return Prepared(Runner(setup, state, observer_for(run, plan, hint)), run, hint, [])
 

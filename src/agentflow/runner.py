@@ -16,7 +16,7 @@ import shlex
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +24,7 @@ from typing import Protocol
 from agentflow.errors import EnvironmentProblem
 from agentflow.monitor import CheckSchedule, Waker
 from agentflow.plan import Plan, PlannedStep
+from agentflow.redact import Redactor
 from agentflow.report import write_reports
 from agentflow.sandbox import Sandbox, wrapper_script
 from agentflow.state import FINAL, RunState, StepState, StepStatus, now
@@ -59,6 +60,8 @@ class RunSetup:
     """Seconds between TERM and KILL when a step is stopped."""
     junit: Path | None = None
     """Where to write a copy of the JUnit report, besides the run directory."""
+    secrets: dict[str, str] = field(default_factory=dict)
+    """The workflow's secrets by name: handed to each step, masked everywhere."""
 
 
 class Runner:
@@ -69,8 +72,10 @@ class Runner:
         self.session = state.run_id
         self.channel = wake_channel(self.session)
         self.schedule = CheckSchedule()
+        self.redactor = Redactor(setup.secrets.values())
         self.aborting: str | None = None
         self._resuming = False
+        self._sandbox_checked = True
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -91,7 +96,7 @@ class Runner:
     def _drive(self) -> RunState:
         self.s.sandbox.start()
         self._ensure_session()
-        waker = Waker(lambda: self.s.tmux.waiter(self.channel))
+        waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
         try:
             with waker.signals():
                 while not waker.interrupted:
@@ -238,6 +243,7 @@ class Runner:
     def _crashed(self, step_id: str, why: str) -> None:
         # Whatever the attempt left running must not overlap its retry.
         self._signal(step_id, signal.SIGKILL)
+        self._sandbox_checked = False  # the sandbox itself may be gone (container killed)
         self._update(step_id, status="crashed", finished_at=now(), message=why, kill_reason=None)
         self.schedule.changed()
         self._emit("step_finished", step_id, status="crashed", message=why)
@@ -305,6 +311,9 @@ class Runner:
             running += 1
 
     def _launch(self, planned: PlannedStep) -> None:
+        if not self._sandbox_checked:
+            self.s.sandbox.start()  # idempotent: re-attaches, or starts a new one
+            self._sandbox_checked = True
         step = self.s.workflow.step(planned.id)
         st = self.state.steps[planned.id]
         attempt = st.attempts + 1
@@ -327,6 +336,9 @@ class Runner:
             AGENTFLOW_STEP=planned.id,
             AGENTFLOW_ATTEMPT=str(attempt),
         )
+        if self.s.secrets:
+            # Values go only to the step's environment; the wrapper masks them in its output.
+            env.update(self.s.secrets, AGENTFLOW_SECRETS=" ".join(self.s.secrets))
         workdir = self.s.sandbox.workdir(self._render(step.workdir, env) if step.workdir else None)
         launch = self.s.sandbox.launch(step_dir, workdir, env)
         pane_command = shlex.join(launch.command)
@@ -449,6 +461,7 @@ class Runner:
         message: str | None = None,
     ) -> None:
         attempt = self.state.steps[step].attempts if step else None
+        message = self.redactor(message) if message else message
         event = Event(
             kind=kind,
             step=step,

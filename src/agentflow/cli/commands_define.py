@@ -13,6 +13,7 @@ from agentflow.cli.app import command, console
 from agentflow.plan import Plan
 from agentflow.planner import make_plan
 from agentflow.planner.inputs import parse_set_options
+from agentflow.sandbox import describe
 from agentflow.workflow import Workflow, format_duration, load_workflow
 
 SetOption = Annotated[
@@ -47,9 +48,21 @@ def plan(
     wf = load_workflow(file)
     the_plan = make_plan(wf, parse_set_options(set_ or []))
     print_plan(the_plan)
+    print_sandbox(wf.workflow)
     if output is not None:
         output.write_text(the_plan.model_dump_json(indent=2) + "\n", encoding="utf-8")
         console.print(f"plan saved to {output}: run it with `agentflow run {file} --plan {output}`")
+
+
+def print_sandbox(workflow: Workflow) -> None:
+    config = workflow.sandbox
+    if config.backend == "local" or not (config.image or config.build):
+        console.print("sandbox: local (steps run on this machine, in the workflow's folder)")
+        return
+    facts, relaxed = describe(config)
+    console.print(f"sandbox: {config.backend} — " + "; ".join(facts))
+    for item in relaxed:
+        console.print(f"  [yellow]relaxed:[/] {item}")
 
 
 def print_plan(the_plan: Plan) -> None:

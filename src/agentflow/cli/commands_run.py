@@ -34,6 +34,9 @@ EXIT_INTERRUPTED = 130
 CiOption = Annotated[
     bool, typer.Option("--ci", help="Plain lines, one per event, no colours (also when CI is set).")
 ]
+KeepOption = Annotated[
+    bool, typer.Option("--keep-sandbox", help="Keep the run's container when it ends.")
+]
 JunitOption = Annotated[
     Path | None, typer.Option("--junit", help="Also write the JUnit XML report here.")
 ]
@@ -51,6 +54,11 @@ def _observer_factory(ci: bool) -> tuple[ObserverFactory, list[LiveTable]]:
         return Observers([log, live])
 
     return build, lives
+
+
+def _sandbox_log(line: str) -> None:
+    """The sandbox's own output (an image build), shown as it comes."""
+    err_console.print(line, style="dim", markup=False, highlight=False)
 
 
 def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
@@ -105,6 +113,7 @@ def run(
     ] = False,
     ci: CiOption = False,
     junit: JunitOption = None,
+    keep_sandbox: KeepOption = False,
 ) -> None:
     """Run a workflow. Exit 0 when every step succeeded, 1 when one failed, 3 when blocked."""
     if detach:
@@ -128,6 +137,8 @@ def run(
         run_id=run_id,
         sandbox=sandbox,
         junit=junit,
+        keep_sandbox=keep_sandbox,
+        log=_sandbox_log,
     )
     with prepared.run.lock():
         state = _drive(prepared, lives, prepared.runner.start)
@@ -153,6 +164,7 @@ def resume_cmd(
     run_id: Annotated[str, typer.Argument(help="The run to continue.")],
     ci: CiOption = False,
     junit: JunitOption = None,
+    keep_sandbox: KeepOption = False,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
     store = Store()
@@ -163,7 +175,14 @@ def resume_cmd(
         raise typer.Exit(EXIT_OK)
     factory, lives = _observer_factory(ci)
     with run_dir.lock():
-        prepared = reopen(store, run_dir.run_id, factory, junit=junit)
+        prepared = reopen(
+            store,
+            run_dir.run_id,
+            factory,
+            junit=junit,
+            keep_sandbox=keep_sandbox,
+            log=_sandbox_log,
+        )
         final = _drive(prepared, lives, lambda: resume(prepared))
     _conclude(final, run_dir)
 
@@ -188,3 +207,19 @@ def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> Non
             return
         runner.stop("stopped by `agentflow stop`")
     console.print(f"run {rid} stopped; resume it with `agentflow resume {rid}`")
+
+
+@command()
+def gc() -> None:
+    """Remove sandbox containers of runs that are over or gone."""
+    store = Store()
+    live = {
+        r.run_id
+        for r in store.list()
+        if r.read_state().status == "running" or r.lock_holder() is not None
+    }
+    from agentflow.sandbox.docker import reap
+
+    removed = reap(store.home, live)
+    names = f": {', '.join(removed)}" if removed else ""
+    console.print(f"removed {len(removed)} container(s){names}")

@@ -12,6 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
+from agentflow.workflow.model import Sandbox as SandboxConfig
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -40,6 +42,37 @@ class Sandbox(Protocol):
 
     def close(self) -> None:
         """Release the sandbox at the end of a run."""
+
+
+def describe(config: SandboxConfig) -> tuple[list[str], list[str]]:
+    """What the docker sandbox of ``config`` is: (facts, relaxations of the defaults)."""
+    image = config.image or (
+        f"built from {config.build.context}/{config.build.dockerfile}" if config.build else "none"
+    )
+    facts = [
+        f"image {image}",
+        f"workspace at {config.workdir}",
+        "all capabilities dropped, no-new-privileges, your uid:gid, read-only root",
+    ]
+    relaxed = []
+    if config.network == "none":
+        facts.append("network: none (loopback only)")
+    else:
+        relaxed.append(f"network: {config.network}")
+    res = config.resources
+    limits = [
+        f"{k} {v}"
+        for k, v in (("cpus", res.cpus), ("memory", res.memory), ("pids", res.pids))
+        if v is not None
+    ]
+    facts.append("limits: " + (", ".join(limits) if limits else "none"))
+    if res.gpus is not None:
+        relaxed.append(f"gpus: {res.gpus}")
+    relaxed += [
+        f"mount {m.source} → {m.target}{' (read-only)' if m.read_only else ''}"
+        for m in config.mounts
+    ]
+    return facts, relaxed
 
 
 def wrapper_script() -> str:

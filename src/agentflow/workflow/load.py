@@ -432,6 +432,13 @@ def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Proble
             yield located.at(loc, str(e))
             continue
         for ref in refs:
+            if ref.kind == "env" and ref.names[0] in workflow.secrets:
+                name = ref.names[0]
+                yield located.at(
+                    loc,
+                    f"${{{{ env.{name} }}}} would write the secret {name} into files: "
+                    f"use ${name} (the step's environment has it)",
+                )
             if ref.kind == "inputs" and ref.names[0] not in workflow.inputs:
                 known = ", ".join(workflow.inputs) or "none are declared"
                 yield located.at(loc, f"unknown input '{ref.names[0]}' (inputs: {known})")

@@ -28,13 +28,8 @@ _STEP_KEYS = {
 
 def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
     """Where ``workflow`` uses a key that this version cannot act on yet."""
-    for key in sorted(_changed(workflow) & {"secrets", "matrix", "objective", "max_parallel_runs"}):
+    for key in sorted(_changed(workflow) & {"matrix", "objective", "max_parallel_runs"}):
         yield (key,), _msg(f"`{key}`")
-    sandbox = workflow.sandbox
-    if sandbox.backend == "docker":
-        yield ("sandbox", "backend"), _msg("the docker sandbox")
-    for key in sorted(_changed(sandbox) - {"backend"}):
-        yield ("sandbox", key), _msg(f"sandbox.{key} (it configures the docker sandbox)")
     if workflow.planner.type != "static":
         yield ("planner", "type"), _msg(f"the {workflow.planner.type} planner")
     for key in sorted(_changed(workflow.planner) - {"type"}):

@@ -1,0 +1,314 @@
+"""The Docker sandbox: every step of a run executes in one locked-down container.
+
+The container is started once per run (docker-py) and kept idle; each step's tmux window
+runs ``docker exec -it CONTAINER sh wrapper.sh`` so that the window shows the step live,
+while the tmux session itself stays on the host. Locked down by default: no network but
+loopback, every capability dropped, ``no-new-privileges``, the caller's uid:gid, a read-only
+root with a tmpfs ``/tmp``, limits from ``resources``. Only the workspace, the run's step
+folders and the named mounts of the host are visible.
+
+Secrets never enter the container's configuration (``docker inspect`` would show them):
+``docker exec -e NAME`` forwards them from the exec client's environment, which the tmux
+window gets directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import shutil
+import signal as signals
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import DeviceRequest, Mount
+
+from agentflow.errors import EnvironmentProblem, UsageError
+from agentflow.sandbox import Launch
+from agentflow.workflow.model import Sandbox as SandboxConfig
+
+STEPS_MOUNT = "/agentflow/steps"
+"""Where the run's ``steps/`` folder appears inside the container."""
+LABEL_RUN = "agentflow.run"
+LABEL_WORKFLOW = "agentflow.workflow"
+LABEL_HOME = "agentflow.home"
+# An idle PID 2 under docker-init (PID 1 reaps orphans); exits at once on TERM.
+_IDLE = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+
+
+def connect(timeout: int = 5) -> docker.DockerClient:
+    """A client of the local daemon; EnvironmentProblem (exit 4) when none answers."""
+    try:
+        client = docker.from_env(version="auto", timeout=timeout)
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise EnvironmentProblem(
+            f"no Docker daemon answers ({_first_line(e)}): start it (`sudo systemctl start "
+            "docker`, or `sudo dockerd &`), or run with --sandbox local"
+        ) from None
+    return client
+
+
+def daemon_answers() -> bool:
+    try:
+        connect(timeout=2).close()
+    except EnvironmentProblem:
+        return False
+    return True
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+class DockerSandbox:
+    name = "docker"
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        run_id: str,
+        workflow: str,
+        workspace: Path,
+        steps_dir: Path,
+        home: Path,
+        log: Callable[[str], None] | None = None,
+        build_log: Path | None = None,
+        keep: bool = False,
+    ) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.workflow = workflow
+        self.workspace = workspace
+        self.steps_dir = steps_dir
+        self.home = home
+        self.log = log or (lambda line: None)
+        self.build_log = build_log
+        self.keep = keep
+        self.container_name = f"agentflow-{run_id}"
+        self.cli = shutil.which("docker")
+        self._client: docker.DockerClient | None = None
+        self._container: Container | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    # --- the container ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Re-attach to the run's container, or start one (building the image if asked)."""
+        if self.cli is None:
+            raise EnvironmentProblem(
+                "the docker command is not installed (steps run through `docker exec`): "
+                "install Docker's client"
+            )
+        existing = self._find()
+        if existing is not None:
+            if existing.status != "running":
+                existing.start()
+            self._container = existing
+            return
+        image = self.image()
+        self._container = self._create(image)
+
+    def _find(self) -> Container | None:
+        found = self.client.containers.list(
+            all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}
+        )
+        return found[0] if found else None
+
+    def alive(self) -> bool:
+        container = self._find()
+        return container is not None and container.status == "running"
+
+    def image(self) -> str:
+        """The image to run: ``image`` (pulled if missing), or built from ``build``."""
+        if self.config.build is not None:
+            return self._build()
+        if not self.config.image:
+            raise UsageError(
+                "the docker sandbox needs `sandbox.image` or `sandbox.build` in the workflow"
+            )
+        try:
+            self.client.images.get(self.config.image)
+        except docker.errors.ImageNotFound:
+            self.log(f"pulling {self.config.image}")
+            try:
+                self.client.images.pull(self.config.image)
+            except docker.errors.DockerException as e:
+                raise EnvironmentProblem(
+                    f"image {self.config.image} is not on this machine and cannot be pulled "
+                    f"({_first_line(e)}): build it (`docker build -t {self.config.image} .`) "
+                    "or give `sandbox.build` in the workflow"
+                ) from None
+        return self.config.image
+
+    def _build(self) -> str:
+        build = self.config.build
+        assert build is not None
+        context = (self.workspace / build.context).resolve()
+        dockerfile = context / build.dockerfile
+        if not dockerfile.is_file():
+            raise UsageError(f"sandbox.build: no Dockerfile at {dockerfile}")
+        tag = f"agentflow/{self.workflow.lower()}:latest"
+        self.log(f"building {tag} from {dockerfile}")
+        lines: list[str] = []
+        out = self.build_log.open("a", encoding="utf-8") if self.build_log else None
+        try:
+            stream = self.client.api.build(
+                path=str(context),
+                dockerfile=str(dockerfile.relative_to(context)),
+                tag=tag,
+                buildargs=dict(build.args),
+                rm=True,
+                decode=True,
+                labels={LABEL_WORKFLOW: self.workflow},
+            )
+            for chunk in stream:
+                text = chunk.get("stream") or chunk.get("status") or ""
+                if "error" in chunk:
+                    text = f"ERROR: {chunk['error']}\n"
+                for line in text.splitlines():
+                    if line.strip():
+                        lines.append(line)
+                        self.log(line)
+                        if out:
+                            out.write(line + "\n")
+                if "error" in chunk:
+                    tail = "\n".join(lines[-8:])
+                    raise EnvironmentProblem(f"building {tag} failed:\n{tail}")
+        except docker.errors.DockerException as e:
+            raise EnvironmentProblem(f"building {tag} failed: {_first_line(e)}") from None
+        finally:
+            if out:
+                out.close()
+        return tag
+
+    def _create(self, image: str) -> Container:
+        cfg = self.config
+        res = cfg.resources
+        kwargs: dict[str, Any] = {}
+        if res.memory:
+            kwargs["mem_limit"] = res.memory
+        if res.cpus:
+            kwargs["nano_cpus"] = int(res.cpus * 1e9)
+        if res.pids:
+            kwargs["pids_limit"] = res.pids
+        if res.gpus is not None:
+            count = -1 if res.gpus == "all" else int(res.gpus)
+            kwargs["device_requests"] = [DeviceRequest(count=count, capabilities=[["gpu"]])]
+        try:
+            return self.client.containers.run(
+                image,
+                _IDLE,
+                name=self.container_name,
+                detach=True,
+                init=True,
+                labels={
+                    LABEL_RUN: self.run_id,
+                    LABEL_WORKFLOW: self.workflow,
+                    LABEL_HOME: str(self.home),
+                },
+                network_mode=cfg.network,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                user=f"{os.getuid()}:{os.getgid()}",
+                read_only=True,
+                tmpfs={"/tmp": "rw,exec,nosuid,nodev,size=1g"},
+                mounts=self.mounts(),
+                working_dir=cfg.workdir,
+                environment={"HOME": "/tmp"},
+                **kwargs,
+            )
+        except docker.errors.DockerException as e:
+            raise EnvironmentProblem(
+                f"cannot start the sandbox container from {image}: {_first_line(e)}"
+            ) from None
+
+    def mounts(self) -> list[Mount]:
+        """The workspace, the run's step folders and the named mounts; nothing else."""
+        mounts = [
+            Mount(target=self.config.workdir, source=str(self.workspace), type="bind"),
+            Mount(target=STEPS_MOUNT, source=str(self.steps_dir), type="bind"),
+        ]
+        for i, m in enumerate(self.config.mounts):
+            source = (self.workspace / m.source).resolve()
+            if not source.exists():
+                raise UsageError(
+                    f"sandbox.mounts[{i}]: {m.source} does not exist (looked for {source})"
+                )
+            if not posixpath.isabs(m.target):
+                raise UsageError(f"sandbox.mounts[{i}]: target {m.target!r} must be absolute")
+            mounts.append(
+                Mount(target=m.target, source=str(source), type="bind", read_only=m.read_only)
+            )
+        return mounts
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def workdir(self, relative: str | None) -> str:
+        base = self.config.workdir
+        return posixpath.normpath(posixpath.join(base, relative)) if relative else base
+
+    def launch(self, step_dir: Path, workdir: str, env: dict[str, str]) -> Launch:
+        assert self.cli is not None
+        inside = f"{STEPS_MOUNT}/{step_dir.name}/wrapper.sh"
+        argv = [self.cli, "exec", "-it", "-w", workdir]
+        for key in env:
+            argv += ["-e", key]  # the value comes from the exec client's own environment
+        argv += [self.container_name, "sh", inside, workdir]
+        # The docker client needs its own environment (PATH, DOCKER_HOST, ...) too.
+        client_env = {
+            k: os.environ[k] for k in ("PATH", "DOCKER_HOST", "DOCKER_CONFIG") if k in os.environ
+        }
+        return Launch(argv, {**client_env, **env})
+
+    def signal(self, pgid: int, signum: int) -> bool:
+        """Signal the step's process group inside the container (killing the ``docker exec``
+        client alone would leave the process running)."""
+        name = signals.Signals(signum).name.removeprefix("SIG")
+        try:
+            container = self._container or self._find()
+            if container is None:
+                return False
+            # As the container's user: the step's own uid may signal it without capabilities.
+            code, _ = container.exec_run(["sh", "-c", f"kill -{name} -{pgid}"])
+        except docker.errors.DockerException:
+            return False
+        return code == 0
+
+    def close(self) -> None:
+        """Remove the run's container (unless asked to keep it)."""
+        if self.keep:
+            return
+        container = self._container or self._find()
+        if container is None:
+            return
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+        self._container = None
+
+
+def reap(home: Path, live_runs: set[str]) -> list[str]:
+    """Remove containers of this home's runs that are not live (finished or deleted), and
+    of homes that no longer exist. Returns the names removed."""
+    client = connect()
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": LABEL_RUN}):
+        labels = c.labels or {}
+        own_home = labels.get(LABEL_HOME) == str(home)
+        gone_home = not Path(labels.get(LABEL_HOME, "/nonexistent")).exists()
+        if (own_home and labels.get(LABEL_RUN) not in live_runs) or gone_home:
+            c.remove(force=True)
+            removed.append(c.name or c.id or "?")
+    return removed
