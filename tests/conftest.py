@@ -104,6 +104,7 @@ def af(tmp_path: Path) -> Iterator[Env]:
         # A step's own process group (the wrapper puts it in one); gone if it ended.
         with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    _remove_containers(home)
     socket = socket_path_for(home)
     if socket.exists():
         server = libtmux.Server(socket_path=str(socket))
@@ -112,6 +113,18 @@ def af(tmp_path: Path) -> Iterator[Env]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pane, signal.SIGKILL)
         server.kill()
+
+
+def _remove_containers(home: Path) -> None:
+    """Containers a test's runs left (kept, or the orchestrator was killed)."""
+    try:
+        import docker
+
+        client = docker.from_env(version="auto", timeout=5)
+        for c in client.containers.list(all=True, filters={"label": f"agentflow.home={home}"}):
+            c.remove(force=True)
+    except Exception:  # no daemon: nothing to clean
+        return
 
 
 def _pane_pids(server: libtmux.Server) -> list[int]:
