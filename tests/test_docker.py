@@ -171,7 +171,8 @@ def test_a_timeout_leaves_no_process_in_the_container(af: Env, client: docker.Do
     assert af.state("to1")["steps"]["slow"]["status"] == "timeout"
     _, out = container_of(client, "to1").exec_run(["ps", "-o", "args"])
     assert b"sleep 30" not in out, out.decode()
-    af.cli("stop", "to1")
+    assert af.cli("stop", "to1").returncode == 0
+    assert not client.containers.list(all=True, filters={"label": "agentflow.run=to1"})
 
 
 def test_container_killed_mid_step_is_crashed_then_rerun(

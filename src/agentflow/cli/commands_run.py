@@ -201,9 +201,8 @@ def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> Non
         runner = prepared.runner
         if runner.state.status in ("succeeded", "failed") and not runner.state.count("running"):
             runner.s.tmux.kill_session(rid)
-            console.print(
-                f"run {rid} had already {runner.state.status}; its tmux session is closed"
-            )
+            runner.s.sandbox.close()  # a container kept with --keep-sandbox goes too
+            console.print(f"run {rid} had already {runner.state.status}; its session is closed")
             return
         runner.stop("stopped by `agentflow stop`")
     console.print(f"run {rid} stopped; resume it with `agentflow resume {rid}`")
