@@ -61,8 +61,8 @@ def test_unknown_top_level_key_without_close_match_lists_known_keys() -> None:
     text = HEADER + "zzzz: 1\n" + ONE_STEP
     assert problems(text) == [
         "wf.yaml:3:1: unknown key 'zzzz'; known keys: defaults, description, docs, env, goal, "
-        "inputs, matrix, max_parallel, max_parallel_runs, name, objective, planner, sandbox, "
-        "secrets, steps, version"
+        "inputs, matrix, max_consecutive_failures, max_parallel, max_parallel_runs, name, "
+        "objective, planner, sandbox, secrets, steps, version"
     ]
 
 
@@ -482,9 +482,7 @@ def test_step_output_reference_to_a_step_not_in_needs() -> None:
             run: echo ${{ steps.x.outputs.y }}
         """
     )
-    # `outputs` is not supported yet either; both problems are reported, by line.
     assert problems(text) == [
-        f"wf.yaml:6:5: steps[0].outputs: step outputs {NOT_YET}",
         "wf.yaml:8:5: steps[1].run: step 'b' reads an output of 'x' but does not need it: "
         "add it to needs",
     ]
@@ -564,39 +562,9 @@ def test_docs_are_not_checked_without_a_base_dir() -> None:
     ("extra", "expected"),
     [
         pytest.param(
-            "    service: true\n",
-            f"wf.yaml:6:5: steps[0].service: services with readiness probes {NOT_YET}",
-            id="service",
-        ),
-        pytest.param(
-            "    success: {files: [out.txt]}\n",
-            f"wf.yaml:6:5: steps[0].success: success checks {NOT_YET}",
-            id="success",
-        ),
-        pytest.param(
-            "    outputs: {o: {file: out.txt}}\n",
-            f"wf.yaml:6:5: steps[0].outputs: step outputs {NOT_YET}",
-            id="outputs",
-        ),
-        pytest.param(
-            "    expect: {duration: 5m}\n",
-            f"wf.yaml:6:5: steps[0].expect: expected duration and progress {NOT_YET}",
-            id="expect",
-        ),
-        pytest.param(
             "    artifacts: [out.txt]\n",
             f"wf.yaml:6:5: steps[0].artifacts: artifacts {NOT_YET}",
             id="artifacts",
-        ),
-        pytest.param(
-            "    recover: [{match: oom, action: retry}]\n",
-            f"wf.yaml:6:5: steps[0].recover: recover rules {NOT_YET}",
-            id="recover",
-        ),
-        pytest.param(
-            "    stall_timeout: 10m\n",
-            f"wf.yaml:6:5: steps[0].stall_timeout: stall detection {NOT_YET}",
-            id="stall_timeout",
         ),
         pytest.param(
             "    on_failure: diagnose\n",
@@ -609,12 +577,44 @@ def test_step_key_not_supported_yet(extra: str, expected: str) -> None:
     assert problems(HEADER + ONE_STEP + extra) == [expected]
 
 
-def test_ready_probe_not_supported_yet() -> None:
-    extra = "    service: true\n    ready: {http: 'http://127.0.0.1:8000/health'}\n"
-    assert problems(HEADER + ONE_STEP + extra) == [
-        f"wf.yaml:6:5: steps[0].service: services with readiness probes {NOT_YET}",
-        f"wf.yaml:7:5: steps[0].ready: readiness probes {NOT_YET}",
-    ]
+def test_a_service_with_a_probe_is_accepted() -> None:
+    extra = "    service: true\n    ready: {http: 'http://127.0.0.1:8000/health', timeout: 1m}\n"
+    wf = parse_workflow(HEADER + ONE_STEP + extra, "wf.yaml")
+    assert wf.steps[0].ready is not None
+    assert wf.steps[0].ready.timeout == 60
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "    expect: {progress: '(a'}\n",
+            "wf.yaml:6:5: steps[0].expect: invalid regular expression '(a': "
+            "missing ), unterminated subpattern at position 0",
+        ),
+        (
+            "    expect: {progress: 'no groups'}\n",
+            "wf.yaml:6:5: steps[0].expect: progress: give two groups (done, total) "
+            "or one (a percentage)",
+        ),
+        (
+            "    outputs: {x: {log: 'no group'}}\n",
+            "wf.yaml:6:15: steps[0].outputs.x: log: the value is the first group: "
+            "put one in the pattern",
+        ),
+        (
+            "    service: true\n    ready: {tcp: 'localhost'}\n",
+            "wf.yaml:7:5: steps[0].ready: tcp: expected host:port, got 'localhost'",
+        ),
+        (
+            "    recover: [{match: '[', action: retry}]\n",
+            "wf.yaml:6:15: steps[0].recover[0]: invalid regular expression '[': "
+            "unterminated character set at position 0",
+        ),
+    ],
+)
+def test_bad_patterns_are_located(extra: str, expected: str) -> None:
+    assert problems(HEADER + ONE_STEP + extra) == [expected]
 
 
 def test_ready_without_service_says_to_add_it() -> None:
@@ -646,11 +646,6 @@ def test_ready_without_service_says_to_add_it() -> None:
             "defaults: {on_failure: diagnose}\n",
             f"wf.yaml:3:12: defaults.on_failure: on_failure: diagnose (LLM diagnosis) {NOT_YET}",
             id="defaults.on_failure-diagnose",
-        ),
-        pytest.param(
-            "defaults: {stall_timeout: 5m}\n",
-            f"wf.yaml:3:12: defaults.stall_timeout: stall detection {NOT_YET}",
-            id="defaults.stall_timeout",
         ),
     ],
 )
@@ -741,7 +736,6 @@ def test_semantic_and_not_supported_problems_are_reported_together_by_line() -> 
         "wf.yaml:5:13: steps[0].needs[0]: unknown step 'zz'; steps are: a, b",
         "wf.yaml:8:5: steps[1].run: unknown expression '${{ nope }}': "
         "use inputs.NAME, env.NAME, run.id or steps.ID.outputs.NAME",
-        f"wf.yaml:9:5: steps[1].service: services with readiness probes {NOT_YET}",
         "wf.yaml:10:5: steps[2].id: duplicate step id 'a' (first used by steps[0])",
     ]
 

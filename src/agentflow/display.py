@@ -122,7 +122,8 @@ def steps_table(state: RunState, order: list[str] | None = None) -> Table:
     table.add_column("status", no_wrap=True)
     table.add_column("try", justify="right")
     table.add_column("time", justify="right", no_wrap=True)
-    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=40)
+    table.add_column("progress", no_wrap=True)
+    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=36)
     at = now()
     for step_id in order or list(state.steps):
         st = state.steps[step_id]
@@ -134,9 +135,26 @@ def steps_table(state: RunState, order: list[str] | None = None) -> Table:
             Text(f"{mark} {st.status}", style=style),
             str(st.attempts or ""),
             elapsed(st, at),
+            progress_text(st),
             note,
         )
     return table
+
+
+def progress_text(st: StepState) -> str:
+    """``45% 3/8 eta 2m`` for a step whose output shows progress; ``ready`` for a service."""
+    if st.status == "running" and st.ready_at is not None:
+        return "ready"
+    p = st.progress
+    if p is None:
+        return ""
+    fraction = p.fraction
+    parts = [f"{fraction:.0%}" if fraction is not None else ""]
+    if p.total:
+        parts.append(f"{p.done:g}/{p.total:g}")
+    if st.status == "running" and p.eta_s is not None:
+        parts.append(f"eta {format_duration(round(p.eta_s))}")
+    return " ".join(x for x in parts if x)
 
 
 class _LiveView:

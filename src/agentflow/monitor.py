@@ -11,9 +11,12 @@ changes, the periodic liveness check backs off, so an idle run costs nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import select
 import signal
+import statistics
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -23,9 +26,84 @@ from types import FrameType
 
 from agentflow.state import now
 
+# tqdm's bars, recognised without a pattern: "  45/100 [00:12<00:15" and " 45%|####".
+_TQDM = (re.compile(r"(\d+)/(\d+) \["), re.compile(r"(\d+(?:\.\d+)?)%\|"))
+READ_LIMIT = 64 * 1024
+"""The most new output one check reads (the end of it): a check stays cheap however
+much a step prints."""
+
+
+def parse_progress(text: str, pattern: str | None) -> tuple[float, float | None] | None:
+    """The last progress in ``text``: (done, total), or (percent, None) for a percentage."""
+    patterns = (re.compile(pattern),) if pattern else _TQDM
+    best: tuple[int, tuple[float, float | None]] | None = None
+    for regex in patterns:
+        for m in regex.finditer(text):
+            try:
+                groups = [float(g) for g in m.groups()[:2]]
+            except (TypeError, ValueError):
+                continue
+            value = (groups[0], groups[1]) if len(groups) == 2 else (groups[0], None)
+            if best is None or m.end() >= best[0]:
+                best = (m.end(), value)
+    return best[1] if best else None
+
+
+def eta_seconds(fraction: float | None, elapsed: float) -> float | None:
+    """Seconds left at the pace so far."""
+    if not fraction or fraction <= 0 or elapsed <= 0:
+        return None
+    return max(0.0, elapsed * (1 - fraction) / fraction)
+
+
+def learned_durations(runs_dir: Path, workflow: str, exclude: str) -> dict[str, float]:
+    """The median duration of each step over earlier successful attempts of the same
+    workflow under this home: the expected duration when the step gives none."""
+    samples: dict[str, list[float]] = {}
+    if not runs_dir.is_dir():
+        return {}
+    for state_file in runs_dir.glob("*/state.json"):
+        if state_file.parent.name == exclude:
+            continue
+        try:
+            data = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("workflow") != workflow:
+            continue
+        for step_id, st in (data.get("steps") or {}).items():
+            if st.get("status") != "succeeded" or not st.get("started_at"):
+                continue
+            try:
+                start = datetime.fromisoformat(st["started_at"])
+                end = datetime.fromisoformat(st["finished_at"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            samples.setdefault(step_id, []).append((end - start).total_seconds())
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+class StepClock:
+    """When to look at one running step next: often while it is young or changing,
+    sparser while it is quiet (up to ``longest``). Its end wakes the runner anyway."""
+
+    def __init__(self, expected: float | None, longest: float = 300.0) -> None:
+        self.base = 2.0 if expected is None else min(30.0, max(2.0, expected / 100))
+        self.longest = max(self.base, longest)
+        self.interval = 1.0
+        self.next = now() + timedelta(seconds=self.interval)
+
+    def due(self) -> bool:
+        return now() >= self.next
+
+    def looked(self, changed: bool) -> None:
+        self.interval = self.base if changed else min(self.longest, self.interval * 2)
+        self.next = now() + timedelta(seconds=self.interval)
+
 
 class CheckSchedule:
-    """The periodic check: soon after a change, sparser while nothing changes."""
+    """The periodic check of the run as a whole: soon after a change, sparser while
+    nothing changes (a backstop: step ends and signals wake the runner directly)."""
 
     def __init__(self, first: float = 1.0, factor: float = 2.0, longest: float = 30.0) -> None:
         self.first = first

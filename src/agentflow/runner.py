@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shlex
 import shutil
 import signal
@@ -22,16 +21,26 @@ from pathlib import Path
 from typing import Protocol
 
 from agentflow.errors import EnvironmentProblem
-from agentflow.monitor import CheckSchedule, Waker
+from agentflow.monitor import (
+    READ_LIMIT,
+    CheckSchedule,
+    StepClock,
+    Waker,
+    eta_seconds,
+    learned_durations,
+    parse_progress,
+)
 from agentflow.plan import Plan, PlannedStep
+from agentflow.recovery import Decision, decide
 from agentflow.redact import Redactor
 from agentflow.report import write_reports
 from agentflow.sandbox import Sandbox, wrapper_script
-from agentflow.state import FINAL, RunState, StepState, StepStatus, now
+from agentflow.state import FINAL, Progress, RunState, StepState, StepStatus, now
 from agentflow.store import Event, RunDir
 from agentflow.template import Ref, scalar_text, substitute
 from agentflow.tmux import Tmux, wake_channel
-from agentflow.workflow.model import Workflow
+from agentflow.verify import OutputError, probe, read_outputs, success_checks, tail
+from agentflow.workflow.model import Step, Workflow
 from agentflow.workflow.types import format_duration
 
 STOP_REQUEST = "stop-requested"
@@ -76,6 +85,19 @@ class Runner:
         self.aborting: str | None = None
         self._resuming = False
         self._sandbox_checked = True
+        self.clocks: dict[str, StepClock] = {}
+        self.next_probe: dict[str, datetime] = {}
+        self.last_probe: dict[str, str] = {}
+        self.ending = False
+        """Every other step is over: services are being stopped."""
+        learned = learned_durations(setup.run.path.parent, state.workflow, state.run_id)
+        self.expected: dict[str, float] = {}
+        for step in setup.workflow.steps:
+            duration = step.expect.duration if step.expect else None
+            if duration is None:
+                duration = learned.get(step.id)
+            if duration is not None:
+                self.expected[step.id] = duration
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -124,20 +146,33 @@ class Runner:
         times = [self.schedule.next_check()]
         for step_id, st in self.state.steps.items():
             if st.status == "running":
-                deadline = self._deadline(step_id, st)
-                if deadline is not None:
-                    times.append(deadline)
+                times += [t for t, _ in self._deadlines(step_id, st)]
+                if step_id in self.clocks:
+                    times.append(self.clocks[step_id].next)
+                if step_id in self.next_probe and st.ready_at is None:
+                    times.append(self.next_probe[step_id])
             elif st.status == "pending" and st.not_before is not None:
                 times.append(st.not_before)
         return min(times)
 
-    def _deadline(self, step_id: str, st: StepState) -> datetime | None:
+    def _deadlines(self, step_id: str, st: StepState) -> list[tuple[datetime, str]]:
+        """When agentflow must act on a running step, and why: ``kill`` (the grace after
+        TERM is over), ``timeout``, ``stall``, ``not_ready``."""
         if st.kill_sent_at is not None:
-            return st.kill_sent_at + timedelta(seconds=self.s.kill_grace)
-        timeout = self.s.workflow.timeout_of(self.s.workflow.step(step_id))
-        if timeout is not None and st.started_at is not None:
-            return st.started_at + timedelta(seconds=timeout)
-        return None
+            return [(st.kill_sent_at + timedelta(seconds=self.s.kill_grace), "kill")]
+        if st.started_at is None:
+            return []
+        step = self.s.workflow.step(step_id)
+        out = []
+        timeout = self.s.workflow.timeout_of(step)
+        if timeout is not None:
+            out.append((st.started_at + timedelta(seconds=timeout), "timeout"))
+        stall = self.s.workflow.stall_timeout_of(step)
+        if stall is not None:
+            out.append(((st.last_output_at or st.started_at) + timedelta(seconds=stall), "stall"))
+        if step.service and step.ready and st.ready_at is None:
+            out.append((st.started_at + timedelta(seconds=step.ready.timeout), "not_ready"))
+        return out
 
     # --- watching running steps -----------------------------------------------------------
 
@@ -162,7 +197,7 @@ class Runner:
                     why = "its tmux window is gone" if pane is None else "its wrapper died"
                     self._crashed(step_id, f"{why} without recording an exit code")
                 continue
-            self._enforce_deadline(step_id, st)
+            self._watch(step_id)
 
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
         path = self.s.run.step_dir(step_id) / "exit_code"
@@ -177,20 +212,108 @@ class Runner:
             code = 255
         return code, datetime.fromtimestamp(mtime).astimezone()
 
-    def _enforce_deadline(self, step_id: str, st: StepState) -> None:
-        deadline = self._deadline(step_id, st)
-        if deadline is None or now() < deadline:
+    def _watch(self, step_id: str) -> None:
+        """The cheap, deterministic check of one running step: new output (progress,
+        stall timer), the readiness probe of a service, and its deadlines."""
+        st = self.state.steps[step_id]
+        clock = self.clocks.setdefault(step_id, StepClock(self.expected.get(step_id)))
+        deadlines = self._deadlines(step_id, st)
+        if clock.due() or any(t <= now() for t, _ in deadlines):
+            clock.looked(self._look_at_output(step_id))
+        step = self.s.workflow.step(step_id)
+        if step.service and self.state.steps[step_id].ready_at is None:
+            self._probe(step_id, step)
+        st = self.state.steps[step_id]
+        for deadline, why in self._deadlines(step_id, st):
+            if deadline <= now():
+                self._act_on_deadline(step_id, st, why)
+                break
+
+    def _look_at_output(self, step_id: str) -> bool:
+        """Read what the step printed since the last look (the end of it, at most
+        READ_LIMIT); update its progress and ETA. True when there was new output."""
+        st = self.state.steps[step_id]
+        log = self.s.run.step_dir(step_id) / "output.log"
+        try:
+            size = log.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size <= st.output_bytes:
+            return False
+        with log.open("rb") as f:
+            f.seek(max(st.output_bytes, size - READ_LIMIT))
+            text = f.read(size - f.tell()).decode("utf-8", errors="replace")
+        step = self.s.workflow.step(step_id)
+        changes: dict[str, object] = {"output_bytes": size, "last_output_at": now()}
+        found = parse_progress(text, step.expect.progress if step.expect else None)
+        if found is not None:
+            done, total = found
+            progress = Progress(done=done, total=total)
+            elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
+            eta = eta_seconds(progress.fraction, elapsed)
+            changes["progress"] = progress.model_copy(update={"eta_s": eta})
+        self._update(step_id, **changes)
+        return True
+
+    def _probe(self, step_id: str, step: Step) -> None:
+        if step.ready is None:  # a service without a probe is ready once started
+            self._became_ready(step_id, step, "started (no readiness probe)")
             return
-        if st.kill_sent_at is None:
-            timeout = self.s.workflow.timeout_of(self.s.workflow.step(step_id)) or 0
-            self._update(step_id, kill_reason="timeout", kill_sent_at=now())
-            self._emit(
-                "timeout", step_id, message=f"ran longer than {format_duration(timeout)}: killing"
-            )
-            self._signal(step_id, signal.SIGTERM)
-        else:
+        due = self.next_probe.get(step_id)
+        if due is not None and now() < due:
+            return
+        check = probe(
+            step.ready,
+            self.s.sandbox,
+            self._workdir(step, {}),
+            self.s.run.step_dir(step_id) / "output.log",
+            self._host_dir(step),
+        )
+        self.next_probe[step_id] = now() + timedelta(seconds=step.ready.interval)
+        self.last_probe[step_id] = check.detail
+        if check.ok:
+            self._became_ready(step_id, step, check.detail)
+
+    def _became_ready(self, step_id: str, step: Step, detail: str) -> None:
+        st = self.state.steps[step_id]
+        waited = (now() - st.started_at).total_seconds() if st.started_at else 0.0
+        self._update(step_id, ready_at=now())
+        self.next_probe.pop(step_id, None)
+        self.schedule.changed()
+        self._emit("service_ready", step_id, message=f"{detail} after {format_duration(waited)}")
+        if step.outputs:
+            try:
+                outputs = read_outputs(
+                    step.outputs,
+                    self.s.sandbox,
+                    self._workdir(step, {}),
+                    self.s.run.step_dir(step_id) / "output.log",
+                    self._host_dir(step),
+                )
+            except OutputError as e:
+                self._emit("output_missing", step_id, message=str(e))
+            else:
+                self._update(step_id, outputs={k: self.redactor(v) for k, v in outputs.items()})
+
+    def _act_on_deadline(self, step_id: str, st: StepState, why: str) -> None:
+        step = self.s.workflow.step(step_id)
+        if why == "kill":
             self._signal(step_id, signal.SIGKILL)
             self._update(step_id, kill_sent_at=now() + timedelta(seconds=3600))
+            return
+        if why == "timeout":
+            limit = self.s.workflow.timeout_of(step) or 0
+            message = f"ran longer than its timeout ({format_duration(limit)})"
+        elif why == "stall":
+            limit = self.s.workflow.stall_timeout_of(step) or 0
+            message = f"printed nothing for {format_duration(limit)} (stall_timeout)"
+        else:
+            assert step.ready is not None
+            last = self.last_probe.get(step_id, "no probe answered")
+            message = f"not ready after {format_duration(step.ready.timeout)}: {last}"
+        self._update(step_id, kill_reason=why, kill_sent_at=now(), message=message)
+        self._emit(why, step_id, message=f"{message}: stopping it")
+        self._signal(step_id, signal.SIGTERM)
 
     def _signal(self, step_id: str, signum: int) -> None:
         pid_file = self.s.run.step_dir(step_id) / "pid"
@@ -208,15 +331,11 @@ class Runner:
 
     def _attempt_ended(self, step_id: str, code: int, ended: datetime | None) -> None:
         st = self.state.steps[step_id]
-        status: StepStatus
-        if st.kill_reason == "timeout":
-            status, message = "timeout", "killed: it ran past its timeout"
-        elif st.kill_reason in ("stop", "abort"):
-            status, message = "failed", st.message or "stopped"
-        elif code == 0:
-            status, message = "succeeded", None
-        else:
-            status, message = "failed", f"exit code {code}"
+        step = self.s.workflow.step(step_id)
+        self._look_at_output(step_id)  # the last lines: final progress
+        status, message = self._judge(step, st, code)
+        self.clocks.pop(step_id, None)
+        self.next_probe.pop(step_id, None)
         self._update(
             step_id,
             status=status,
@@ -228,12 +347,70 @@ class Runner:
         )
         self.schedule.changed()
         self._emit("step_finished", step_id, status=status, exit_code=code, message=message)
-        if status == "succeeded" or st.kill_reason in ("stop", "abort"):
+        if step.service and st.kill_reason != "end":
+            self._fail_dependents(step_id, f"service {step_id} stopped ({message or status})")
+        if status == "succeeded":
+            self.state = self.state.with_run(consecutive_failures=0)
+            return
+        if st.kill_reason in ("stop", "abort"):
             return
         if self._resuming:
             self._requeue(step_id, f"{status} while agentflow was away")
             return
         self._after_failure(step_id, status, code)
+
+    def _judge(self, step: Step, st: StepState, code: int) -> tuple[StepStatus, str | None]:
+        """The status of an attempt that ended with ``code``, with its checks run."""
+        reason = st.kill_reason
+        if reason == "timeout":
+            return "timeout", st.message
+        if reason == "stall":
+            return "stalled", st.message
+        if reason in ("not_ready", "dependency", "stop", "abort"):
+            return "failed", st.message or "stopped"
+        if reason == "end":
+            return "succeeded", "stopped at the end of the run"
+        if step.service and not self._dependents_done(step.id):
+            return "failed", f"the service exited (code {code}) while the run still needed it"
+        if code != 0:
+            return "failed", f"exit code {code}"
+        return self._verify(step)
+
+    def _verify(self, step: Step) -> tuple[StepStatus, str | None]:
+        """Exit 0 is not success: run the step's checks and read its outputs."""
+        log = self.s.run.step_dir(step.id) / "output.log"
+        workdir, host_dir = self._workdir(step, {}), self._host_dir(step)
+        if step.success is not None:
+            check = success_checks(step.success, self.s.sandbox, workdir, log, host_dir)
+            if not check.ok:
+                self._emit("check_failed", step.id, message=check.detail)
+                return "failed", check.detail
+        if step.outputs and not step.service:
+            try:
+                outputs = read_outputs(step.outputs, self.s.sandbox, workdir, log, host_dir)
+            except OutputError as e:
+                return "failed", f"outputs: {e}"
+            outputs = {k: self.redactor(v) for k, v in outputs.items()}
+            self._update(step.id, outputs=outputs)
+            shown = ", ".join(f"{k}={v}" for k, v in outputs.items())
+            self._emit("outputs", step.id, message=shown)
+        return "succeeded", None
+
+    def _dependents_done(self, service: str) -> bool:
+        return all(
+            self.state.steps[s.id].status in FINAL
+            for s in self.s.workflow.steps
+            if service in s.needs
+        )
+
+    def _fail_dependents(self, service: str, why: str) -> None:
+        """A service went away: the running steps that need it cannot go on."""
+        for s in self.s.workflow.steps:
+            st = self.state.steps[s.id]
+            if service in s.needs and st.status == "running" and st.kill_reason is None:
+                self._update(s.id, kill_reason="dependency", kill_sent_at=now(), message=why)
+                self._emit("dependency_lost", s.id, message=why)
+                self._signal(s.id, signal.SIGTERM)
 
     def _requeue(self, step_id: str, why: str) -> None:
         # A resume redoes whatever did not succeed: no retry allowance is needed for it.
@@ -253,37 +430,89 @@ class Runner:
         self._after_failure(step_id, "crashed", None)
 
     def _after_failure(self, step_id: str, status: StepStatus, code: int | None) -> None:
+        self.state = self.state.with_run(consecutive_failures=self.state.consecutive_failures + 1)
         step = self.s.workflow.step(step_id)
-        policy = self.s.workflow.retry_of(step)
         st = self.state.steps[step_id]
-        code_ok = status != "failed" or policy.exit_codes is None or code in policy.exit_codes
-        if self.aborting is None and st.retries < policy.limit and status in policy.on and code_ok:
-            b = policy.backoff
-            delay = min(b.max, b.initial * b.factor**st.retries) * random.uniform(0.5, 1.0)
-            retry = st.retries + 1
-            message = f"retry {retry}/{policy.limit} in {format_duration(delay)}"
-            self._update(
-                step_id,
-                status="pending",
-                retries=retry,
-                not_before=now() + timedelta(seconds=delay),
-                message=message,
-            )
-            self._emit("retry_scheduled", step_id, status=status, message=message)
+        log_tail = tail(self.s.run.step_dir(step_id) / "output.log", 64 * 1024)
+        if self.aborting is not None:
             return
-        if self.s.workflow.on_failure_of(step) == "abort" and self.aborting is None:
-            self.aborting = f"step {step_id} {status} and its on_failure is abort"
-            self._emit("run_aborting", step_id, message=self.aborting)
-            for other, ost in self.state.steps.items():
-                if ost.status == "running":
-                    self._update(
-                        other, kill_reason="abort", kill_sent_at=now(), message=self.aborting
-                    )
-                    self._signal(other, signal.SIGTERM)
+        decision = decide(self.s.workflow, step, st, self.state, status, code, log_tail)
+        self._apply(step_id, step, status, decision)
+
+    def _apply(self, step_id: str, step: Step, status: StepStatus, d: Decision) -> None:
+        st = self.state.steps[step_id]
+        if d.rule is not None:
+            self._emit("rule_matched", step_id, status=status, message=d.reason)
+        if d.action == "retry":
+            changes: dict[str, object] = {
+                "status": "pending",
+                "not_before": now() + timedelta(seconds=d.wait),
+                "message": d.reason,
+                "env_overrides": {**st.env_overrides, **d.set_env},
+            }
+            if d.rule is None:
+                changes["retries"] = st.retries + 1
+            else:
+                key = str(d.rule)
+                changes["rule_uses"] = {**st.rule_uses, key: st.rule_uses.get(key, 0) + 1}
+            self._update(step_id, **changes)
+            self._emit("retry_scheduled", step_id, status=status, message=d.reason)
+            return
+        if d.action == "skip":
+            self._update(step_id, status="skipped", message=d.reason)
+            self._emit("step_skipped", step_id, status="skipped", message=d.reason)
+            return
+        if d.action == "escalate":
+            message = f"a person must decide: {d.reason}"
+            self._update(step_id, status="blocked", message=message)
+            self._emit("escalated", step_id, status="blocked", message=message)
+            return
+        if d.reason:
+            self._update(step_id, message=f"{st.message}; {d.reason}" if st.message else d.reason)
+        if d.action == "abort" or self.s.workflow.on_failure_of(step) == "abort":
+            self._abort(
+                f"step {step_id} {status}" + (f" ({d.reason})" if d.rule is not None else "")
+            )
+
+    def _abort(self, why: str) -> None:
+        self.aborting = why
+        self._emit("run_aborting", message=why)
+        for other, ost in self.state.steps.items():
+            if ost.status == "running" and ost.kill_reason is None:
+                self._update(
+                    other, kill_reason="abort", kill_sent_at=now(), message=f"run aborted: {why}"
+                )
+                self._signal(other, signal.SIGTERM)
 
     # --- starting steps -------------------------------------------------------------------
 
+    def _satisfied(self, need: str) -> bool:
+        st = self.state.steps[need]
+        return st.status == "succeeded" or (st.status == "running" and st.ready_at is not None)
+
+    def _end_services(self) -> None:
+        """Once every other step is over, stop the services (they are done, not failed)."""
+        services = {s.id for s in self.s.workflow.steps if s.service}
+        if not services:
+            return
+        others_over = all(
+            st.status in FINAL for k, st in self.state.steps.items() if k not in services
+        )
+        if not others_over:
+            return
+        for step_id in services:
+            st = self.state.steps[step_id]
+            if st.status == "pending":
+                why = "no step needs it any more"
+                self._update(step_id, status="skipped", message=why)
+                self._emit("step_skipped", step_id, status="skipped", message=why)
+            elif st.status == "running" and st.kill_reason is None:
+                self._update(step_id, kill_reason="end", kill_sent_at=now())
+                self._emit("service_stopping", step_id, message="the run is over")
+                self._signal(step_id, signal.SIGTERM)
+
     def _start_ready(self) -> None:
+        self._end_services()
         running = self.state.count("running")
         for planned in self.s.plan.steps:
             st = self.state.steps[planned.id]
@@ -303,7 +532,7 @@ class Runner:
                 continue
             if running >= self.s.workflow.max_parallel:
                 continue
-            if any(self.state.steps[n].status != "succeeded" for n in planned.needs):
+            if not all(self._satisfied(n) for n in planned.needs):
                 continue
             if st.not_before is not None and now() < st.not_before:
                 continue
@@ -325,6 +554,7 @@ class Runner:
         env: dict[str, str] = {}
         for key, value in [*self.s.workflow.env.items(), *step.env.items()]:
             env[key] = self._render(value, env)
+        env.update(st.env_overrides)  # set by a recover: rule for later attempts
         command = self._render(planned.run, env)
         (step_dir / "run.sh").write_text(
             f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
@@ -339,7 +569,7 @@ class Runner:
         if self.s.secrets:
             # Values go only to the step's environment; the wrapper masks them in its output.
             env.update(self.s.secrets, AGENTFLOW_SECRETS=" ".join(self.s.secrets))
-        workdir = self.s.sandbox.workdir(self._render(step.workdir, env) if step.workdir else None)
+        workdir = self._workdir(step, env)
         launch = self.s.sandbox.launch(step_dir, workdir, env)
         pane_command = shlex.join(launch.command)
         if st.window:
@@ -367,9 +597,24 @@ class Runner:
             kill_reason=None,
             kill_sent_at=None,
             not_before=None,
+            ready_at=None,
+            progress=None,
+            output_bytes=0,
+            last_output_at=None,
         )
+        self.clocks[planned.id] = StepClock(self.expected.get(planned.id))
         self.schedule.changed()
         self._emit("step_started", planned.id, status="running")
+
+    def _workdir(self, step: Step, env: dict[str, str]) -> str:
+        """The step's working directory inside the sandbox."""
+        return self.s.sandbox.workdir(self._render(step.workdir, env) if step.workdir else None)
+
+    def _host_dir(self, step: Step) -> Path:
+        """The step's working directory as the host sees it (for checks of its files)."""
+        if not step.workdir:
+            return self.s.workspace
+        return (self.s.workspace / self._render(step.workdir, {})).resolve()
 
     def _render(self, text: str, env: dict[str, str]) -> str:
         def lookup(ref: Ref) -> str | None:

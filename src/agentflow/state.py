@@ -15,16 +15,26 @@ from agentflow.workflow.model import Scalar
 
 RunStatus = Literal["running", "succeeded", "failed", "interrupted", "blocked"]
 StepStatus = Literal[
-    "pending", "running", "succeeded", "failed", "crashed", "timeout", "skipped", "blocked"
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "crashed",
+    "timeout",
+    "stalled",
+    "skipped",
+    "blocked",
 ]
-KillReason = Literal["timeout", "stop", "abort"]
+KillReason = Literal["timeout", "stall", "not_ready", "dependency", "end", "stop", "abort"]
+"""Why agentflow stopped a step: its timeout, no output for stall_timeout, a service not
+ready in time, a service it needs died, the run ended (services), a person, on_failure."""
 
 DONE: frozenset[str] = frozenset({"succeeded"})
 """A step in this status never runs again, not even on resume."""
-UNSUCCESSFUL: frozenset[str] = frozenset({"failed", "crashed", "timeout"})
+UNSUCCESSFUL: frozenset[str] = frozenset({"failed", "crashed", "timeout", "stalled"})
 """The end of an attempt that went wrong."""
 FINAL: frozenset[str] = frozenset(
-    {"succeeded", "failed", "crashed", "timeout", "skipped", "blocked"}
+    {"succeeded", "failed", "crashed", "timeout", "stalled", "skipped", "blocked"}
 )
 """A step in this status has nothing more to do in this run (until a resume)."""
 
@@ -58,6 +68,36 @@ class StepState(StateModel):
     kill_sent_at: datetime | None = None
     not_before: datetime | None = None
     """A retry waits until then (back-off)."""
+    ready_at: datetime | None = None
+    """When a service's readiness probe passed (its dependents may start)."""
+    progress: Progress | None = None
+    """Done/total from the step's output, with an ETA."""
+    output_bytes: int = 0
+    """How much of the current attempt's output.log has been looked at."""
+    last_output_at: datetime | None = None
+    """When the current attempt last printed something (for stall detection)."""
+    env_overrides: dict[str, str] = Field(default_factory=dict)
+    """Environment set for later attempts by a ``recover:`` rule."""
+    rule_uses: dict[str, int] = Field(default_factory=dict)
+    """How often each ``recover:`` rule (by index) has retried this step."""
+
+
+class Progress(StateModel):
+    """A step's progress as its output shows it."""
+
+    done: float
+    total: float | None = None
+    """None when the pattern gives a percentage (then ``done`` is the percentage)."""
+    eta_s: float | None = None
+    """Seconds left, estimated from the pace so far."""
+
+    @property
+    def fraction(self) -> float | None:
+        if self.total:
+            return max(0.0, min(1.0, self.done / self.total))
+        if self.total is None:
+            return max(0.0, min(1.0, self.done / 100))
+        return None
 
 
 class RunState(StateModel):
@@ -79,6 +119,8 @@ class RunState(StateModel):
     updated_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None
     message: str | None = None
+    consecutive_failures: int = 0
+    """Failed attempts in a row, across steps (the breaker)."""
     steps: dict[str, StepState]
 
     def step(self, step_id: str) -> StepState:
@@ -103,9 +145,9 @@ class RunState(StateModel):
         """The run's status once no step can move any more."""
         if any(s.status == "blocked" for s in self.steps.values()):
             return "blocked"
-        if all(s.status == "succeeded" for s in self.steps.values()):
-            return "succeeded"
-        return "failed"
+        if any(s.status in UNSUCCESSFUL for s in self.steps.values()):
+            return "failed"
+        return "succeeded"
 
 
 def prepare_resume(state: RunState) -> RunState:
@@ -117,11 +159,18 @@ def prepare_resume(state: RunState) -> RunState:
             steps[step_id] = st.model_copy(update={"retries": 0})
         else:
             steps[step_id] = st.model_copy(
-                update={"status": "pending", "retries": 0, "message": None, "not_before": None}
+                update={
+                    "status": "pending",
+                    "retries": 0,
+                    "message": None,
+                    "not_before": None,
+                    "rule_uses": {},
+                }
             )
     return state.model_copy(
         update={
             "steps": steps,
+            "consecutive_failures": 0,
             "status": "running",
             "finished_at": None,
             "message": None,

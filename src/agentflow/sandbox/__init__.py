@@ -40,6 +40,9 @@ class Sandbox(Protocol):
     def signal(self, pgid: int, signum: int) -> bool:
         """Send ``signum`` to a step's process group; False if it no longer exists."""
 
+    def exec(self, script: str, workdir: str, timeout: float) -> tuple[int, str]:
+        """Run a short shell script inside the sandbox (probes, checks): exit code, output."""
+
     def close(self) -> None:
         """Release the sandbox at the end of a run."""
 
@@ -73,6 +76,15 @@ def describe(config: SandboxConfig) -> tuple[list[str], list[str]]:
         for m in config.mounts
     ]
     return facts, relaxed
+
+
+def bounded(script: str, timeout: float) -> list[str]:
+    """argv running ``script`` with sh, under coreutils/busybox ``timeout`` where present."""
+    runner = (
+        'if command -v timeout >/dev/null 2>&1; then exec timeout "$0" sh -c "$1"; fi; '
+        'exec sh -c "$1"'
+    )
+    return ["sh", "-c", runner, str(max(1, int(timeout))), script]
 
 
 def wrapper_script() -> str:

@@ -29,7 +29,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
 from agentflow.errors import EnvironmentProblem, UsageError
-from agentflow.sandbox import Launch
+from agentflow.sandbox import Launch, bounded
 from agentflow.workflow.model import Sandbox as SandboxConfig
 
 STEPS_MOUNT = "/agentflow/steps"
@@ -286,6 +286,17 @@ class DockerSandbox:
         except docker.errors.DockerException:
             return False
         return code == 0
+
+    def exec(self, script: str, workdir: str, timeout: float) -> tuple[int, str]:
+        try:
+            container = self._container or self._find()
+            if container is None:
+                return 125, "the sandbox container is gone"
+            code, out = container.exec_run(bounded(script, timeout), workdir=workdir)
+        except docker.errors.DockerException as e:
+            return 125, _first_line(e)
+        text = out.decode("utf-8", errors="replace") if isinstance(out, bytes) else ""
+        return int(code or 0), text
 
     def close(self) -> None:
         """Remove the run's container (unless asked to keep it)."""

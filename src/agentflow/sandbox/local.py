@@ -6,9 +6,10 @@ It isolates nothing; it is for trusted workflows and for machines without Docker
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
-from agentflow.sandbox import Launch
+from agentflow.sandbox import Launch, bounded
 
 # The caller's tmux variables would point the step at the wrong server.
 _DROP = {"TMUX", "TMUX_PANE"}
@@ -41,6 +42,22 @@ class LocalSandbox:
         except PermissionError:
             return False
         return True
+
+    def exec(self, script: str, workdir: str, timeout: float) -> tuple[int, str]:
+        try:
+            done = subprocess.run(
+                bounded(script, timeout),
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=timeout + 5,
+            )
+        except subprocess.TimeoutExpired:
+            return 124, f"timed out after {timeout:g}s"
+        except OSError as e:
+            return 127, str(e)
+        out = (done.stdout + done.stderr).decode("utf-8", errors="replace")
+        return done.returncode, out
 
     def close(self) -> None:
         return None

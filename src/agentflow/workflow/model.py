@@ -6,6 +6,7 @@ These models are the format's single definition: loading validates against them,
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -187,11 +188,23 @@ class Probe(Model):
         kinds = [k for k in ("http", "tcp", "command", "log", "file") if getattr(self, k)]
         if len(kinds) != 1:
             raise ValueError("give exactly one of http, tcp, command, log, file")
+        if self.log:
+            _check_regex(self.log)
+        if self.tcp and not re.fullmatch(r"[^:\s]+:\d{1,5}", self.tcp):
+            raise ValueError(f"tcp: expected host:port, got {self.tcp!r}")
         return self
 
 
 class Expect(Model):
     """What a healthy run of the step looks like; drives the sleep-and-check schedule."""
+
+    @model_validator(mode="after")
+    def _valid_pattern(self) -> Expect:
+        if self.progress:
+            _check_regex(self.progress)
+            if not 1 <= re.compile(self.progress).groups <= 2:
+                raise ValueError("progress: give two groups (done, total) or one (a percentage)")
+        return self
 
     duration: Duration | None = None
     """How long the step usually takes."""
@@ -215,6 +228,12 @@ class MetricCheck(Model):
 
 class Success(Model):
     """Checks after a step exits 0; any failing check fails the step."""
+
+    @model_validator(mode="after")
+    def _valid_pattern(self) -> Success:
+        if self.log:
+            _check_regex(self.log)
+        return self
 
     files: list[str] = Field(default_factory=list)
     """Files that must exist and be non-empty."""
@@ -247,6 +266,10 @@ class Output(Model):
             raise ValueError("give exactly one of json, file, log")
         if self.json_file and not self.key:
             raise ValueError("`json` needs a `key`")
+        if self.log:
+            _check_regex(self.log)
+            if re.compile(self.log).groups < 1:
+                raise ValueError("log: the value is the first group: put one in the pattern")
         return self
 
 
@@ -263,6 +286,20 @@ class RecoverRule(Model):
     """Wait this long before the next attempt (with ``retry``)."""
     message: str | None = None
     """What to tell the person (with ``escalate``)."""
+    limit: int = Field(default=1, ge=1)
+    """How often the rule may retry one step in a run (with ``retry``)."""
+
+    @model_validator(mode="after")
+    def _valid_pattern(self) -> RecoverRule:
+        _check_regex(self.match)
+        return self
+
+
+def _check_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {pattern!r}: {e}") from None
 
 
 def _one_or_list(value: Any) -> Any:
@@ -360,6 +397,9 @@ class Workflow(Model):
     """Settings every step gets unless it says otherwise."""
     max_parallel: int = Field(default=4, ge=1)
     """The most steps running at once."""
+    max_consecutive_failures: int = Field(default=5, ge=1)
+    """The run-wide breaker: after this many failed attempts in a row (any steps), nothing
+    is retried any more."""
     steps: list[Step] = Field(min_length=1)
     """The steps."""
     matrix: dict[str, list[Any]] | None = None
@@ -385,3 +425,8 @@ class Workflow(Model):
 
     def on_failure_of(self, step: Step) -> OnFailure:
         return step.on_failure or self.defaults.on_failure or "continue"
+
+    def stall_timeout_of(self, step: Step) -> float | None:
+        if step.stall_timeout is not None:
+            return step.stall_timeout
+        return self.defaults.stall_timeout

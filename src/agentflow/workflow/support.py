@@ -15,14 +15,7 @@ from agentflow.workflow.model import Workflow
 Loc = tuple[str | int, ...]
 
 _STEP_KEYS = {
-    "service": "services with readiness probes",
-    "ready": "readiness probes",
-    "expect": "expected duration and progress",
-    "success": "success checks",
-    "outputs": "step outputs",
     "artifacts": "artifacts",
-    "recover": "recover rules",
-    "stall_timeout": "stall detection",
 }
 
 
@@ -34,8 +27,6 @@ def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
         yield ("planner", "type"), _msg(f"the {workflow.planner.type} planner")
     for key in sorted(_changed(workflow.planner) - {"type"}):
         yield ("planner", key), _msg(f"planner.{key} (it configures the LLM planner)")
-    if workflow.defaults.stall_timeout is not None:
-        yield ("defaults", "stall_timeout"), _msg("stall detection")
     if workflow.defaults.on_failure == "diagnose":
         yield ("defaults", "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
     for i, step in enumerate(workflow.steps):
