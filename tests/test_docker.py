@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,39 @@ def test_plan_shows_the_sandbox_and_its_relaxations(af: Env) -> None:
     assert res.returncode == 0
     assert "all capabilities dropped" in res.stdout
     assert "relaxed: network: host" in res.stdout
+
+
+def test_a_service_probe_runs_inside_a_no_network_sandbox(
+    af: Env, client: docker.DockerClient
+) -> None:
+    wf = af.write(
+        workflow(
+            """\
+  - id: server
+    service: true
+    run: |
+      mkdir -p /tmp/www && echo hello-from-inside > /tmp/www/index.html
+      sleep 1
+      exec httpd -f -p 127.0.0.1:8080 -h /tmp/www
+    ready: {http: "http://127.0.0.1:8080/", interval: 200ms, timeout: 30s}
+  - id: tcp-user
+    needs: [server]
+    service: true
+    run: sleep 60
+    ready: {tcp: "127.0.0.1:8080", interval: 200ms, timeout: 10s}
+  - id: client
+    needs: [tcp-user]
+    run: wget -q -O - http://127.0.0.1:8080/
+"""
+        )
+    )
+    res = af.cli("run", str(wf), "--run-id", "svc1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = af.state("svc1")["steps"]
+    assert steps["server"]["ready_at"] is not None
+    assert steps["server"]["status"] == "succeeded"
+    log = (af.run_dir("svc1") / "steps" / "client" / "output.log").read_text()
+    assert log == "hello-from-inside\n"
+    # the host cannot reach it: the container has no network of its own
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", 8080), timeout=1).close()

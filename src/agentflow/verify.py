@@ -25,19 +25,19 @@ LOG_TAIL_BYTES = 256 * 1024
 _HTTP = """\
 url=$1
 if command -v curl >/dev/null 2>&1; then exec curl -fsS -o /dev/null -m 5 "$url"
-elif command -v wget >/dev/null 2>&1; then exec wget -q -T 5 -O /dev/null "$url"
+elif command -v wget >/dev/null 2>&1; then exec wget -q -O /dev/null "$url"  # (-T crashes busybox)
 elif command -v python3 >/dev/null 2>&1; then
   exec python3 -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=5)' "$url"
 else echo "the sandbox has no curl, wget or python3 for an http probe" >&2; exit 127
 fi"""
 _TCP = """\
 host=$1 port=$2
-if command -v nc >/dev/null 2>&1; then exec nc -z -w 3 "$host" "$port"
-elif command -v python3 >/dev/null 2>&1; then
+if command -v python3 >/dev/null 2>&1; then
   exec python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),3)' \
     "$host" "$port"
 elif command -v bash >/dev/null 2>&1; then exec bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port"
-else echo "the sandbox has no nc, python3 or bash for a tcp probe" >&2; exit 127
+elif command -v nc >/dev/null 2>&1; then exec nc -w 3 "$host" "$port" </dev/null  # busybox: no -z
+else echo "the sandbox has no python3, bash or nc for a tcp probe" >&2; exit 127
 fi"""
 
 
