@@ -19,6 +19,8 @@ import docker
 import docker.errors
 import pytest
 
+from agentflow.tmux import socket_path_for
+
 from conftest import Env
 
 pytestmark = pytest.mark.docker
@@ -278,7 +280,8 @@ def test_a_bad_mount_names_itself(af: Env, client: docker.DockerClient) -> None:
     )
     res = af.cli("run", str(wf))
     assert res.returncode == 2
-    assert "sandbox.mounts[0]: ./no-such-dir does not exist" in res.stderr
+    assert "sandbox.mounts[0].source: ./no-such-dir does not exist" in res.stderr
+    assert not (af.home / "runs").exists(), "refused before a run directory exists"
 
 
 def test_gc_reaps_containers_of_finished_runs(af: Env, client: docker.DockerClient) -> None:
@@ -343,3 +346,39 @@ def test_a_service_probe_runs_inside_a_no_network_sandbox(
     # the host cannot reach it: the container has no network of its own
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", 8080), timeout=1).close()
+
+
+def test_a_step_cannot_reach_the_host_through_agentflows_files(
+    af: Env, client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """The home inside the workspace is hidden, the tmux socket is elsewhere, and symlinks
+    planted in the steps folder are not followed by the host."""
+    victim = tmp_path / "host-file.txt"
+    victim.write_text("host content\n")
+    af.env["AGENTFLOW_HOME"] = str(af.workspace / ".agentflow")
+    af.home = af.workspace / ".agentflow"
+    wf = af.write(
+        workflow(
+            f"""\
+  - id: plant
+    run: |
+      ls -A /workspace/.agentflow | wc -l > seen-home.txt
+      ln -s {victim} /agentflow/steps/second/run.sh 2>/dev/null || {{
+        mkdir -p /agentflow/steps/second && ln -s {victim} /agentflow/steps/second/run.sh; }}
+      mkdir -p /agentflow/steps/third && ln -s {victim} /agentflow/steps/third/output.log
+  - id: second
+    needs: [plant]
+    run: echo second ran
+  - id: third
+    needs: [second]
+    run: echo third ran
+"""
+        )
+    )
+    res = af.cli("run", str(wf), "--run-id", "esc1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (af.workspace / "seen-home.txt").read_text().strip() == "0"
+    assert victim.read_text() == "host content\n", "the host file was not overwritten"
+    junit = (af.run_dir("esc1") / "junit.xml").read_text()
+    assert "host content" not in junit
+    assert not str(socket_path_for(af.home)).startswith(str(af.workspace))

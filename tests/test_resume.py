@@ -219,3 +219,18 @@ def test_attach_shows_the_steps_window_in_a_terminal(af: Env, tmp_path: Path) ->
         terminal.kill()
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
+
+
+def test_ctrl_c_in_a_steps_window_interrupts_the_step(af: Env) -> None:
+    wf = af.write("version: 1\nname: cc\nsteps:\n  - id: long\n    run: echo go; sleep 60\n")
+    proc = af.start("run", str(wf), "--run-id", "cc1")
+    af.wait_for(lambda: (af.run_dir("cc1") / "steps" / "long" / "pid").exists())
+    af.wait_for(lambda: "go" in (af.run_dir("cc1") / "steps" / "long" / "output.log").read_text())
+    window = af.state("cc1")["steps"]["long"]["window"]
+    server = libtmux.Server(socket_path=str(socket_path_for(af.home)))
+    server.cmd("send-keys", "-t", window, "C-c")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out + err
+    st = af.state("cc1")["steps"]["long"]
+    assert st["status"] == "failed"
+    assert st["exit_code"] == 130

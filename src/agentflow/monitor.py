@@ -16,6 +16,7 @@ import os
 import re
 import select
 import signal
+import stat
 import statistics
 import subprocess
 import threading
@@ -134,10 +135,15 @@ class Waker:
     ) -> None:
         self._start_waiter = start_waiter
         self._waiter = start_waiter()
+        # The steps folder is writable from the sandbox: whatever stands at this name that
+        # is not our FIFO (a planted symlink, say) is replaced, never followed.
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISFIFO(wake_fifo.lstat().st_mode):
+                wake_fifo.unlink()
         if not wake_fifo.exists():
             os.mkfifo(wake_fifo, 0o600)
         # Read-write, so that the FIFO never reports end-of-file between two writers.
-        self._fifo = os.open(wake_fifo, os.O_RDWR | os.O_NONBLOCK)
+        self._fifo = os.open(wake_fifo, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW)
         self._fifo_path = wake_fifo
         self._signal_r, self._signal_w = os.pipe()
         os.set_blocking(self._signal_r, False)

@@ -23,6 +23,7 @@ from agentflow.store import RunDir, Store, new_run_id
 from agentflow.tmux import Tmux, socket_path_for
 from agentflow.workflow.load import WorkflowFile, parse_workflow
 from agentflow.workflow.model import Workflow
+from agentflow.workflow.support import changed_keys
 
 SandboxChoice = Literal["auto", "docker", "local"]
 
@@ -41,7 +42,10 @@ def choose_backend(workflow: Workflow, choice: SandboxChoice | None) -> tuple[st
     """``docker`` or ``local``, and the warnings to show. ``auto`` is Docker when the
     workflow names an image and a daemon answers, else local (said in a warning)."""
     backend = choice or workflow.sandbox.backend
+    ignored = sorted(changed_keys(workflow.sandbox) - {"backend", "image", "build"})
     if backend == "local":
+        if ignored:
+            return "local", [f"the local sandbox ignores sandbox.{', sandbox.'.join(ignored)}"]
         return "local", []
     has_image = bool(workflow.sandbox.image or workflow.sandbox.build)
     if backend == "docker":
@@ -59,7 +63,10 @@ def choose_backend(workflow: Workflow, choice: SandboxChoice | None) -> tuple[st
 
     if daemon_answers():
         return "docker", []
-    return "local", ["no Docker daemon answers: steps run on this machine (local sandbox)"]
+    warning = "no Docker daemon answers: steps run on this machine (local sandbox)"
+    if ignored:
+        warning += f", without sandbox.{', sandbox.'.join(ignored)}"
+    return "local", [warning]
 
 
 def make_sandbox(
@@ -154,8 +161,10 @@ def reopen(
     kill_grace: float = 10.0,
     keep_sandbox: bool = False,
     log: Callable[[str], None] | None = None,
+    secrets: bool = True,
 ) -> Prepared:
-    """A runner for an existing run, from what its directory froze."""
+    """A runner for an existing run, from what its directory froze. ``secrets=False``
+    for a runner that only stops the run (no step starts, no secret is needed)."""
     run = store.open(run_id)
     state = run.read_state()
     plan = run.read_plan()
@@ -167,11 +176,11 @@ def reopen(
     workflow = parse_workflow(text, str(run.workflow_path), base_dir=None)
     if not workspace.is_dir():
         raise UsageError(f"run {run.run_id}: its workspace {workspace} no longer exists")
-    secrets = read_secrets(workflow)
+    values = read_secrets(workflow) if secrets else {}
     box = make_sandbox(
         state.sandbox, workflow, run, workspace, store.home, keep=keep_sandbox, log=log
     )
-    setup = RunSetup(run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, secrets)
+    setup = RunSetup(run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, values)
     hint = f"agentflow attach {run.run_id}"
     return Prepared(Runner(setup, state, observer_for(run, plan, hint)), run, hint, [])
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from agentflow.display import describe
 from agentflow.state import RunState, StepState
 from agentflow.store import Event, RunDir
+from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
 
 _LOG_TAIL_BYTES = 4000
@@ -128,14 +129,7 @@ def markdown(report: Report) -> str:
 
 
 def _tail(path: Path) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - _LOG_TAIL_BYTES))
-            return f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
+    return tail(path, _LOG_TAIL_BYTES)
 
 
 def junit_xml(run: RunDir, report: Report) -> str:

@@ -20,7 +20,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from agentflow.errors import EnvironmentProblem
+from agentflow import safefs
+from agentflow.errors import AgentflowError, EnvironmentProblem
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -39,7 +40,7 @@ from agentflow.state import FINAL, Progress, RunState, StepState, StepStatus, no
 from agentflow.store import Event, RunDir
 from agentflow.template import Ref, scalar_text, substitute
 from agentflow.tmux import Tmux, wake_channel
-from agentflow.verify import OutputError, probe, read_outputs, success_checks, tail
+from agentflow.verify import OutputError, Where, probe, read_outputs, success_checks, tail
 from agentflow.workflow.model import Step, Workflow
 from agentflow.workflow.types import format_duration
 
@@ -116,7 +117,16 @@ class Runner:
         return self._drive()
 
     def _drive(self) -> RunState:
-        self.s.sandbox.start()
+        try:
+            self.s.sandbox.start()
+        except AgentflowError as e:
+            # No sandbox, no run: say so in the checkpoint (not "running" with nobody there).
+            message = f"the sandbox could not start: {str(e).splitlines()[0]}"
+            self.state = self.state.with_run(status="failed", finished_at=now(), message=message)
+            self._save()
+            self._emit("run_finished", status="failed", message=message)
+            write_reports(self.s.run, self.state, self.s.junit)
+            raise
         self._ensure_session()
         waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
         try:
@@ -202,10 +212,12 @@ class Runner:
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
         path = self.s.run.step_dir(step_id) / "exit_code"
         try:
-            text = path.read_text().strip()
-            mtime = path.stat().st_mtime
+            mtime = path.lstat().st_mtime
+            text = safefs.read_text(path).strip()
         except FileNotFoundError:
             return None, None
+        except OSError:
+            text = "255"  # a symlink or a folder where the exit code should be: a failure
         try:
             code = int(text)
         except ValueError:
@@ -235,14 +247,14 @@ class Runner:
         st = self.state.steps[step_id]
         log = self.s.run.step_dir(step_id) / "output.log"
         try:
-            size = log.stat().st_size
-        except FileNotFoundError:
+            with safefs.open_read(log) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size <= st.output_bytes:
+                    return False
+                f.seek(max(st.output_bytes, size - READ_LIMIT))
+                text = f.read(size - f.tell()).decode("utf-8", errors="replace")
+        except OSError:
             return False
-        if size <= st.output_bytes:
-            return False
-        with log.open("rb") as f:
-            f.seek(max(st.output_bytes, size - READ_LIMIT))
-            text = f.read(size - f.tell()).decode("utf-8", errors="replace")
         step = self.s.workflow.step(step_id)
         changes: dict[str, object] = {"output_bytes": size, "last_output_at": now()}
         found = parse_progress(text, step.expect.progress if step.expect else None)
@@ -262,13 +274,7 @@ class Runner:
         due = self.next_probe.get(step_id)
         if due is not None and now() < due:
             return
-        check = probe(
-            step.ready,
-            self.s.sandbox,
-            self._workdir(step, {}),
-            self.s.run.step_dir(step_id) / "output.log",
-            self._host_dir(step),
-        )
+        check = probe(step.ready, self._where(step))
         self.next_probe[step_id] = now() + timedelta(seconds=step.ready.interval)
         self.last_probe[step_id] = check.detail
         if check.ok:
@@ -283,13 +289,7 @@ class Runner:
         self._emit("service_ready", step_id, message=f"{detail} after {format_duration(waited)}")
         if step.outputs:
             try:
-                outputs = read_outputs(
-                    step.outputs,
-                    self.s.sandbox,
-                    self._workdir(step, {}),
-                    self.s.run.step_dir(step_id) / "output.log",
-                    self._host_dir(step),
-                )
+                outputs = read_outputs(step.outputs, self._where(step))
             except OutputError as e:
                 self._emit("output_missing", step_id, message=str(e))
             else:
@@ -318,8 +318,8 @@ class Runner:
     def _signal(self, step_id: str, signum: int) -> None:
         pid_file = self.s.run.step_dir(step_id) / "pid"
         try:
-            pgid = int(pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            pgid = int(safefs.read_text(pid_file).strip())
+        except (OSError, ValueError):
             # Not started yet: closing the window ends the wrapper itself.
             window = self.state.steps[step_id].window
             if window and signum == signal.SIGKILL:
@@ -378,16 +378,15 @@ class Runner:
 
     def _verify(self, step: Step) -> tuple[StepStatus, str | None]:
         """Exit 0 is not success: run the step's checks and read its outputs."""
-        log = self.s.run.step_dir(step.id) / "output.log"
-        workdir, host_dir = self._workdir(step, {}), self._host_dir(step)
+        where = self._where(step)
         if step.success is not None:
-            check = success_checks(step.success, self.s.sandbox, workdir, log, host_dir)
+            check = success_checks(step.success, where)
             if not check.ok:
                 self._emit("check_failed", step.id, message=check.detail)
                 return "failed", check.detail
         if step.outputs and not step.service:
             try:
-                outputs = read_outputs(step.outputs, self.s.sandbox, workdir, log, host_dir)
+                outputs = read_outputs(step.outputs, where)
             except OutputError as e:
                 return "failed", f"outputs: {e}"
             outputs = {k: self.redactor(v) for k, v in outputs.items()}
@@ -548,7 +547,7 @@ class Runner:
         attempt = st.attempts + 1
         step_dir = self.s.run.step_dir(planned.id)
         _archive_attempt(step_dir, st.attempts)
-        step_dir.mkdir(parents=True, exist_ok=True)
+        safefs.ensure_dir(step_dir)
         # Like shell assignments: ${{ env.X }} reads what is set above it (the workflow's
         # env, then the step's, in the order written), else the caller's environment.
         env: dict[str, str] = {}
@@ -556,11 +555,12 @@ class Runner:
             env[key] = self._render(value, env)
         env.update(st.env_overrides)  # set by a recover: rule for later attempts
         command = self._render(planned.run, env)
-        (step_dir / "run.sh").write_text(
+        safefs.write_text(
+            step_dir / "run.sh",
             f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
-            f"{command}\n"
+            f"{command}\n",
         )
-        (step_dir / "wrapper.sh").write_text(wrapper_script())
+        safefs.write_text(step_dir / "wrapper.sh", wrapper_script())
         env.update(
             AGENTFLOW_RUN_ID=self.state.run_id,
             AGENTFLOW_STEP=planned.id,
@@ -610,11 +610,18 @@ class Runner:
         """The step's working directory inside the sandbox."""
         return self.s.sandbox.workdir(self._render(step.workdir, env) if step.workdir else None)
 
-    def _host_dir(self, step: Step) -> Path:
-        """The step's working directory as the host sees it (for checks of its files)."""
-        if not step.workdir:
-            return self.s.workspace
-        return (self.s.workspace / self._render(step.workdir, {})).resolve()
+    def _where(self, step: Step) -> Where:
+        """The step's folder inside the sandbox and on the host (for probes and checks)."""
+        host_dir = self.s.workspace
+        if step.workdir:
+            host_dir = self.s.workspace / self._render(step.workdir, {})
+        return Where(
+            box=self.s.sandbox,
+            workdir=self._workdir(step, {}),
+            host_dir=host_dir,
+            root=self.s.workspace,
+            log=self.s.run.step_dir(step.id) / "output.log",
+        )
 
     def _render(self, text: str, env: dict[str, str]) -> str:
         def lookup(ref: Ref) -> str | None:
@@ -720,13 +727,20 @@ class Runner:
 
 
 def _archive_attempt(step_dir: Path, attempt: int) -> None:
-    """Move an earlier attempt's files into ``attempt-N/`` so each attempt keeps its log."""
-    if attempt == 0 or not step_dir.exists():
+    """Move an earlier attempt's files into ``attempt-N/`` so each attempt keeps its log.
+    Before the first attempt, whatever stands in the folder was not made by agentflow (a
+    sandbox can write there): it goes."""
+    if not step_dir.exists():
         return
-    files = [p for p in step_dir.iterdir() if p.is_file()]
+    if attempt == 0:
+        for p in step_dir.iterdir():
+            if p.is_symlink() or not p.is_dir():
+                p.unlink()
+        return
+    files = [p for p in step_dir.iterdir() if p.is_file() or p.is_symlink()]
     if not files:
         return
     target = step_dir / f"attempt-{attempt}"
-    target.mkdir(exist_ok=True)
+    safefs.ensure_dir(target)
     for p in files:
         shutil.move(p, target / p.name)

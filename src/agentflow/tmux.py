@@ -35,18 +35,22 @@ def tmux_binary() -> str:
 
 
 def socket_path_for(home: Path) -> Path:
-    """The tmux socket for an agentflow home: inside it when the path is short enough
-    (sockets are limited to ~100 bytes), else under ``$XDG_RUNTIME_DIR`` or ``~/.cache``."""
+    """The tmux socket for an agentflow home, one per home, in a private folder of this
+    user's (``$XDG_RUNTIME_DIR/agentflow`` or ``~/.cache/agentflow``): never in ``/tmp``,
+    where a step's ``rm -rf /tmp/*`` would kill it, and never under the home, which may lie
+    inside a workspace that a sandbox sees (a step that reaches the socket could run
+    commands on the host). The name is short: socket paths are limited to ~100 bytes."""
     override = os.environ.get("AGENTFLOW_TMUX_SOCKET")
     if override:
         return Path(override)
-    path = home / "tmux.sock"
-    if len(str(path)) < _MAX_SOCKET_PATH:
-        return path
-    digest = hashlib.sha256(str(home).encode()).hexdigest()[:16]
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".cache") / "agentflow"
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return base / f"{digest}.sock"
+    digest = hashlib.sha256(str(home.absolute()).encode()).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime and Path(runtime).is_dir() else Path.home() / ".cache"
+    folder = base / "agentflow"
+    if len(str(folder)) > _MAX_SOCKET_PATH - 30:
+        folder = Path(f"/run/user/{os.getuid()}/agentflow")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / f"{digest}.sock"
 
 
 def wake_channel(session: str) -> str:

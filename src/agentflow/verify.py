@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agentflow import safefs
 from agentflow.workflow.model import MetricCheck, Output, Probe, Success
 
 PROBE_TIMEOUT = 30.0
@@ -48,6 +49,28 @@ class Executor(Protocol):
 
 
 @dataclass(frozen=True)
+class Where:
+    """Where a step runs, as the sandbox and as the host see it."""
+
+    box: Executor
+    workdir: str
+    """The step's folder inside the sandbox."""
+    host_dir: Path
+    """The same folder on the host."""
+    root: Path
+    """The workspace on the host: reads on the host never leave it (a step could point a
+    symlink at a file of the host's)."""
+    log: Path
+    """The step's output.log."""
+
+    def host_path(self, path: str) -> Path:
+        resolved = (self.host_dir / path).resolve()
+        if not resolved.is_relative_to(self.root.resolve()):
+            raise OutputError(f"{path} leads outside the workspace")
+        return resolved
+
+
+@dataclass(frozen=True)
 class Check:
     ok: bool
     detail: str
@@ -62,23 +85,23 @@ def _script(template: str, *args: str) -> str:
     return f"set -- {shlex.join(args)}\n{template}"
 
 
-def probe(ready: Probe, box: Executor, workdir: str, log: Path, host_dir: Path) -> Check:
+def probe(ready: Probe, at: Where) -> Check:
     """One readiness probe of a service."""
     if ready.http:
-        return _command(box, _script(_HTTP, ready.http), workdir, f"GET {ready.http}")
+        return _command(at, _script(_HTTP, ready.http), f"GET {ready.http}")
     if ready.tcp:
         host, port = ready.tcp.rsplit(":", 1)
-        return _command(box, _script(_TCP, host, port), workdir, f"connect {ready.tcp}")
+        return _command(at, _script(_TCP, host, port), f"connect {ready.tcp}")
     if ready.command:
-        return _command(box, ready.command, workdir, f"command `{ready.command}`")
+        return _command(at, ready.command, f"command `{ready.command}`")
     if ready.log:
-        return _log_has(log, ready.log)
+        return _log_has(at.log, ready.log)
     assert ready.file is not None
-    return _file(box, workdir, host_dir, ready.file, non_empty=False)
+    return _file(at, ready.file, non_empty=False)
 
 
-def _command(box: Executor, script: str, workdir: str, what: str) -> Check:
-    code, out = box.exec(script, workdir, PROBE_TIMEOUT)
+def _command(at: Where, script: str, what: str) -> Check:
+    code, out = at.box.exec(script, at.workdir, PROBE_TIMEOUT)
     if code == 0:
         return Check(True, f"{what}: ok")
     last = out.strip().splitlines()[-1][:200] if out.strip() else ""
@@ -88,11 +111,11 @@ def _command(box: Executor, script: str, workdir: str, what: str) -> Check:
 def tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
     """The last ``size`` bytes of a file as text ('' when it does not exist)."""
     try:
-        with path.open("rb") as f:
+        with safefs.open_read(path) as f:
             f.seek(0, 2)
             f.seek(max(0, f.tell() - size))
             return f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
+    except OSError:
         return ""
 
 
@@ -102,45 +125,46 @@ def _log_has(log: Path, pattern: str) -> Check:
     return Check(False, f"no line of the output matches /{pattern}/")
 
 
-def _file(box: Executor, workdir: str, host_dir: Path, path: str, non_empty: bool) -> Check:
+def _file(at: Where, path: str, non_empty: bool) -> Check:
     if not Path(path).is_absolute():
-        p = host_dir / path
+        try:
+            p = at.host_path(path)
+        except OutputError as e:
+            return Check(False, str(e))
         if not p.exists():
             return Check(False, f"{path} does not exist")
         if non_empty and p.is_file() and p.stat().st_size == 0:
             return Check(False, f"{path} is empty")
         return Check(True, f"{path} exists")
     flag = "-s" if non_empty else "-e"
-    code, _ = box.exec(f"test {flag} {shlex.quote(path)}", workdir, PROBE_TIMEOUT)
+    code, _ = at.box.exec(f"test {flag} {shlex.quote(path)}", at.workdir, PROBE_TIMEOUT)
     return Check(code == 0, f"{path} {'exists' if code == 0 else 'is missing or empty'}")
 
 
-def success_checks(
-    success: Success, box: Executor, workdir: str, log: Path, host_dir: Path
-) -> Check:
+def success_checks(success: Success, at: Where) -> Check:
     """Every ``success:`` check in turn; the first that fails says which and what it found."""
     for path in success.files:
-        c = _file(box, workdir, host_dir, path, non_empty=True)
+        c = _file(at, path, non_empty=True)
         if not c.ok:
             return Check(False, f"success check files: {c.detail}")
     if success.log:
-        c = _log_has(log, success.log)
+        c = _log_has(at.log, success.log)
         if not c.ok:
             return Check(False, f"success check log: {c.detail}")
     for name, metric in success.metrics.items():
-        c = _metric(name, metric, box, workdir, host_dir)
+        c = _metric(name, metric, at)
         if not c.ok:
             return Check(False, f"success check metrics.{name}: {c.detail}")
     if success.command:
-        c = _command(box, success.command, workdir, f"command `{success.command}`")
+        c = _command(at, success.command, f"command `{success.command}`")
         if not c.ok:
             return Check(False, f"success check {c.detail}")
     return Check(True, "success checks passed")
 
 
-def _metric(name: str, m: MetricCheck, box: Executor, workdir: str, host_dir: Path) -> Check:
+def _metric(name: str, m: MetricCheck, at: Where) -> Check:
     try:
-        value = json_value(_read(m.file, box, workdir, host_dir), m.key, m.file)
+        value = json_value(_read(m.file, at), m.key, m.file)
         number = float(value)
     except OutputError as e:
         return Check(False, str(e))
@@ -153,15 +177,15 @@ def _metric(name: str, m: MetricCheck, box: Executor, workdir: str, host_dir: Pa
     return Check(True, f"{m.key} = {number:g}")
 
 
-def _read(path: str, box: Executor, workdir: str, host_dir: Path) -> str:
+def _read(path: str, at: Where) -> str:
     if not Path(path).is_absolute():
         try:
-            return (host_dir / path).read_text(encoding="utf-8", errors="replace")
+            return at.host_path(path).read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             raise OutputError(f"{path} does not exist") from None
         except OSError as e:
             raise OutputError(f"{path}: {e.strerror}") from None
-    code, out = box.exec(f"cat {shlex.quote(path)}", workdir, PROBE_TIMEOUT)
+    code, out = at.box.exec(f"cat {shlex.quote(path)}", at.workdir, PROBE_TIMEOUT)
     if code != 0:
         raise OutputError(f"{path} cannot be read in the sandbox")
     return out
@@ -183,22 +207,18 @@ def json_value(text: str, key: str, path: str) -> Any:
     return value
 
 
-def read_outputs(
-    outputs: dict[str, Output], box: Executor, workdir: str, log: Path, host_dir: Path
-) -> dict[str, str]:
+def read_outputs(outputs: dict[str, Output], at: Where) -> dict[str, str]:
     """The step's declared outputs; OutputError names the first that cannot be read."""
     values: dict[str, str] = {}
     for name, out in outputs.items():
         if out.json_file:
-            value = json_value(
-                _read(out.json_file, box, workdir, host_dir), out.key or "", out.json_file
-            )
+            value = json_value(_read(out.json_file, at), out.key or "", out.json_file)
             values[name] = value if isinstance(value, str) else json.dumps(value)
         elif out.file:
-            values[name] = _read(out.file, box, workdir, host_dir).strip()
+            values[name] = _read(out.file, at).strip()
         else:
             assert out.log is not None
-            matches = re.findall(out.log, tail(log), re.MULTILINE)
+            matches = re.findall(out.log, tail(at.log), re.MULTILINE)
             if not matches:
                 raise OutputError(f"output {name}: no line of the output matches /{out.log}/")
             last = matches[-1]

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from agentflow import safefs
 from agentflow.cli.app import command, console
 from agentflow.display import STATUS_STYLE, steps_table
 from agentflow.errors import UsageError
@@ -115,7 +116,7 @@ def _print_log(log: Path, exit_code: Path, follow: bool) -> None:
     pos = 0
     while True:
         if log.exists():
-            with log.open("rb") as f:
+            with safefs.open_read(log) as f:
                 f.seek(pos)
                 while chunk := f.read(1 << 16):
                     out.write(chunk)

@@ -197,7 +197,9 @@ def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> Non
         return
     rid = run_dir.run_id
     with run_dir.lock():
-        prepared = reopen(store, rid, lambda r, p, h: Observers([LogFile(str(r.log_path))]))
+        prepared = reopen(
+            store, rid, lambda r, p, h: Observers([LogFile(str(r.log_path))]), secrets=False
+        )
         runner = prepared.runner
         if runner.state.status in ("succeeded", "failed") and not runner.state.count("running"):
             runner.s.tmux.kill_session(rid)
@@ -212,10 +214,11 @@ def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> Non
 def gc() -> None:
     """Remove sandbox containers of runs that are over or gone."""
     store = Store()
+    # Live: driven right now, or with steps still running (a detached run).
     live = {
         r.run_id
         for r in store.list()
-        if r.read_state().status == "running" or r.lock_holder() is not None
+        if r.lock_holder() is not None or r.read_state().count("running")
     }
     from agentflow.sandbox.docker import reap
 

@@ -171,6 +171,7 @@ class DockerSandbox:
                 tag=tag,
                 buildargs=dict(build.args),
                 rm=True,
+                forcerm=True,  # no stopped build containers left behind by a failed build
                 decode=True,
                 labels={LABEL_WORKFLOW: self.workflow},
             )
@@ -207,10 +208,19 @@ class DockerSandbox:
         if res.gpus is not None:
             count = -1 if res.gpus == "all" else int(res.gpus)
             kwargs["device_requests"] = [DeviceRequest(count=count, capabilities=[["gpu"]])]
+        tmpfs = {"/tmp": "rw,exec,nosuid,nodev,size=1g"}
+        if self.home.is_relative_to(self.workspace):
+            # agentflow's own files (checkpoints, other runs) inside the workspace are hidden
+            # from the sandbox under an empty tmpfs.
+            hidden = posixpath.join(
+                self.config.workdir, *self.home.relative_to(self.workspace).parts
+            )
+            tmpfs[hidden] = "ro,size=1k"
         try:
             return self.client.containers.run(
                 image,
-                _IDLE,
+                entrypoint=_IDLE,  # whatever the image's ENTRYPOINT, the container idles
+                command=[],
                 name=self.container_name,
                 detach=True,
                 init=True,
@@ -224,7 +234,7 @@ class DockerSandbox:
                 security_opt=["no-new-privileges"],
                 user=f"{os.getuid()}:{os.getgid()}",
                 read_only=True,
-                tmpfs={"/tmp": "rw,exec,nosuid,nodev,size=1g"},
+                tmpfs=tmpfs,
                 mounts=self.mounts(),
                 working_dir=cfg.workdir,
                 environment={"HOME": "/tmp"},
@@ -263,7 +273,8 @@ class DockerSandbox:
     def launch(self, step_dir: Path, workdir: str, env: dict[str, str]) -> Launch:
         assert self.cli is not None
         inside = f"{STEPS_MOUNT}/{step_dir.name}/wrapper.sh"
-        argv = [self.cli, "exec", "-it", "-w", workdir]
+        # No `-w`: the wrapper enters the workdir itself and says so when it cannot.
+        argv = [self.cli, "exec", "-it"]
         for key in env:
             argv += ["-e", key]  # the value comes from the exec client's own environment
         argv += [self.container_name, "sh", inside, workdir]

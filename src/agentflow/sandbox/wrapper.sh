@@ -28,17 +28,18 @@ else
 fi
 tee_pid=$!
 date +%s >"$d/started_at"
-# The step gets a process group of its own, which a timeout or stop kills whole: setsid
-# where there is one (a background child is no group leader, so setsid does not fork and
-# $! leads the new group), else the shell's job control (which needs a terminal).
-if command -v setsid >/dev/null 2>&1; then
-  setsid $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
-  pid=$!
-else
+# The step gets a process group of its own, which a timeout or stop kills whole: the
+# shell's job control on a terminal (a job keeps Ctrl-C, which a plain background command
+# would ignore), else setsid (a background child is no group leader, so setsid does not
+# fork, and $! leads the new group).
+if [ -t 1 ] || ! command -v setsid >/dev/null 2>&1; then
   set -m
   $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
   pid=$!
   set +m
+else
+  setsid $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
+  pid=$!
 fi
 echo "$pid" >"$d/pid"
 # Ctrl-C or a hangup in the window is passed on to the step.

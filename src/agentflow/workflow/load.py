@@ -348,6 +348,12 @@ def _semantic_problems(
     yield from _input_problems(workflow, located)
     yield from _template_problems(workflow, located)
     if base_dir is not None:
+        for i, mount in enumerate(workflow.sandbox.mounts):
+            if not (base_dir / mount.source).exists():
+                yield located.at(
+                    ("sandbox", "mounts", i, "source"),
+                    f"{mount.source} does not exist (looked for {base_dir / mount.source})",
+                )
         for i, doc in enumerate(workflow.docs):
             if not (base_dir / doc).is_file():
                 yield located.at(("docs", i), f"runbook '{doc}' not found next to the workflow")

@@ -101,6 +101,13 @@ class Sandbox(Model):
     def _one_image_source(self) -> Sandbox:
         if self.image and self.build:
             raise ValueError("give either `image` or `build`, not both")
+        if self.backend == "docker" and not (self.image or self.build):
+            raise ValueError("the docker backend needs `image` or `build`")
+        if not self.workdir.startswith("/"):
+            raise ValueError(f"workdir must be an absolute path, got {self.workdir!r}")
+        for m in self.mounts:
+            if not m.target.startswith("/"):
+                raise ValueError(f"mount target must be an absolute path, got {m.target!r}")
         return self
 
 

@@ -21,11 +21,11 @@ _STEP_KEYS = {
 
 def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
     """Where ``workflow`` uses a key that this version cannot act on yet."""
-    for key in sorted(_changed(workflow) & {"matrix", "objective", "max_parallel_runs"}):
+    for key in sorted(changed_keys(workflow) & {"matrix", "objective", "max_parallel_runs"}):
         yield (key,), _msg(f"`{key}`")
     if workflow.planner.type != "static":
         yield ("planner", "type"), _msg(f"the {workflow.planner.type} planner")
-    for key in sorted(_changed(workflow.planner) - {"type"}):
+    for key in sorted(changed_keys(workflow.planner) - {"type"}):
         yield ("planner", key), _msg(f"planner.{key} (it configures the LLM planner)")
     if workflow.defaults.on_failure == "diagnose":
         yield ("defaults", "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
@@ -37,7 +37,7 @@ def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
             yield ("steps", i, "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
 
 
-def _changed(model: BaseModel) -> set[str]:
+def changed_keys(model: BaseModel) -> set[str]:
     """The keys written with a value other than their default (writing a default is fine)."""
     fields = type(model).model_fields
     return {
