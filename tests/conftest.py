@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,28 @@ import pytest
 from agentflow.tmux import socket_path_for
 
 AGENTFLOW = str(Path(sys.executable).parent / "agentflow")
+
+
+def agentflow(*args: str, cwd: Path, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    """The console script in ``cwd`` (its home there), plain output ``columns`` wide."""
+    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
+    env.update(COLUMNS=str(columns), NO_COLOR="1", AGENTFLOW_HOME=str(cwd / ".agentflow"))
+    return subprocess.run(
+        [AGENTFLOW, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def run_id_of(stdout: str) -> str:
+    """The run id that ``agentflow run`` printed."""
+    m = re.search(r"run (\S+)\s+watch:", stdout)
+    assert m, stdout
+    return m.group(1)
 
 
 @dataclass

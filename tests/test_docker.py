@@ -21,7 +21,7 @@ import pytest
 
 from agentflow.tmux import socket_path_for
 
-from conftest import Env
+from conftest import Env, run_id_of
 
 pytestmark = pytest.mark.docker
 
@@ -44,12 +44,6 @@ def client() -> Iterator[docker.DockerClient]:
         pytest.fail(f"{IMAGE} is missing: scripts/docker-setup makes it")
     yield c
     c.close()
-
-
-def run_id_of(stdout: str) -> str:
-    m = re.search(r"run (\S+)\s+watch:", stdout)
-    assert m, stdout
-    return m.group(1)
 
 
 def workflow(body: str, extra: str = "") -> str:

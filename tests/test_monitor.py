@@ -12,13 +12,7 @@ import pytest
 
 from agentflow.monitor import StepClock, eta_seconds, learned_durations, parse_progress
 
-from conftest import Env
-
-
-def run_id_of(stdout: str) -> str:
-    m = re.search(r"run (\S+)\s+watch:", stdout)
-    assert m, stdout
-    return m.group(1)
+from conftest import Env, run_id_of
 
 
 def free_port() -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +14,8 @@ from agentflow.plan import Plan
 from agentflow.planner import make_plan
 from agentflow.planner.inputs import parse_set_options
 from agentflow.workflow import WorkflowFile, load_workflow
+
+from conftest import agentflow
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = ROOT / "workflows" / "hello.yaml"
@@ -321,20 +321,6 @@ def test_plan_round_trips_through_json() -> None:
 
 
 # --- the command line -------------------------------------------------------------------------
-
-
-def agentflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env.update(COLUMNS="200", NO_COLOR="1", AGENTFLOW_HOME=str(cwd / ".agentflow"))
-    return subprocess.run(
-        [str(AGENTFLOW), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_cli_plan_writes_a_plan_json_that_validates(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import signal
 import xml.etree.ElementTree as ET
 from datetime import datetime
@@ -15,15 +14,9 @@ import libtmux
 
 from agentflow.tmux import socket_path_for
 
-from conftest import Env, group_alive
+from conftest import Env, group_alive, run_id_of
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_id_of(stdout: str) -> str:
-    m = re.search(r"run (\S+)\s+watch:", stdout)
-    assert m, stdout
-    return m.group(1)
 
 
 def times(state: dict, step: str) -> tuple[datetime, datetime]:

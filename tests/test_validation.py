@@ -7,7 +7,6 @@ Every problem reads ``FILE:LINE:COL: message``; the CLI prints each on its own l
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,8 @@ from hypothesis import strategies as st
 
 from agentflow.errors import Problem, WorkflowError
 from agentflow.workflow import Workflow, load_workflow, parse_workflow
+
+from conftest import agentflow as run_console_script
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "workflows").glob("*.yaml"))
@@ -822,17 +823,8 @@ def test_every_problem_is_located_and_on_one_line(text: str) -> None:
 
 
 def agentflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env.update(COLUMNS="40", NO_COLOR="1", AGENTFLOW_HOME=str(cwd / ".agentflow"))
-    return subprocess.run(
-        [str(AGENTFLOW), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    """Narrow output (40 columns), so that a message wrapped over lines would show."""
+    return run_console_script(*args, cwd=cwd, columns=40)
 
 
 def test_console_script_exists() -> None:
