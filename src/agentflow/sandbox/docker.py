@@ -34,6 +34,8 @@ from agentflow.workflow.model import Sandbox as SandboxConfig
 
 STEPS_MOUNT = "/agentflow/steps"
 """Where the run's ``steps/`` folder appears inside the container."""
+DEFAULT_PIDS = 4096
+"""The process limit of a container when ``resources.pids`` gives none."""
 LABEL_RUN = "agentflow.run"
 LABEL_WORKFLOW = "agentflow.workflow"
 LABEL_HOME = "agentflow.home"
@@ -203,8 +205,8 @@ class DockerSandbox:
             kwargs["mem_limit"] = res.memory
         if res.cpus:
             kwargs["nano_cpus"] = int(res.cpus * 1e9)
-        if res.pids:
-            kwargs["pids_limit"] = res.pids
+        # A fork bomb must not take the host down: a process limit even when none is given.
+        kwargs["pids_limit"] = res.pids or DEFAULT_PIDS
         if res.gpus is not None:
             count = -1 if res.gpus == "all" else int(res.gpus)
             kwargs["device_requests"] = [DeviceRequest(count=count, capabilities=[["gpu"]])]
