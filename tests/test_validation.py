@@ -567,11 +567,6 @@ def test_docs_are_not_checked_without_a_base_dir() -> None:
             f"wf.yaml:6:5: steps[0].artifacts: artifacts {NOT_YET}",
             id="artifacts",
         ),
-        pytest.param(
-            "    on_failure: diagnose\n",
-            f"wf.yaml:6:5: steps[0].on_failure: on_failure: diagnose (LLM diagnosis) {NOT_YET}",
-            id="on_failure-diagnose",
-        ),
     ],
 )
 def test_step_key_not_supported_yet(extra: str, expected: str) -> None:
@@ -638,16 +633,6 @@ def test_ready_without_service_says_to_add_it() -> None:
             f"wf.yaml:3:1: objective: `objective` {NOT_YET}",
             id="objective",
         ),
-        pytest.param(
-            "planner: {type: anthropic}\n",
-            f"wf.yaml:3:11: planner.type: the anthropic planner {NOT_YET}",
-            id="planner-anthropic",
-        ),
-        pytest.param(
-            "defaults: {on_failure: diagnose}\n",
-            f"wf.yaml:3:12: defaults.on_failure: on_failure: diagnose (LLM diagnosis) {NOT_YET}",
-            id="defaults.on_failure-diagnose",
-        ),
     ],
 )
 def test_workflow_key_not_supported_yet(block: str, expected: str) -> None:
@@ -657,11 +642,6 @@ def test_workflow_key_not_supported_yet(block: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("block", "expected"),
     [
-        (
-            "planner: {budget: 1000}\n",
-            f"wf.yaml:3:11: planner.budget: planner.budget (it configures the LLM planner) "
-            f"{NOT_YET}",
-        ),
         (
             "max_parallel_runs: 2\n",
             f"wf.yaml:3:1: max_parallel_runs: `max_parallel_runs` {NOT_YET}",

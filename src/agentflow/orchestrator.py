@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from agentflow.diagnose import Diagnoser
 from agentflow.errors import EnvironmentProblem, StateError, UsageError
 from agentflow.plan import Plan
 from agentflow.runner import STOP_REQUEST, Observer, Runner, RunSetup
@@ -26,6 +27,8 @@ from agentflow.workflow.model import Workflow
 from agentflow.workflow.support import changed_keys
 
 SandboxChoice = Literal["auto", "docker", "local"]
+Approve = Callable[[str, str, str], bool]
+"""Asks a person to approve a command the model changed: (step, old, new) → yes or no."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,17 @@ def make_sandbox(
     return LocalSandbox(workspace)
 
 
+def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
+    """The model, for a workflow with ``on_failure: diagnose`` steps (no key: exit 4)."""
+    if not any(workflow.on_failure_of(s) == "diagnose" for s in workflow.steps):
+        return None
+    from agentflow.llm import LLM
+
+    LLM.check_key()
+    cfg = workflow.planner
+    return Diagnoser(LLM(cfg.model, cfg.max_tokens, cfg.budget, used=used))
+
+
 def read_secrets(workflow: Workflow) -> dict[str, str]:
     """The values of the workflow's secrets, from this process's environment."""
     missing = [name for name in workflow.secrets if not os.environ.get(name)]
@@ -124,11 +138,13 @@ def new_run(
     kill_grace: float = 10.0,
     keep_sandbox: bool = False,
     log: Callable[[str], None] | None = None,
+    approve: Approve | None = None,
 ) -> Prepared:
     """Create the run directory (workflow and plan frozen in it) and a runner for it.
-    Everything that can be missing (tmux, a daemon, a secret) is checked first."""
+    Everything that can be missing (tmux, a daemon, a secret, a key) is checked first."""
     tmux = _tmux(store)
     secrets = read_secrets(wf.workflow)
+    diagnoser = make_diagnoser(wf.workflow)
     backend, warnings = choose_backend(wf.workflow, sandbox)
     run = store.create(run_id or new_run_id(wf.workflow.name))
     box = make_sandbox(
@@ -146,7 +162,10 @@ def new_run(
         inputs=plan.inputs,
         steps={s.id: StepState() for s in plan.steps},
     )
-    setup = RunSetup(run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets)
+    setup = RunSetup(
+        run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets,
+        diagnoser, approve, tuple(wf.base_dir / d for d in wf.workflow.docs),
+    )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     runner = Runner(setup, state, observer_for(run, plan, hint))
     return Prepared(runner, run, hint, warnings)
@@ -162,6 +181,7 @@ def reopen(
     keep_sandbox: bool = False,
     log: Callable[[str], None] | None = None,
     secrets: bool = True,
+    approve: Approve | None = None,
 ) -> Prepared:
     """A runner for an existing run, from what its directory froze. ``secrets=False``
     for a runner that only stops the run (no step starts, no secret is needed)."""
@@ -180,7 +200,11 @@ def reopen(
     box = make_sandbox(
         state.sandbox, workflow, run, workspace, store.home, keep=keep_sandbox, log=log
     )
-    setup = RunSetup(run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, values)
+    diagnoser = make_diagnoser(workflow, state.tokens_used) if secrets else None
+    setup = RunSetup(
+        run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, values,
+        diagnoser, approve, tuple(workspace / d for d in workflow.docs),
+    )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     return Prepared(Runner(setup, state, observer_for(run, plan, hint)), run, hint, [])
 

@@ -10,18 +10,23 @@ Every change is saved to ``state.json`` before anything else happens.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import shlex
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from agentflow import safefs
+from agentflow.diagnose import Decision as ModelDecision
+from agentflow.diagnose import Diagnoser, Failure, build_context
 from agentflow.errors import AgentflowError, EnvironmentProblem
+from agentflow.llm import BudgetExceeded, LLMError
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -32,7 +37,8 @@ from agentflow.monitor import (
     parse_progress,
 )
 from agentflow.plan import Plan, PlannedStep
-from agentflow.recovery import Decision, decide
+from agentflow.recovery import Decision as RecoveryDecision
+from agentflow.recovery import decide
 from agentflow.redact import Redactor
 from agentflow.report import write_reports
 from agentflow.sandbox import Sandbox, wrapper_script
@@ -42,7 +48,7 @@ from agentflow.template import Ref, scalar_text, substitute
 from agentflow.tmux import Tmux, wake_channel
 from agentflow.verify import OutputError, Where, probe, read_outputs, success_checks, tail
 from agentflow.workflow.model import Step, Workflow
-from agentflow.workflow.types import format_duration
+from agentflow.workflow.types import format_duration, parse_duration
 
 STOP_REQUEST = "stop-requested"
 """A file in the run directory: the orchestrator's SIGTERM means "stop", not "detach"."""
@@ -72,6 +78,17 @@ class RunSetup:
     """Where to write a copy of the JUnit report, besides the run directory."""
     secrets: dict[str, str] = field(default_factory=dict)
     """The workflow's secrets by name: handed to each step, masked everywhere."""
+    diagnoser: Diagnoser | None = None
+    """Asks the model about failures of ``on_failure: diagnose`` steps."""
+    approve: Callable[[str, str, str], bool] | None = None
+    """Asks a person to approve a command the model changed (step, old, new); None where
+    nobody can be asked (then the step is escalated instead)."""
+    runbooks: tuple[Path, ...] = ()
+    """The workflow's ``docs:``, for diagnoses."""
+
+
+MAX_DECISIONS_PER_STEP = 3
+MAX_DECISIONS_PER_RUN = 10
 
 
 class Runner:
@@ -436,9 +453,114 @@ class Runner:
         if self.aborting is not None:
             return
         decision = decide(self.s.workflow, step, st, self.state, status, code, log_tail)
+        if (
+            decision.action == "fail"
+            and self.s.workflow.on_failure_of(step) == "diagnose"
+            and self.s.diagnoser is not None
+        ):
+            self._diagnose(step_id, step, status, code)
+            return
         self._apply(step_id, step, status, decision)
 
-    def _apply(self, step_id: str, step: Step, status: StepStatus, d: Decision) -> None:
+    def _diagnose(self, step_id: str, step: Step, status: StepStatus, code: int | None) -> None:
+        """Ask the model, within the guardrails, and carry out its decision."""
+        st = self.state.steps[step_id]
+        diagnoser = self.s.diagnoser
+        assert diagnoser is not None
+        if st.decisions >= MAX_DECISIONS_PER_STEP or self.state.decisions >= MAX_DECISIONS_PER_RUN:
+            self._escalate(step_id, f"the model has already decided {st.decisions} times here")
+            return
+        step_dir = self.s.run.step_dir(step_id)
+        failure = Failure(
+            step=step,
+            script=tail(step_dir / "run.sh", 16 * 1024),
+            status=status,
+            exit_code=code,
+            message=st.message,
+            attempts=st.attempts,
+            log=step_dir / "output.log",
+        )
+        context = build_context(
+            failure, self.s.run.read_events(), list(self.s.runbooks), self.redactor,
+            diagnoser.budget_tokens,
+        )  # fmt: skip
+        try:
+            decision, call = diagnoser.decide(context)
+        except BudgetExceeded as e:
+            self._escalate(step_id, str(e))
+            return
+        except LLMError as e:
+            self._escalate(step_id, f"the model could not decide: {e}")
+            return
+        self.state = self.state.with_run(
+            tokens_used=self.state.tokens_used + call.tokens, decisions=self.state.decisions + 1
+        )
+        self._update(step_id, decisions=st.decisions + 1)
+        self._emit(
+            "diagnosis",
+            step_id,
+            status=status,
+            message=f"{decision.action}: {decision.diagnosis} "
+            f"[{decision.category or 'uncategorised'}; {call.tokens} tokens]",
+        )
+        wait = parse_duration(decision.wait) if decision.wait else 0.0
+        if decision.action == "retry":
+            self._apply(step_id, step, status, RecoveryDecision("retry", "the model: retry", wait))
+        elif decision.action == "retry_with_changes":
+            self._retry_with_changes(step_id, decision, wait)
+        elif decision.action == "escalate":
+            self._escalate(step_id, f"the model: {decision.diagnosis}")
+        elif decision.action == "skip":
+            self._apply(step_id, step, status, RecoveryDecision("skip", "the model: skip"))
+        else:
+            self._apply(step_id, step, status, RecoveryDecision("abort", "the model: abort"))
+
+    def _retry_with_changes(self, step_id: str, decision: ModelDecision, wait: float) -> None:
+        st = self.state.steps[step_id]
+        changes: dict[str, object] = {}
+        if (
+            decision.run
+            and decision.run.strip() != (st.run_override or self._planned_run(step_id)).strip()
+        ):
+            old = st.run_override or self._planned_run(step_id)
+            diff = "".join(
+                difflib.unified_diff(_lines(old), _lines(decision.run), "planned", "proposed")
+            )
+            self._emit("command_proposed", step_id, message=diff)
+            approve = self.s.approve
+            if approve is None or not approve(step_id, old, decision.run):
+                why = "needs approval" if approve is None else "was refused"
+                self._escalate(
+                    step_id,
+                    f"the model's changed command {why}: see the diff in the events "
+                    "(approve with --yes, or in a terminal)",
+                )
+                return
+            changes["run_override"] = decision.run
+        env = {**st.env_overrides, **(decision.env or {})}
+        changes.update(
+            status="pending",
+            env_overrides=env,
+            not_before=now() + timedelta(seconds=wait),
+            message="retry with the model's changes",
+        )
+        self._update(step_id, **changes)
+        shown = ", ".join(f"{k}={v}" for k, v in (decision.env or {}).items())
+        self._emit(
+            "retry_scheduled",
+            step_id,
+            message="retry with the model's changes" + (f" (env {shown})" if shown else ""),
+        )
+
+    def _escalate(self, step_id: str, why: str) -> None:
+        message = f"a person must decide: {why}"
+        self._update(step_id, status="blocked", message=message)
+        self._emit("escalated", step_id, status="blocked", message=message)
+
+    def _planned_run(self, step_id: str) -> str:
+        return self.s.plan.step(step_id).run
+
+    def _apply(self, step_id: str, step: Step, status: StepStatus, d: RecoveryDecision) -> None:
         st = self.state.steps[step_id]
         if d.rule is not None:
             self._emit("rule_matched", step_id, status=status, message=d.reason)
@@ -462,9 +584,7 @@ class Runner:
             self._emit("step_skipped", step_id, status="skipped", message=d.reason)
             return
         if d.action == "escalate":
-            message = f"a person must decide: {d.reason}"
-            self._update(step_id, status="blocked", message=message)
-            self._emit("escalated", step_id, status="blocked", message=message)
+            self._escalate(step_id, d.reason)
             return
         if d.reason:
             self._update(step_id, message=f"{st.message}; {d.reason}" if st.message else d.reason)
@@ -553,8 +673,8 @@ class Runner:
         env: dict[str, str] = {}
         for key, value in [*self.s.workflow.env.items(), *step.env.items()]:
             env[key] = self._render(value, env)
-        env.update(st.env_overrides)  # set by a recover: rule for later attempts
-        command = self._render(planned.run, env)
+        env.update(st.env_overrides)  # set by a recover: rule or the model, for later attempts
+        command = self._render(st.run_override or planned.run, env)
         safefs.write_text(
             step_dir / "run.sh",
             f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
@@ -724,6 +844,10 @@ class Runner:
         )
         self.s.run.append_event(event)
         self.observer.event(event, self.state)
+
+
+def _lines(text: str) -> list[str]:
+    return (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)
 
 
 def _archive_attempt(step_dir: Path, attempt: int) -> None:

@@ -80,6 +80,10 @@ class StepState(StateModel):
     """Environment set for later attempts by a ``recover:`` rule."""
     rule_uses: dict[str, int] = Field(default_factory=dict)
     """How often each ``recover:`` rule (by index) has retried this step."""
+    run_override: str | None = None
+    """A command the model wrote for later attempts (approved), instead of the plan's."""
+    decisions: int = 0
+    """How often the model has decided about this step."""
 
 
 class Progress(StateModel):
@@ -121,6 +125,10 @@ class RunState(StateModel):
     message: str | None = None
     consecutive_failures: int = 0
     """Failed attempts in a row, across steps (the breaker)."""
+    tokens_used: int = 0
+    """Tokens the model has used for this run (diagnoses; the plan's are not counted)."""
+    decisions: int = 0
+    """How often the model has decided about a failure in this run."""
     steps: dict[str, StepState]
 
     def step(self, step_id: str) -> StepState:

@@ -7,15 +7,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agentflow.cli.app import command, console
 from agentflow.plan import Plan
-from agentflow.planner import make_plan
+from agentflow.planner import make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.sandbox import describe
 from agentflow.workflow import Workflow, format_duration, load_workflow
 
+PlannerOption = Annotated[
+    str | None,
+    typer.Option("--planner", help="static, or anthropic (the model writes task: steps)."),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override an input: --set name=value (repeatable).", metavar="K=V"),
@@ -43,11 +48,16 @@ def plan(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Save the plan as JSON here.")
     ] = None,
+    planner: PlannerOption = None,
 ) -> None:
     """Show the plan: the steps in run order with their commands (and save it with -o)."""
     wf = load_workflow(file)
-    the_plan = make_plan(wf, parse_set_options(set_ or []))
+    chosen = planner_for(wf, planner)
+    the_plan = make_plan(wf, parse_set_options(set_ or []), chosen)
     print_plan(the_plan)
+    tokens = sum(getattr(chosen, "calls", []))
+    if tokens:
+        console.print(f"the model wrote the [magenta]✎[/] commands ({tokens} tokens)")
     print_sandbox(wf.workflow)
     if output is not None:
         output.write_text(the_plan.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -69,6 +79,7 @@ def print_plan(the_plan: Plan) -> None:
     table = Table(box=None, pad_edge=False, show_edge=False, title_justify="left")
     table.add_column("#", justify="right", style="dim")
     table.add_column("step", style="bold", no_wrap=True)
+    table.add_column("", no_wrap=True)
     table.add_column("needs", style="dim")
     table.add_column("expect", justify="right")
     table.add_column("command", overflow="fold")
@@ -76,9 +87,12 @@ def print_plan(the_plan: Plan) -> None:
         table.add_row(
             str(i),
             s.id,
+            "[magenta]✎[/]" if s.source == "planner" else "",
             ", ".join(s.needs),
             format_duration(s.duration) if s.duration else "",
-            s.run.strip(),
+            f"[magenta]{escape(s.run.strip())}[/]"
+            if s.source == "planner"
+            else escape(s.run.strip()),
         )
     inputs = ", ".join(f"{k}={v}" for k, v in the_plan.inputs.items())
     console.print(

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.prompt import Confirm
+from rich.syntax import Syntax
 
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.orchestrator import (
+    Approve,
     ObserverFactory,
     Prepared,
     SandboxChoice,
@@ -22,7 +26,7 @@ from agentflow.orchestrator import (
     resume,
 )
 from agentflow.plan import Plan
-from agentflow.planner import check_plan, make_plan
+from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
 from agentflow.state import RunState
@@ -33,6 +37,9 @@ EXIT_INTERRUPTED = 130
 
 CiOption = Annotated[
     bool, typer.Option("--ci", help="Plain lines, one per event, no colours (also when CI is set).")
+]
+YesOption = Annotated[
+    bool, typer.Option("--yes", "-y", help="Approve commands the model changes, without asking.")
 ]
 KeepOption = Annotated[
     bool, typer.Option("--keep-sandbox", help="Keep the run's container when it ends.")
@@ -54,6 +61,37 @@ def _observer_factory(ci: bool) -> tuple[ObserverFactory, list[LiveTable]]:
         return Observers([log, live])
 
     return build, lives
+
+
+def _approver(yes: bool, ci: bool, lives: list[LiveTable]) -> Approve | None:
+    """--yes: approve; a terminal: ask; otherwise (CI, a pipe) nobody can: escalate."""
+    if yes:
+        return lambda step, old, new: True
+    if plain_output(ci) or not sys.stdin.isatty():
+        return None
+
+    def ask(step: str, old: str, new: str) -> bool:
+        live = lives[0].live if lives else None
+        if live is not None:
+            live.stop()
+        try:
+            console.print(f"\n[bold]The model wants to change the command of step {step}:[/]")
+            console.print(
+                Syntax(
+                    "".join(
+                        difflib.unified_diff(
+                            old.splitlines(True), new.splitlines(True), "planned", "proposed"
+                        )
+                    ),
+                    "diff",
+                )
+            )
+            return bool(Confirm.ask("Run the changed command?", default=False, console=console))
+        finally:
+            if live is not None:
+                live.start()
+
+    return ask
 
 
 def _sandbox_log(line: str) -> None:
@@ -114,12 +152,11 @@ def run(
     ci: CiOption = False,
     junit: JunitOption = None,
     keep_sandbox: KeepOption = False,
+    yes: YesOption = False,
 ) -> None:
     """Run a workflow. Exit 0 when every step succeeded, 1 when one failed, 3 when blocked."""
     if detach:
         raise UsageError("--detach is not supported yet in this version of agentflow")
-    if planner not in (None, "static"):
-        raise UsageError(f"--planner {planner} is not supported yet in this version of agentflow")
     wf = load_workflow(file)
     if plan_file is not None:
         if set_:
@@ -127,7 +164,7 @@ def run(
         the_plan = _read_plan(plan_file)
         check_plan(the_plan, wf, str(plan_file))
     else:
-        the_plan = make_plan(wf, parse_set_options(set_ or []))
+        the_plan = make_plan(wf, parse_set_options(set_ or []), planner_for(wf, planner))
     factory, lives = _observer_factory(ci)
     prepared = new_run(
         Store(),
@@ -139,6 +176,7 @@ def run(
         junit=junit,
         keep_sandbox=keep_sandbox,
         log=_sandbox_log,
+        approve=_approver(yes, ci, lives),
     )
     with prepared.run.lock():
         state = _drive(prepared, lives, prepared.runner.start)
@@ -165,6 +203,7 @@ def resume_cmd(
     ci: CiOption = False,
     junit: JunitOption = None,
     keep_sandbox: KeepOption = False,
+    yes: YesOption = False,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
     store = Store()
@@ -182,6 +221,7 @@ def resume_cmd(
             junit=junit,
             keep_sandbox=keep_sandbox,
             log=_sandbox_log,
+            approve=_approver(yes, ci, lives),
         )
         final = _drive(prepared, lives, lambda: resume(prepared))
     _conclude(final, run_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from agentflow.errors import PlanError
+from agentflow.errors import PlanError, UsageError
 from agentflow.plan import Plan
 from agentflow.planner.inputs import resolve_inputs
 from agentflow.planner.static import StaticPlanner
@@ -22,6 +22,21 @@ class Planner(Protocol):
     name: str
 
     def plan(self, wf: WorkflowFile, inputs: dict[str, Scalar]) -> Plan: ...
+
+
+def planner_for(wf: WorkflowFile, choice: str | None = None) -> Planner:
+    """The planner the workflow asks for (``planner.type``), or ``choice`` (``--planner``)."""
+    kind = choice or wf.workflow.planner.type
+    if kind == "static":
+        return StaticPlanner()
+    if kind != "anthropic":
+        raise UsageError(f"--planner {kind}: use static or anthropic")
+    from agentflow.llm import LLM
+    from agentflow.planner.anthropic import AnthropicPlanner
+
+    LLM.check_key()  # no key: exit 4 with how to fix it, before anything else
+    cfg = wf.workflow.planner
+    return AnthropicPlanner(LLM(cfg.model, cfg.max_tokens, cfg.budget))
 
 
 def make_plan(wf: WorkflowFile, overrides: dict[str, str], planner: Planner | None = None) -> Plan:
@@ -66,4 +81,11 @@ def check_plan(plan: Plan, wf: WorkflowFile, source: str) -> None:
         raise PlanError(f"{source}: its inputs do not match {wf.path.name}'s: plan it again")
 
 
-__all__ = ["Planner", "StaticPlanner", "check_plan", "make_plan", "resolve_inputs"]
+__all__ = [
+    "Planner",
+    "StaticPlanner",
+    "check_plan",
+    "make_plan",
+    "planner_for",
+    "resolve_inputs",
+]

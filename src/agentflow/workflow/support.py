@@ -23,18 +23,10 @@ def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
     """Where ``workflow`` uses a key that this version cannot act on yet."""
     for key in sorted(changed_keys(workflow) & {"matrix", "objective", "max_parallel_runs"}):
         yield (key,), _msg(f"`{key}`")
-    if workflow.planner.type != "static":
-        yield ("planner", "type"), _msg(f"the {workflow.planner.type} planner")
-    for key in sorted(changed_keys(workflow.planner) - {"type"}):
-        yield ("planner", key), _msg(f"planner.{key} (it configures the LLM planner)")
-    if workflow.defaults.on_failure == "diagnose":
-        yield ("defaults", "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
     for i, step in enumerate(workflow.steps):
         for key in sorted(step.model_fields_set & _STEP_KEYS.keys()):
             if getattr(step, key):
                 yield ("steps", i, key), _msg(_STEP_KEYS[key])
-        if step.on_failure == "diagnose":
-            yield ("steps", i, "on_failure"), _msg("on_failure: diagnose (LLM diagnosis)")
 
 
 def changed_keys(model: BaseModel) -> set[str]:

@@ -1,0 +1,130 @@
+"""The only module that talks to the model: one forced tool call at a time, tokens counted.
+
+``anthropic`` is imported here, lazily: importing it costs about two seconds, which
+commands that never call the model must not pay.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from agentflow.errors import AgentflowError, EnvironmentProblem
+
+DEFAULT_MODEL = "claude-sonnet-4-5"
+MAX_RETRIES = 4
+"""The SDK's own retries (with back-off, honouring retry-after) for 429, 529, 5xx and
+connection errors, before the error reaches the user."""
+
+
+class LLMError(AgentflowError):
+    """The model could not be asked, or its answer could not be used (exit 1)."""
+
+
+class BudgetExceeded(LLMError):
+    """The run's token budget (``planner.budget``) is spent."""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The model's answer: the input it gave the tool, and what the call cost."""
+
+    input: dict[str, Any]
+    tool_use_id: str
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class LLM:
+    """A Messages API client with a token budget. The API key comes from
+    ``ANTHROPIC_API_KEY``, the endpoint from ``ANTHROPIC_BASE_URL`` when set, the model from
+    the workflow's ``planner.model``, else ``AGENTFLOW_MODEL``, else a default."""
+
+    def __init__(
+        self, model: str | None, max_tokens: int, budget: int | None, used: int = 0
+    ) -> None:
+        self.model = model or os.environ.get("AGENTFLOW_MODEL") or DEFAULT_MODEL
+        self.max_tokens = max_tokens
+        self.budget = budget
+        self.used = used
+        self._client: Any = None
+
+    @staticmethod
+    def check_key() -> None:
+        if not os.environ.get("ANTHROPIC_API_KEY"):
+            raise EnvironmentProblem(
+                "the anthropic planner needs ANTHROPIC_API_KEY: export it, run a saved plan "
+                "with --plan, or use --planner static (task: steps then need a run: command)"
+            )
+
+    def client(self) -> Any:
+        if self._client is None:
+            self.check_key()
+            import anthropic  # lazily: ~2 s
+
+            self._client = anthropic.Anthropic(
+                api_key=os.environ["ANTHROPIC_API_KEY"],
+                base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
+                max_retries=MAX_RETRIES,
+                timeout=120.0,
+            )
+        return self._client
+
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.used
+
+    def call_tool(
+        self, system: str, messages: list[dict[str, Any]], tool: dict[str, Any]
+    ) -> ToolCall:
+        """One request that must answer by calling ``tool``."""
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise BudgetExceeded(f"the run's token budget ({self.budget}) is spent")
+        import anthropic
+
+        try:
+            response = self.client().messages.create(
+                model=self.model,
+                max_tokens=self.max_tokens,
+                system=system,
+                messages=messages,
+                tools=[tool],
+                tool_choice={"type": "tool", "name": tool["name"]},
+            )
+        except anthropic.AuthenticationError:
+            raise EnvironmentProblem(
+                "the Anthropic API refused the key in ANTHROPIC_API_KEY: check it"
+            ) from None
+        except anthropic.APIStatusError as e:
+            raise LLMError(
+                f"the Anthropic API answered {e.status_code} after {MAX_RETRIES} retries "
+                f"({_message(e)}): try again later, or run a saved plan with --plan"
+            ) from None
+        except anthropic.APIConnectionError as e:
+            where = os.environ.get("ANTHROPIC_BASE_URL") or "the Anthropic API"
+            raise LLMError(
+                f"cannot reach {where} ({type(e).__name__}) after {MAX_RETRIES} retries: "
+                "check the network, or run a saved plan with --plan"
+            ) from None
+        usage = response.usage
+        self.used += usage.input_tokens + usage.output_tokens
+        for block in response.content:
+            if block.type == "tool_use" and block.name == tool["name"]:
+                return ToolCall(
+                    dict(block.input), block.id, usage.input_tokens, usage.output_tokens
+                )
+        raise LLMError(f"the model answered without calling {tool['name']}")
+
+
+def _message(e: Any) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:200]
+    return str(e)[:200]

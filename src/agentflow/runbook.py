@@ -1,0 +1,49 @@
+"""Runbooks (``docs:``) as context for the model, bounded: failure-mode sections first and
+whole, the rest cut to what the budget leaves."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_HEADING = re.compile(r"^#{1,6}\s", re.MULTILINE)
+_FAILURE = re.compile(r"fail|error|troubl|recover|problem|symptom|known issue", re.IGNORECASE)
+
+
+def sections(text: str) -> list[str]:
+    """Markdown split at its headings (the text before the first heading is one section)."""
+    starts = [m.start() for m in _HEADING.finditer(text)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    return [text[a:b].strip() for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+
+
+def failure_modes(text: str) -> str:
+    """Only the sections whose heading speaks of failures, errors, recovery."""
+    return "\n\n".join(s for s in sections(text) if _FAILURE.search(s.split("\n", 1)[0]))
+
+
+def bounded(paths: list[Path], budget_chars: int, failures_only: bool = False) -> str:
+    """The runbooks as one text of at most ``budget_chars``."""
+    chosen: list[tuple[bool, str, str]] = []  # (is a failure mode, file, section)
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for section in sections(text):
+            is_failure = bool(_FAILURE.search(section.split("\n", 1)[0]))
+            if is_failure or not failures_only:
+                chosen.append((is_failure, path.name, section))
+    out: list[str] = []
+    left = budget_chars
+    # Failure modes first and whole while they fit; then the rest, each cut to what is left.
+    for _, name, section in sorted(chosen, key=lambda c: not c[0]):
+        if left <= 200:
+            break
+        piece = f"[{name}]\n{section}"
+        if len(piece) > left:
+            piece = piece[: left - 20] + "\n[... cut ...]"
+        out.append(piece)
+        left -= len(piece) + 2
+    return "\n\n".join(out)

@@ -1,0 +1,93 @@
+"""A fake Anthropic Messages API on 127.0.0.1: records each request and replays scripted
+responses, so the real ``anthropic`` SDK is exercised over HTTP (no patching)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def tool_use(name: str, payload: dict[str, Any], tokens: tuple[int, int] = (900, 120)) -> Reply:
+    """A successful answer that calls ``name`` with ``payload``."""
+    return Reply(
+        body={
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-fake",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": name, "input": payload}],
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": tokens[0], "output_tokens": tokens[1]},
+        }
+    )
+
+
+def error(status: int, kind: str, message: str = "try again") -> Reply:
+    return Reply(
+        status=status,
+        body={"type": "error", "error": {"type": kind, "message": message}},
+        headers={"retry-after": "0"},
+    )
+
+
+class FakeAnthropic:
+    """``with FakeAnthropic([...replies]) as fake:`` then point the SDK at ``fake.url``."""
+
+    def __init__(self, replies: list[Reply]) -> None:
+        self.replies = list(replies)
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with fake.lock:
+                    fake.requests.append(
+                        {"path": self.path, "body": body, "headers": dict(self.headers)}
+                    )
+                    reply = (
+                        fake.replies.pop(0)
+                        if fake.replies
+                        else error(500, "api_error", "the fake has no scripted reply left")
+                    )
+                data = json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeAnthropic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        for r in self.requests:
+            yield r["body"]

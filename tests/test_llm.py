@@ -1,0 +1,331 @@
+"""The model, through the real anthropic SDK against a fake Messages API on 127.0.0.1:
+planning task steps, repairing a bad plan, API errors, diagnosis and its guardrails."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import libtmux
+import pytest
+
+from agentflow.diagnose import Failure, build_context
+from agentflow.redact import Redactor
+from agentflow.workflow.model import Step
+from fake_anthropic import FakeAnthropic, Reply, error, tool_use
+
+from conftest import AGENTFLOW, Env, run_id_of
+
+RUNBOOK = """\
+# Tiny pipeline
+
+## Happy path
+Write the data, then count it.
+
+## Failure modes
+### counting fails with "no data"
+The data file was not written: write data.txt first.
+"""
+
+AGENTIC = """\
+version: 1
+name: agentic
+goal: Produce data.txt with three lines, then count them.
+docs: [runbook.md]
+planner: {type: anthropic, model: claude-test}
+steps:
+  - id: make-data
+    task: Write three lines into data.txt.
+  - id: count
+    needs: [make-data]
+    run: wc -l < data.txt
+"""
+
+
+def use_fake(af: Env, fake: FakeAnthropic) -> None:
+    af.env["ANTHROPIC_API_KEY"] = "test-key"
+    af.env["ANTHROPIC_BASE_URL"] = fake.url
+
+
+def agentic(af: Env) -> Path:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    return af.write(AGENTIC)
+
+
+def plan_reply(run: str = "printf 'a\\nb\\nc\\n' > data.txt", **extra: Any) -> Reply:
+    return tool_use("submit_plan", {"steps": [{"id": "make-data", "run": run, **extra}]})
+
+
+def test_a_task_step_is_planned_by_the_model_and_run(af: Env) -> None:
+    with FakeAnthropic([plan_reply(duration="5s", notes="simple")]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    plan = json.loads((af.run_dir(rid) / "plan.json").read_text())
+    steps = {s["id"]: s for s in plan["steps"]}
+    assert steps["make-data"]["source"] == "planner"
+    assert steps["make-data"]["duration"] == "5s"
+    assert steps["count"]["source"] == "workflow"
+    assert (af.run_dir(rid) / "steps" / "count" / "output.log").read_text().strip() == "3"
+    (request,) = fake.requests
+    body = request["body"]
+    assert request["path"] == "/v1/messages"
+    assert body["model"] == "claude-test"
+    assert body["tool_choice"] == {"type": "tool", "name": "submit_plan"}
+    text = body["messages"][0]["content"]
+    assert "Produce data.txt with three lines" in text
+    assert "counting fails with" in text  # the runbook's failure modes
+    assert "network: none" in text  # sandbox facts
+
+
+def test_plan_shows_what_the_model_wrote_and_saves_it(af: Env, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    with FakeAnthropic([plan_reply()]) as fake:
+        use_fake(af, fake)
+        res = af.cli("plan", str(agentic(af)), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "✎" in res.stdout
+    assert "the model wrote" in res.stdout
+    # the saved plan runs with no model (and no key) at all
+    af.env.pop("ANTHROPIC_API_KEY")
+    res = af.cli("run", str(agentic(af)), "--plan", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_malformed_plan_gets_one_repair_round(af: Env) -> None:
+    bad = tool_use(
+        "submit_plan", {"steps": [{"id": "make-dta", "run": "true", "duration": "soon"}]}
+    )
+    with FakeAnthropic([bad, plan_reply()]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    repair = fake.requests[1]["body"]["messages"]
+    assert repair[1]["role"] == "assistant"
+    result = repair[2]["content"][0]
+    assert result["type"] == "tool_result"
+    assert result["is_error"] is True
+    assert "make-dta" in result["content"]
+    assert "task step 'make-data' has no command" in result["content"]
+
+
+def test_an_unrepairable_plan_is_exit_1_and_shows_what_the_model_sent(af: Env) -> None:
+    bad = tool_use("submit_plan", {"steps": [{"id": "nope", "run": "true"}]})
+    with FakeAnthropic([bad, bad]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 1
+    assert "invalid after one repair" in res.stderr
+    assert '"id": "nope"' in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (af.home / "runs").exists()
+
+
+def test_rate_limit_and_overload_are_retried_by_the_sdk(af: Env) -> None:
+    replies = [error(429, "rate_limit_error"), error(529, "overloaded_error"), plan_reply()]
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert len(fake.requests) == 3
+
+
+def test_an_api_that_keeps_failing_is_a_clear_error(af: Env) -> None:
+    with FakeAnthropic([error(529, "overloaded_error")] * 6) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 1
+    assert "the Anthropic API answered 529" in res.stderr
+    assert "--plan" in res.stderr
+
+
+def test_no_key_with_the_anthropic_planner_is_exit_4(af: Env) -> None:
+    af.env.pop("ANTHROPIC_API_KEY", None)
+    res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 4
+    assert "ANTHROPIC_API_KEY" in res.stderr
+
+
+# --- diagnosis ------------------------------------------------------------------------------
+
+BROKEN = """\
+version: 1
+name: broken
+docs: [runbook.md]
+defaults: {on_failure: diagnose}
+steps:
+  - id: count
+    run: wc -l < missing.txt
+"""
+
+
+def decision(action: str, **fields: Any) -> Reply:
+    return tool_use(
+        "submit_decision", {"diagnosis": "data.txt was never written", "action": action, **fields}
+    )
+
+
+def test_a_failing_step_is_fixed_by_a_retry_with_changes_decision(af: Env) -> None:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    wf = af.write(BROKEN)
+    fix = decision(
+        "retry_with_changes",
+        run="printf 'x\\ny\\n' > data.txt; wc -l < data.txt",
+        env={"HINT": "1"},
+        category="data",
+    )
+    with FakeAnthropic([fix]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    st = af.state(rid)["steps"]["count"]
+    assert st["attempts"] == 2
+    assert st["run_override"].startswith("printf")
+    assert st["env_overrides"] == {"HINT": "1"}
+    assert af.state(rid)["tokens_used"] == 1020
+    events = [json.loads(x) for x in (af.run_dir(rid) / "events.jsonl").read_text().splitlines()]
+    kinds = [e["kind"] for e in events]
+    assert "diagnosis" in kinds
+    proposed = next(e for e in events if e["kind"] == "command_proposed")
+    assert "-wc -l < missing.txt" in proposed["message"]
+    assert "+printf" in proposed["message"]
+    request = fake.requests[0]["body"]
+    assert request["tool_choice"] == {"type": "tool", "name": "submit_decision"}
+    context = request["messages"][0]["content"]
+    assert "missing.txt" in context  # the script and the log's error
+    assert "counting fails with" in context  # the runbook's failure modes
+    report = (af.run_dir(rid) / "report.md").read_text()
+    assert "data.txt was never written" in report
+
+
+def test_in_ci_a_changed_command_without_yes_escalates(af: Env) -> None:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    wf = af.write(BROKEN)
+    with FakeAnthropic([decision("retry_with_changes", run="echo changed")]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 3
+    st = af.state(run_id_of(res.stdout))["steps"]["count"]
+    assert st["status"] == "blocked"
+    assert "needs approval" in st["message"]
+
+
+def test_a_spent_budget_escalates(af: Env) -> None:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    wf = af.write(BROKEN.replace("defaults:", "planner: {budget: 500}\ndefaults:"))
+    with FakeAnthropic([decision("retry")]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 3, res.stdout
+    assert len(fake.requests) == 1  # the second diagnosis was never asked for
+    st = af.state(run_id_of(res.stdout))["steps"]["count"]
+    assert st["status"] == "blocked"
+    assert "token budget (500) is spent" in st["message"]
+
+
+def test_the_request_for_a_100_mb_log_is_bounded_and_has_no_secret(af: Env) -> None:
+    secret = "sk-very-secret-4242"
+    wf = af.write(
+        """\
+version: 1
+name: huge
+secrets: [API_KEY_X]
+defaults: {on_failure: diagnose}
+steps:
+  - id: noisy
+    run: |
+      yes "processing batch, all fine, key=$API_KEY_X" | head -c 100000000
+      echo "RuntimeError: CUDA out of memory (key $API_KEY_X)"
+      exit 1
+"""
+    )
+    af.env["API_KEY_X"] = secret
+    with FakeAnthropic([decision("abort")]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    body = json.dumps(fake.requests[0]["body"])
+    assert len(body) < 6000 * 4 + 4000
+    assert secret not in body
+    assert "CUDA out of memory" in body
+
+
+def test_build_context_bounds_any_log_and_masks_secrets(tmp_path: Path) -> None:
+    log = tmp_path / "output.log"
+    with log.open("w") as f:
+        for i in range(200_000):
+            f.write(f"step {i} ok token=hunter2-secret\n")
+        f.write("Traceback (most recent call last):\nValueError: loss is nan\n")
+    failure = Failure(
+        Step(id="train", run="python train.py"),
+        "python train.py",
+        "failed",
+        1,
+        "exit code 1",
+        1,
+        log,
+    )
+    context = build_context(failure, [], [], Redactor(["hunter2-secret"]), budget_tokens=2000)
+    assert len(context) <= 2000 * 4
+    assert "hunter2-secret" not in context
+    assert "loss is nan" in context
+
+
+def answer_in_a_terminal(af: Env, wf: Path, term: Path, answer: str) -> str:
+    """Run agentflow in a real terminal (a tmux pane), answer its prompt, return the screen."""
+    fix = decision("retry_with_changes", run="echo fixed-by-model")
+    with FakeAnthropic([fix]) as fake:
+        use_fake(af, fake)
+        env = " ".join(
+            f"{k}={shlex.quote(v)}"
+            for k, v in af.env.items()
+            if k.startswith(("AGENTFLOW", "ANTHROPIC"))
+        )
+        cmd = (
+            f"cd {shlex.quote(str(af.workspace))} && env {env} {AGENTFLOW} run "
+            f"{shlex.quote(str(wf))} --run-id ap-{answer}; echo EXIT=$?; sleep 60"
+        )
+        terminal = libtmux.Server(socket_path=str(term))
+        try:
+            session = terminal.new_session(session_name="t", window_command=cmd, x=150, y=40)
+            pane = session.active_window.active_pane
+            assert pane is not None
+
+            def screen() -> str:
+                assert pane is not None
+                return "\n".join(pane.capture_pane())
+
+            af.wait_for(lambda: "Run the changed command?" in screen(), 60, "the prompt")
+            assert "+echo fixed-by-model" in screen()
+            pane.send_keys(answer, enter=True)
+            af.wait_for(lambda: "EXIT=" in screen(), 60, "the run ends")
+            return screen()
+        finally:
+            terminal.kill()
+
+
+@pytest.mark.parametrize(("answer", "code", "status"), [("y", 0, "succeeded"), ("n", 3, "blocked")])
+def test_approval_prompt_accepted_and_refused(
+    af: Env, tmp_path: Path, answer: str, code: int, status: str
+) -> None:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    wf = af.write(BROKEN)
+    screen = answer_in_a_terminal(af, wf, tmp_path / "term.sock", answer)
+    assert f"EXIT={code}" in screen, screen
+    assert af.state(f"ap-{answer}")["steps"]["count"]["status"] == status
+
+
+@pytest.mark.parametrize("action", ["skip", "abort"])
+def test_skip_and_abort_decisions(af: Env, action: str) -> None:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    wf = af.write(BROKEN)
+    with FakeAnthropic([decision(action)]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--ci")
+    st = af.state(run_id_of(res.stdout))["steps"]["count"]
+    assert st["status"] == ("skipped" if action == "skip" else "failed")
+    assert res.returncode == (0 if action == "skip" else 1)
