@@ -377,3 +377,88 @@ steps:
     st = af.state(run_id_of(res.stdout))["steps"]["picky"]
     assert st["attempts"] == 1
     assert "not in retry.exit_codes" in st["message"]
+
+
+def test_expressions_in_probes_and_checks_are_filled_in(af: Env) -> None:
+    port = free_port()
+    wf = af.write(
+        f"""\
+version: 1
+name: exprs
+inputs: {{port: {port}, want: "3"}}
+env: {{WANT: "${{{{ inputs.want }}}}"}}
+steps:
+  - id: server
+    service: true
+    run: exec python3 -m http.server ${{{{ inputs.port }}}} --bind 127.0.0.1
+    ready: {{http: "http://127.0.0.1:${{{{ inputs.port }}}}/", interval: 200ms}}
+  - id: check
+    needs: [server]
+    run: echo "value 3" > out.txt
+    success:
+      files: ["${{{{ run.id }}}}.none", out.txt]
+"""
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 1
+    st = af.state(run_id_of(res.stdout))["steps"]
+    assert st["server"]["ready_at"] is not None
+    rid = run_id_of(res.stdout)
+    assert st["check"]["message"] == f"success check files: {rid}.none does not exist"
+
+
+def test_a_check_command_sees_the_steps_environment(af: Env) -> None:
+    wf = af.write(
+        """\
+version: 1
+name: envcheck
+env: {WANT: "yes"}
+steps:
+  - id: a
+    run: 'true'
+    success: {command: 'test "$WANT" = yes'}
+"""
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 0, res.stdout
+
+
+def test_a_stalled_step_fails_the_run_in_every_report(af: Env) -> None:
+    wf = af.write(
+        "version: 1\nname: st\nsteps:\n  - id: q\n    stall_timeout: 1s\n    run: sleep 30\n"
+    )
+    res = af.cli("run", str(wf))
+    assert res.returncode == 1
+    assert "(q)" in res.stdout
+    rid = run_id_of(res.stdout)
+    junit = (af.run_dir(rid) / "junit.xml").read_text()
+    assert 'failures="1"' in junit
+    assert 'type="stalled"' in junit
+
+
+def test_ready_services_do_not_hold_places_and_resume_restarts_them(af: Env) -> None:
+    port = free_port()
+    wf = af.write(
+        f"""\
+version: 1
+name: svcs
+max_parallel: 1
+steps:
+  - id: server
+    service: true
+    run: exec python3 -m http.server {port} --bind 127.0.0.1
+    ready: {{tcp: "127.0.0.1:{port}", interval: 200ms}}
+  - id: user
+    needs: [server]
+    run: |
+      python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/')"
+      test -e go || {{ echo "not yet"; exit 1; }}
+    recover: [{{match: "not yet", action: escalate}}]
+"""
+    )
+    res = af.cli("run", str(wf), "--run-id", "sv1")
+    assert res.returncode == 3, res.stdout  # the user ran while the ready server held no place
+    (af.workspace / "go").touch()
+    res = af.cli("resume", "sv1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert af.state("sv1")["steps"]["server"]["attempts"] == 2

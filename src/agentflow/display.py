@@ -27,6 +27,7 @@ STATUS_STYLE = {
     "failed": "red",
     "crashed": "red",
     "timeout": "red",
+    "stalled": "red",
     "skipped": "yellow",
     "blocked": "magenta",
     "interrupted": "yellow",
@@ -38,6 +39,7 @@ STATUS_MARK = {
     "failed": "✘",
     "crashed": "✘",
     "timeout": "✘",
+    "stalled": "✘",
     "skipped": "↷",
     "blocked": "⏸",
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from agentflow.display import describe
-from agentflow.state import RunState, StepState
+from agentflow.state import UNSUCCESSFUL, RunState, StepState
 from agentflow.store import Event, RunDir
 from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
@@ -134,7 +134,7 @@ def _tail(path: Path) -> str:
 
 def junit_xml(run: RunDir, report: Report) -> str:
     """One test case per step; failures carry the message and the tail of the log."""
-    failures = sum(1 for s in report.steps if s.status in ("failed", "crashed", "timeout"))
+    failures = sum(1 for s in report.steps if s.status in UNSUCCESSFUL)
     skipped = sum(1 for s in report.steps if s.status in ("skipped", "pending", "blocked"))
     suite = ET.Element(
         "testsuite",
@@ -150,7 +150,7 @@ def junit_xml(run: RunDir, report: Report) -> str:
         case = ET.SubElement(
             suite, "testcase", classname=report.workflow, name=s.id, time=f"{s.duration_s or 0:.3f}"
         )
-        if s.status in ("failed", "crashed", "timeout"):
+        if s.status in UNSUCCESSFUL:
             message = f"{s.status}: {s.message or ''}".strip(": ")
             failure = ET.SubElement(case, "failure", message=message, type=s.status)
             failure.text = _tail(run.step_dir(s.id) / "output.log")

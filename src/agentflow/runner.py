@@ -20,7 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel
 
 from agentflow import safefs
 from agentflow.diagnose import Decision as ModelDecision
@@ -49,6 +51,8 @@ from agentflow.tmux import Tmux, wake_channel
 from agentflow.verify import OutputError, Where, probe, read_outputs, success_checks, tail
 from agentflow.workflow.model import Step, Workflow
 from agentflow.workflow.types import format_duration, parse_duration
+
+M = TypeVar("M", bound=BaseModel)
 
 STOP_REQUEST = "stop-requested"
 """A file in the run directory: the orchestrator's SIGTERM means "stop", not "detach"."""
@@ -128,6 +132,11 @@ class Runner:
     def resume(self) -> RunState:
         """Drive a run again after its orchestrator stopped or died."""
         self._resuming = True
+        # A service stopped at the end of the run starts again for steps that still need it.
+        for step in self.s.workflow.steps:
+            st = self.state.steps[step.id]
+            if step.service and st.status == "succeeded" and not self._dependents_done(step.id):
+                self.state = self.state.with_step(step.id, status="pending", message=None)
         self._save()
         running = [k for k, v in self.state.steps.items() if v.status == "running"]
         self._emit("run_resumed", message=f"{len(running)} steps were running")
@@ -273,7 +282,9 @@ class Runner:
         except OSError:
             return False
         step = self.s.workflow.step(step_id)
-        changes: dict[str, object] = {"output_bytes": size, "last_output_at": now()}
+        # When the output was written, not when we looked: the stall timer is exact.
+        written = datetime.fromtimestamp(log.lstat().st_mtime).astimezone()
+        changes: dict[str, object] = {"output_bytes": size, "last_output_at": written}
         found = parse_progress(text, step.expect.progress if step.expect else None)
         if found is not None:
             done, total = found
@@ -281,6 +292,11 @@ class Runner:
             elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
             eta = eta_seconds(progress.fraction, elapsed)
             changes["progress"] = progress.model_copy(update={"eta_s": eta})
+        elif step_id in self.expected and st.progress is None:
+            # No progress in the output: the ETA is what is left of the expected duration.
+            elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
+            left = max(0.0, self.expected[step_id] - elapsed)
+            changes["progress"] = Progress(done=0, total=0, eta_s=left)
         self._update(step_id, **changes)
         return True
 
@@ -291,7 +307,8 @@ class Runner:
         due = self.next_probe.get(step_id)
         if due is not None and now() < due:
             return
-        check = probe(step.ready, self._where(step))
+        env = self._step_env(step)
+        check = probe(self._rendered(step.ready, env), self._where(step, env))
         self.next_probe[step_id] = now() + timedelta(seconds=step.ready.interval)
         self.last_probe[step_id] = check.detail
         if check.ok:
@@ -306,7 +323,9 @@ class Runner:
         self._emit("service_ready", step_id, message=f"{detail} after {format_duration(waited)}")
         if step.outputs:
             try:
-                outputs = read_outputs(step.outputs, self._where(step))
+                env = self._step_env(step)
+                rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
+                outputs = read_outputs(rendered, self._where(step, env))
             except OutputError as e:
                 self._emit("output_missing", step_id, message=str(e))
             else:
@@ -395,15 +414,17 @@ class Runner:
 
     def _verify(self, step: Step) -> tuple[StepStatus, str | None]:
         """Exit 0 is not success: run the step's checks and read its outputs."""
-        where = self._where(step)
+        env = self._step_env(step)
+        where = self._where(step, env)
         if step.success is not None:
-            check = success_checks(step.success, where)
+            check = success_checks(self._rendered(step.success, env), where)
             if not check.ok:
                 self._emit("check_failed", step.id, message=check.detail)
                 return "failed", check.detail
         if step.outputs and not step.service:
             try:
-                outputs = read_outputs(step.outputs, where)
+                rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
+                outputs = read_outputs(rendered, where)
             except OutputError as e:
                 return "failed", f"outputs: {e}"
             outputs = {k: self.redactor(v) for k, v in outputs.items()}
@@ -632,7 +653,10 @@ class Runner:
 
     def _start_ready(self) -> None:
         self._end_services()
-        running = self.state.count("running")
+        # A ready service holds no place: it only waits for its users.
+        running = sum(
+            1 for st in self.state.steps.values() if st.status == "running" and st.ready_at is None
+        )
         for planned in self.s.plan.steps:
             st = self.state.steps[planned.id]
             if st.status != "pending":
@@ -668,12 +692,7 @@ class Runner:
         step_dir = self.s.run.step_dir(planned.id)
         _archive_attempt(step_dir, st.attempts)
         safefs.ensure_dir(step_dir)
-        # Like shell assignments: ${{ env.X }} reads what is set above it (the workflow's
-        # env, then the step's, in the order written), else the caller's environment.
-        env: dict[str, str] = {}
-        for key, value in [*self.s.workflow.env.items(), *step.env.items()]:
-            env[key] = self._render(value, env)
-        env.update(st.env_overrides)  # set by a recover: rule or the model, for later attempts
+        env = self._step_env(step)
         command = self._render(st.run_override or planned.run, env)
         safefs.write_text(
             step_dir / "run.sh",
@@ -726,12 +745,37 @@ class Runner:
         self.schedule.changed()
         self._emit("step_started", planned.id, status="running")
 
+    def _step_env(self, step: Step) -> dict[str, str]:
+        """The step's environment. Like shell assignments: ${{ env.X }} reads what is set
+        above it (the workflow's env, then the step's, in the order written), else the
+        caller's environment; then what a recover: rule or the model set for later attempts."""
+        env: dict[str, str] = {}
+        for key, value in [*self.s.workflow.env.items(), *step.env.items()]:
+            env[key] = self._render(value, env)
+        env.update(self.state.steps[step.id].env_overrides)
+        return env
+
+    def _rendered(self, model: M, env: dict[str, str]) -> M:
+        """A ready/success/outputs block with its ${{ }} expressions filled in."""
+
+        def walk(value: object) -> object:
+            if isinstance(value, str):
+                return self._render(value, env)
+            if isinstance(value, dict):
+                return {k: walk(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [walk(v) for v in value]
+            return value
+
+        return type(model).model_validate(walk(model.model_dump(by_alias=True)))
+
     def _workdir(self, step: Step, env: dict[str, str]) -> str:
         """The step's working directory inside the sandbox."""
         return self.s.sandbox.workdir(self._render(step.workdir, env) if step.workdir else None)
 
-    def _where(self, step: Step) -> Where:
-        """The step's folder inside the sandbox and on the host (for probes and checks)."""
+    def _where(self, step: Step, env: dict[str, str]) -> Where:
+        """The step's folder inside the sandbox and on the host (for probes and checks),
+        and its environment (commands of probes and checks see what the step sees)."""
         host_dir = self.s.workspace
         if step.workdir:
             host_dir = self.s.workspace / self._render(step.workdir, {})
@@ -741,6 +785,7 @@ class Runner:
             host_dir=host_dir,
             root=self.s.workspace,
             log=self.s.run.step_dir(step.id) / "output.log",
+            env=env,  # not the secrets: checks do not need them
         )
 
     def _render(self, text: str, env: dict[str, str]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +45,9 @@ fi"""
 class Executor(Protocol):
     """Runs a shell script inside the sandbox: (exit code, combined output)."""
 
-    def exec(self, script: str, workdir: str, timeout: float) -> tuple[int, str]: ...
+    def exec(
+        self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[int, str]: ...
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Where:
     symlink at a file of the host's)."""
     log: Path
     """The step's output.log."""
+    env: dict[str, str] = field(default_factory=dict)
+    """The step's environment, for the commands of probes and checks."""
 
     def host_path(self, path: str) -> Path:
         resolved = (self.host_dir / path).resolve()
@@ -101,7 +105,7 @@ def probe(ready: Probe, at: Where) -> Check:
 
 
 def _command(at: Where, script: str, what: str) -> Check:
-    code, out = at.box.exec(script, at.workdir, PROBE_TIMEOUT)
+    code, out = at.box.exec(script, at.workdir, PROBE_TIMEOUT, at.env)
     if code == 0:
         return Check(True, f"{what}: ok")
     last = out.strip().splitlines()[-1][:200] if out.strip() else ""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.prompt import Confirm
 from rich.syntax import Syntax
 
@@ -29,7 +30,7 @@ from agentflow.plan import Plan
 from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
-from agentflow.state import RunState
+from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
 from agentflow.workflow import load_workflow
 
@@ -124,10 +125,13 @@ def _conclude(state: RunState, run: RunDir) -> None:
                 f"  continue: agentflow resume {rid}\n  stop:     agentflow stop {rid}"
             )
         raise typer.Exit(EXIT_INTERRUPTED)
-    failed = [k for k, v in state.steps.items() if v.status in ("failed", "crashed", "timeout")]
+    failed = [k for k, v in state.steps.items() if v.status in UNSUCCESSFUL]
     where = f"; see `agentflow logs {rid} {failed[0]}`" if failed else ""
     if state.status == "blocked":
-        console.print(f"[magenta]run {rid} is blocked: a person must decide[/]{where}")
+        for step_id, st in state.steps.items():
+            if st.status == "blocked":
+                console.print(f"[magenta]step {step_id} is blocked:[/] {escape(st.message or '')}")
+        console.print(f"run {rid} is blocked; when it is sorted out: agentflow resume {rid}")
         raise typer.Exit(EXIT_BLOCKED)
     console.print(f"[red]✘ run {rid} failed[/] ({', '.join(failed) or state.message}){where}")
     console.print(f"  report: {run.path / 'report.md'}   resume: agentflow resume {rid}")

@@ -40,7 +40,9 @@ class Sandbox(Protocol):
     def signal(self, pgid: int, signum: int) -> bool:
         """Send ``signum`` to a step's process group; False if it no longer exists."""
 
-    def exec(self, script: str, workdir: str, timeout: float) -> tuple[int, str]:
+    def exec(
+        self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         """Run a short shell script inside the sandbox (probes, checks): exit code, output."""
 
     def close(self) -> None:

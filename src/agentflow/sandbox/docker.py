@@ -300,12 +300,16 @@ class DockerSandbox:
             return False
         return code == 0
 
-    def exec(self, script: str, workdir: str, timeout: float) -> tuple[int, str]:
+    def exec(
+        self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         try:
             container = self._container or self._find()
             if container is None:
                 return 125, "the sandbox container is gone"
-            code, out = container.exec_run(bounded(script, timeout), workdir=workdir)
+            code, out = container.exec_run(
+                bounded(script, timeout), workdir=workdir, environment=env or None
+            )
         except docker.errors.DockerException as e:
             return 125, _first_line(e)
         text = out.decode("utf-8", errors="replace") if isinstance(out, bytes) else ""

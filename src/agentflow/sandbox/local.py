@@ -43,11 +43,14 @@ class LocalSandbox:
             return False
         return True
 
-    def exec(self, script: str, workdir: str, timeout: float) -> tuple[int, str]:
+    def exec(
+        self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         try:
             done = subprocess.run(
                 bounded(script, timeout),
                 cwd=workdir,
+                env={**os.environ, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=timeout + 5,

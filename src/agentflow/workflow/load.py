@@ -431,6 +431,15 @@ def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Proble
             if value:
                 texts.append((("steps", i, key), value, step))
         texts += [(("steps", i, "env", k), v, step) for k, v in step.env.items()]
+        for key in ("ready", "success", "outputs"):
+            block = getattr(step, key)
+            if block:
+                dumped = (
+                    {k: v.model_dump(by_alias=True) for k, v in block.items()}
+                    if isinstance(block, dict)
+                    else block.model_dump(by_alias=True)
+                )
+                texts += [(("steps", i, key), text, step) for text in _strings(dumped)]
     for loc, text, owner in texts:
         try:
             refs = list(references(text))
@@ -450,6 +459,17 @@ def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Proble
                 yield located.at(loc, f"unknown input '{ref.names[0]}' (inputs: {known})")
             elif ref.kind == "steps":
                 yield from _step_ref_problems(ref.names, loc, owner, by_id, located)
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 def _step_ref_problems(

@@ -424,8 +424,13 @@ class Workflow(Model):
 
     # Effective settings: the step's own, else the workflow's defaults, else built-in.
 
+    # A service runs as long as the run needs it and may be quiet: the defaults' timeout
+    # and stall_timeout are not for services, only their own.
+
     def timeout_of(self, step: Step) -> float | None:
-        return step.timeout if step.timeout is not None else self.defaults.timeout
+        if step.timeout is not None or step.service:
+            return step.timeout
+        return self.defaults.timeout
 
     def retry_of(self, step: Step) -> Retry:
         return step.retry or self.defaults.retry or Retry()
@@ -434,6 +439,6 @@ class Workflow(Model):
         return step.on_failure or self.defaults.on_failure or "continue"
 
     def stall_timeout_of(self, step: Step) -> float | None:
-        if step.stall_timeout is not None:
+        if step.stall_timeout is not None or step.service:
             return step.stall_timeout
         return self.defaults.stall_timeout
