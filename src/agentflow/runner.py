@@ -13,7 +13,6 @@ import contextlib
 import difflib
 import os
 import shlex
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from agentflow import safefs
+from agentflow import stepfiles
 from agentflow.diagnose import Decision as ModelDecision
 from agentflow.diagnose import Diagnoser, Failure, build_context
 from agentflow.errors import AgentflowError, EnvironmentProblem
@@ -236,19 +235,7 @@ class Runner:
             self._watch(step_id)
 
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
-        path = self.s.run.step_dir(step_id) / "exit_code"
-        try:
-            mtime = path.lstat().st_mtime
-            text = safefs.read_text(path).strip()
-        except FileNotFoundError:
-            return None, None
-        except OSError:
-            text = "255"  # a symlink or a folder where the exit code should be: a failure
-        try:
-            code = int(text)
-        except ValueError:
-            code = 255
-        return code, datetime.fromtimestamp(mtime).astimezone()
+        return stepfiles.exit_code(self.s.run.step_dir(step_id))
 
     def _watch(self, step_id: str) -> None:
         """The cheap, deterministic check of one running step: new output (progress,
@@ -271,21 +258,13 @@ class Runner:
         """Read what the step printed since the last look (the end of it, at most
         READ_LIMIT); update its progress and ETA. True when there was new output."""
         st = self.state.steps[step_id]
-        log = self.s.run.step_dir(step_id) / "output.log"
-        try:
-            with safefs.open_read(log) as f:
-                size = os.fstat(f.fileno()).st_size
-                if size <= st.output_bytes:
-                    return False
-                f.seek(max(st.output_bytes, size - READ_LIMIT))
-                text = f.read(size - f.tell()).decode("utf-8", errors="replace")
-        except OSError:
+        new = stepfiles.new_output(self.s.run.step_dir(step_id), st.output_bytes, READ_LIMIT)
+        if new is None:
             return False
         step = self.s.workflow.step(step_id)
         # When the output was written, not when we looked: the stall timer is exact.
-        written = datetime.fromtimestamp(log.lstat().st_mtime).astimezone()
-        changes: dict[str, object] = {"output_bytes": size, "last_output_at": written}
-        found = parse_progress(text, step.expect.progress if step.expect else None)
+        changes: dict[str, object] = {"output_bytes": new.size, "last_output_at": new.written}
+        found = parse_progress(new.text, step.expect.progress if step.expect else None)
         if found is not None:
             done, total = found
             progress = Progress(done=done, total=total)
@@ -352,10 +331,8 @@ class Runner:
         self._signal(step_id, signal.SIGTERM)
 
     def _signal(self, step_id: str, signum: int) -> None:
-        pid_file = self.s.run.step_dir(step_id) / "pid"
-        try:
-            pgid = int(safefs.read_text(pid_file).strip())
-        except (OSError, ValueError):
+        pgid = stepfiles.pid(self.s.run.step_dir(step_id))
+        if pgid is None:
             # Not started yet: closing the window ends the wrapper itself.
             window = self.state.steps[step_id].window
             if window and signum == signal.SIGKILL:
@@ -690,16 +667,10 @@ class Runner:
         st = self.state.steps[planned.id]
         attempt = st.attempts + 1
         step_dir = self.s.run.step_dir(planned.id)
-        _archive_attempt(step_dir, st.attempts)
-        safefs.ensure_dir(step_dir)
         env = self._step_env(step)
         command = self._render(st.run_override or planned.run, env)
-        safefs.write_text(
-            step_dir / "run.sh",
-            f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
-            f"{command}\n",
-        )
-        safefs.write_text(step_dir / "wrapper.sh", wrapper_script())
+        header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
+        stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())
         env.update(
             AGENTFLOW_RUN_ID=self.state.run_id,
             AGENTFLOW_STEP=planned.id,
@@ -893,23 +864,3 @@ class Runner:
 
 def _lines(text: str) -> list[str]:
     return (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)
-
-
-def _archive_attempt(step_dir: Path, attempt: int) -> None:
-    """Move an earlier attempt's files into ``attempt-N/`` so each attempt keeps its log.
-    Before the first attempt, whatever stands in the folder was not made by agentflow (a
-    sandbox can write there): it goes."""
-    if not step_dir.exists():
-        return
-    if attempt == 0:
-        for p in step_dir.iterdir():
-            if p.is_symlink() or not p.is_dir():
-                p.unlink()
-        return
-    files = [p for p in step_dir.iterdir() if p.is_file() or p.is_symlink()]
-    if not files:
-        return
-    target = step_dir / f"attempt-{attempt}"
-    safefs.ensure_dir(target)
-    for p in files:
-        shutil.move(p, target / p.name)
