@@ -1,0 +1,148 @@
+"""The runner: drives one run from its plan to its end, and picks it up again after a crash.
+
+It starts steps in dependency order (up to ``max_parallel`` at once), each in its own tmux
+window through the sandbox's wrapper, then sleeps until the earliest deadline. A step's
+window signals a tmux channel when the step ends, which wakes the runner at once; what
+happened is then read from the step's folder (``exit_code``), never from the screen.
+Every change is saved to ``state.json`` before anything else happens.
+
+The parts: ``base`` (state and plumbing), ``watch`` (running steps), ``outcome`` (ended
+attempts and recovery), ``launch`` (starting steps); ``Runner`` is the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from datetime import datetime
+
+from agentflow.errors import AgentflowError
+from agentflow.monitor import Waker
+from agentflow.report import write_reports
+from agentflow.runner.base import STOP_REQUEST, Observer, RunSetup
+from agentflow.runner.launch import Launching
+from agentflow.runner.watch import Watching
+from agentflow.state import RunState, now
+
+__all__ = ["STOP_REQUEST", "Observer", "RunSetup", "Runner"]
+
+
+class Runner(Watching, Launching):
+    """Drives one run: the loop, and its end."""
+
+    def start(self) -> RunState:
+        """Drive a new run (its state already has every step pending)."""
+        self._save()
+        self._emit("run_started", message=f"{len(self.state.steps)} steps")
+        return self._drive()
+
+    def resume(self) -> RunState:
+        """Drive a run again after its orchestrator stopped or died."""
+        self._resuming = True
+        # A service stopped at the end of the run starts again for steps that still need it.
+        for step in self.s.workflow.steps:
+            st = self.state.steps[step.id]
+            if step.service and st.status == "succeeded" and not self._dependents_done(step.id):
+                self.state = self.state.with_step(step.id, status="pending", message=None)
+        self._save()
+        running = [k for k, v in self.state.steps.items() if v.status == "running"]
+        self._emit("run_resumed", message=f"{len(running)} steps were running")
+        return self._drive()
+
+    def _drive(self) -> RunState:
+        try:
+            self.s.sandbox.start()
+        except AgentflowError as e:
+            # No sandbox, no run: say so in the checkpoint (not "running" with nobody there).
+            message = f"the sandbox could not start: {str(e).splitlines()[0]}"
+            self.state = self.state.with_run(status="failed", finished_at=now(), message=message)
+            self._save()
+            self._emit("run_finished", status="failed", message=message)
+            write_reports(self.s.run, self.state, self.s.junit)
+            raise
+        self._ensure_session()
+        waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
+        try:
+            with waker.signals():
+                while not waker.interrupted:
+                    changed_before = self.schedule.last
+                    self._check_running()
+                    self._resuming = False
+                    self._start_ready()
+                    if self._done():
+                        return self._finish()
+                    if self.schedule.last == changed_before:
+                        self.schedule.checked()
+                    waker.sleep((self._next_wake() - now()).total_seconds())
+                if (self.s.run.path / STOP_REQUEST).exists():
+                    self.stop("stopped by `agentflow stop`")
+                else:
+                    self._detach()
+                return self.state
+        finally:
+            waker.close()
+
+    def _done(self) -> bool:
+        return self.state.finished
+
+    def _next_wake(self) -> datetime:
+        times = [self.schedule.next_check()]
+        for step_id, st in self.state.steps.items():
+            if st.status == "running":
+                times += [t for t, _ in self._deadlines(step_id, st)]
+                if step_id in self.clocks:
+                    times.append(self.clocks[step_id].next)
+                if step_id in self.next_probe and st.ready_at is None:
+                    times.append(self.next_probe[step_id])
+            elif st.status == "pending" and st.not_before is not None:
+                times.append(st.not_before)
+        return min(times)
+
+    def _finish(self) -> RunState:
+        outcome = self.state.outcome()
+        self.state = self.state.with_run(status=outcome, finished_at=now(), message=self.aborting)
+        self._save()
+        self._emit("run_finished", status=outcome, message=self.aborting)
+        self.s.sandbox.close()
+        write_reports(self.s.run, self.state, self.s.junit)
+        return self.state
+
+    def _detach(self) -> None:
+        message = "agentflow stopped watching; running steps go on in tmux"
+        self.state = self.state.with_run(status="interrupted", message=message)
+        self._save()
+        self._emit("run_interrupted", status="interrupted", message=message)
+
+    def stop(self, reason: str) -> None:
+        """Stop every running step (TERM, then KILL after the grace period), close the
+        run's tmux session, and mark the run interrupted."""
+        running = [k for k, v in self.state.steps.items() if v.status == "running"]
+        for step_id in running:
+            self._update(step_id, kill_reason="stop", kill_sent_at=now(), message=reason)
+            self._signal(step_id, signal.SIGTERM)
+        deadline = time.monotonic() + self.s.kill_grace
+        while running and time.monotonic() < deadline:
+            running = [k for k in running if self._exit_code(k)[0] is None]
+            time.sleep(0.05)
+        for step_id in running:
+            self._signal(step_id, signal.SIGKILL)
+        time.sleep(0.1 if running else 0)
+        for step_id, st in self.state.steps.items():
+            if st.status == "running":
+                code, ended = self._exit_code(step_id)
+                self._update(
+                    step_id, status="failed", exit_code=code, finished_at=ended or now(),
+                    message=reason, kill_reason=None, kill_sent_at=None,
+                )  # fmt: skip
+                self._emit(
+                    "step_finished", step_id, status="failed", exit_code=code, message=reason
+                )
+        self.s.tmux.kill_session(self.session)
+        self.s.sandbox.close()
+        self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
+        self._save()
+        self._emit("run_stopped", status="interrupted", message=reason)
+        write_reports(self.s.run, self.state, self.s.junit)
+        with contextlib.suppress(FileNotFoundError):
+            (self.s.run.path / STOP_REQUEST).unlink()

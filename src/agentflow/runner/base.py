@@ -1,0 +1,247 @@
+"""The runner's shared state and plumbing: the setup, the checkpoint writes, events,
+signals, and how a step's environment and folders are worked out."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from agentflow import stepfiles
+from agentflow.diagnose import Diagnoser
+from agentflow.monitor import (
+    READ_LIMIT,
+    CheckSchedule,
+    StepClock,
+    eta_seconds,
+    learned_durations,
+    parse_progress,
+)
+from agentflow.plan import Plan
+from agentflow.redact import Redactor
+from agentflow.sandbox import Sandbox
+from agentflow.state import FINAL, Progress, RunState, now
+from agentflow.store import Event, RunDir
+from agentflow.template import Ref, scalar_text, substitute
+from agentflow.tmux import Tmux, wake_channel
+from agentflow.verify import Where
+from agentflow.workflow.model import Step, Workflow
+
+M = TypeVar("M", bound=BaseModel)
+
+STOP_REQUEST = "stop-requested"
+"""A file in the run directory: the orchestrator's SIGTERM means "stop", not "detach"."""
+
+
+class Observer(Protocol):
+    """Someone who shows the run: the live table, plain lines, the orchestrator's log."""
+
+    def event(self, event: Event, state: RunState) -> None: ...
+
+    def update(self, state: RunState) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything a runner needs, fixed for the run's life."""
+
+    run: RunDir
+    workflow: Workflow
+    plan: Plan
+    workspace: Path
+    sandbox: Sandbox
+    tmux: Tmux
+    kill_grace: float = 10.0
+    """Seconds between TERM and KILL when a step is stopped."""
+    junit: Path | None = None
+    """Where to write a copy of the JUnit report, besides the run directory."""
+    secrets: dict[str, str] = field(default_factory=dict)
+    """The workflow's secrets by name: handed to each step, masked everywhere."""
+    diagnoser: Diagnoser | None = None
+    """Asks the model about failures of ``on_failure: diagnose`` steps."""
+    approve: Callable[[str, str, str], bool] | None = None
+    """Asks a person to approve a command the model changed (step, old, new); None where
+    nobody can be asked (then the step is escalated instead)."""
+    runbooks: tuple[Path, ...] = ()
+    """The workflow's ``docs:``, for diagnoses."""
+
+
+MAX_DECISIONS_PER_STEP = 3
+MAX_DECISIONS_PER_RUN = 10
+
+
+class RunnerBase:
+    """State and plumbing every part of the runner uses."""
+
+    def __init__(self, setup: RunSetup, state: RunState, observer: Observer) -> None:
+        self.s = setup
+        self.state = state
+        self.observer = observer
+        self.session = state.run_id
+        self.channel = wake_channel(self.session)
+        self.schedule = CheckSchedule()
+        self.redactor = Redactor(setup.secrets.values())
+        self.aborting: str | None = None
+        self._resuming = False
+        self._sandbox_checked = True
+        self.clocks: dict[str, StepClock] = {}
+        self.next_probe: dict[str, datetime] = {}
+        self.last_probe: dict[str, str] = {}
+        self.ending = False
+        """Every other step is over: services are being stopped."""
+        learned = learned_durations(setup.run.path.parent, state.workflow, state.run_id)
+        self.expected: dict[str, float] = {}
+        for step in setup.workflow.steps:
+            duration = step.expect.duration if step.expect else None
+            if duration is None:
+                duration = learned.get(step.id)
+            if duration is not None:
+                self.expected[step.id] = duration
+
+    def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
+        return stepfiles.exit_code(self.s.run.step_dir(step_id))
+
+    def _signal(self, step_id: str, signum: int) -> None:
+        pgid = stepfiles.pid(self.s.run.step_dir(step_id))
+        if pgid is None:
+            # Not started yet: closing the window ends the wrapper itself.
+            window = self.state.steps[step_id].window
+            if window and signum == signal.SIGKILL:
+                self.s.tmux.kill_window(window)
+            return
+        self.s.sandbox.signal(pgid, signum)
+
+    def _dependents_done(self, service: str) -> bool:
+        return all(
+            self.state.steps[s.id].status in FINAL
+            for s in self.s.workflow.steps
+            if service in s.needs
+        )
+
+    def _planned_run(self, step_id: str) -> str:
+        return self.s.plan.step(step_id).run
+
+    def _step_env(self, step: Step) -> dict[str, str]:
+        """The step's environment. Like shell assignments: ${{ env.X }} reads what is set
+        above it (the workflow's env, then the step's, in the order written), else the
+        caller's environment; then what a recover: rule or the model set for later attempts."""
+        env: dict[str, str] = {}
+        for key, value in [*self.s.workflow.env.items(), *step.env.items()]:
+            env[key] = self._render(value, env)
+        env.update(self.state.steps[step.id].env_overrides)
+        return env
+
+    def _rendered(self, model: M, env: dict[str, str]) -> M:
+        """A ready/success/outputs block with its ${{ }} expressions filled in."""
+
+        def walk(value: object) -> object:
+            if isinstance(value, str):
+                return self._render(value, env)
+            if isinstance(value, dict):
+                return {k: walk(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [walk(v) for v in value]
+            return value
+
+        return type(model).model_validate(walk(model.model_dump(by_alias=True)))
+
+    def _workdir(self, step: Step, env: dict[str, str]) -> str:
+        """The step's working directory inside the sandbox."""
+        return self.s.sandbox.workdir(self._render(step.workdir, env) if step.workdir else None)
+
+    def _where(self, step: Step, env: dict[str, str]) -> Where:
+        """The step's folder inside the sandbox and on the host (for probes and checks),
+        and its environment (commands of probes and checks see what the step sees)."""
+        host_dir = self.s.workspace
+        if step.workdir:
+            host_dir = self.s.workspace / self._render(step.workdir, {})
+        return Where(
+            box=self.s.sandbox,
+            workdir=self._workdir(step, {}),
+            host_dir=host_dir,
+            root=self.s.workspace,
+            log=self.s.run.step_dir(step.id) / "output.log",
+            env=env,  # not the secrets: checks do not need them
+        )
+
+    def _render(self, text: str, env: dict[str, str]) -> str:
+        def lookup(ref: Ref) -> str | None:
+            if ref.kind == "inputs":
+                value = self.s.plan.inputs.get(ref.names[0])
+                return None if value is None else scalar_text(value)
+            if ref.kind == "env":
+                return env.get(ref.names[0], os.environ.get(ref.names[0], ""))
+            if ref.kind == "run":
+                return self.state.run_id
+            return self.state.steps[ref.names[0]].outputs.get(ref.names[1], "")
+
+        return substitute(text, lookup)
+
+    def _ensure_session(self) -> None:
+        log = self.s.run.log_path
+        log.touch()
+        # The session's first window shows the orchestrator's log, for whoever attaches.
+        command = shlex.join(["tail", "-n", "+1", "-F", str(log)])
+        self.s.tmux.ensure_session(self.session, self.s.workspace, command)
+
+    def _update(self, step_id: str, **changes: object) -> None:
+        self.state = self.state.with_step(step_id, **changes)
+        self._save()
+
+    def _save(self) -> None:
+        self.s.run.write_state(self.state)
+        self.observer.update(self.state)
+
+    def _emit(
+        self,
+        kind: str,
+        step: str | None = None,
+        *,
+        status: str | None = None,
+        exit_code: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        attempt = self.state.steps[step].attempts if step else None
+        message = self.redactor(message) if message else message
+        event = Event(
+            kind=kind,
+            step=step,
+            attempt=attempt,
+            status=status,
+            exit_code=exit_code,
+            message=message,
+        )
+        self.s.run.append_event(event)
+        self.observer.event(event, self.state)
+
+    def _look_at_output(self, step_id: str) -> bool:
+        """Read what the step printed since the last look (the end of it, at most
+        READ_LIMIT); update its progress and ETA. True when there was new output."""
+        st = self.state.steps[step_id]
+        new = stepfiles.new_output(self.s.run.step_dir(step_id), st.output_bytes, READ_LIMIT)
+        if new is None:
+            return False
+        step = self.s.workflow.step(step_id)
+        # When the output was written, not when we looked: the stall timer is exact.
+        changes: dict[str, object] = {"output_bytes": new.size, "last_output_at": new.written}
+        found = parse_progress(new.text, step.expect.progress if step.expect else None)
+        if found is not None:
+            done, total = found
+            progress = Progress(done=done, total=total)
+            elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
+            eta = eta_seconds(progress.fraction, elapsed)
+            changes["progress"] = progress.model_copy(update={"eta_s": eta})
+        elif step_id in self.expected and st.progress is None:
+            # No progress in the output: the ETA is what is left of the expected duration.
+            elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
+            left = max(0.0, self.expected[step_id] - elapsed)
+            changes["progress"] = Progress(done=0, total=0, eta_s=left)
+        self._update(step_id, **changes)
+        return True

@@ -1,0 +1,134 @@
+"""Starting steps: which are ready (dependencies, places, back-off), and launching one
+in its tmux window through the sandbox's wrapper; ending services when nothing needs them."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+
+from agentflow import stepfiles
+from agentflow.errors import EnvironmentProblem
+from agentflow.monitor import (
+    StepClock,
+)
+from agentflow.plan import PlannedStep
+from agentflow.runner.base import RunnerBase
+from agentflow.sandbox import wrapper_script
+from agentflow.state import FINAL, now
+
+
+class Launching(RunnerBase):
+    """Starting the steps that can start."""
+
+    def _satisfied(self, need: str) -> bool:
+        st = self.state.steps[need]
+        return st.status == "succeeded" or (st.status == "running" and st.ready_at is not None)
+
+    def _end_services(self) -> None:
+        """Once every other step is over, stop the services (they are done, not failed)."""
+        services = {s.id for s in self.s.workflow.steps if s.service}
+        if not services:
+            return
+        others_over = all(
+            st.status in FINAL for k, st in self.state.steps.items() if k not in services
+        )
+        if not others_over:
+            return
+        for step_id in services:
+            st = self.state.steps[step_id]
+            if st.status == "pending":
+                why = "no step needs it any more"
+                self._update(step_id, status="skipped", message=why)
+                self._emit("step_skipped", step_id, status="skipped", message=why)
+            elif st.status == "running" and st.kill_reason is None:
+                self._update(step_id, kill_reason="end", kill_sent_at=now())
+                self._emit("service_stopping", step_id, message="the run is over")
+                self._signal(step_id, signal.SIGTERM)
+
+    def _start_ready(self) -> None:
+        self._end_services()
+        # A ready service holds no place: it only waits for its users.
+        running = sum(
+            1 for st in self.state.steps.values() if st.status == "running" and st.ready_at is None
+        )
+        for planned in self.s.plan.steps:
+            st = self.state.steps[planned.id]
+            if st.status != "pending":
+                continue
+            blocked_by = [
+                n for n in planned.needs if self.state.steps[n].status in FINAL - {"succeeded"}
+            ]
+            if self.aborting or blocked_by:
+                why = (
+                    f"run aborted: {self.aborting}"
+                    if self.aborting
+                    else (f"needs {blocked_by[0]}, which {self.state.steps[blocked_by[0]].status}")
+                )
+                self._update(planned.id, status="skipped", message=why)
+                self._emit("step_skipped", planned.id, status="skipped", message=why)
+                continue
+            if running >= self.s.workflow.max_parallel:
+                continue
+            if not all(self._satisfied(n) for n in planned.needs):
+                continue
+            if st.not_before is not None and now() < st.not_before:
+                continue
+            self._launch(planned)
+            running += 1
+
+    def _launch(self, planned: PlannedStep) -> None:
+        if not self._sandbox_checked:
+            self.s.sandbox.start()  # idempotent: re-attaches, or starts a new one
+            self._sandbox_checked = True
+        step = self.s.workflow.step(planned.id)
+        st = self.state.steps[planned.id]
+        attempt = st.attempts + 1
+        step_dir = self.s.run.step_dir(planned.id)
+        env = self._step_env(step)
+        command = self._render(st.run_override or planned.run, env)
+        header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
+        stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())
+        env.update(
+            AGENTFLOW_RUN_ID=self.state.run_id,
+            AGENTFLOW_STEP=planned.id,
+            AGENTFLOW_ATTEMPT=str(attempt),
+        )
+        if self.s.secrets:
+            # Values go only to the step's environment; the wrapper masks them in its output.
+            env.update(self.s.secrets, AGENTFLOW_SECRETS=" ".join(self.s.secrets))
+        workdir = self._workdir(step, env)
+        launch = self.s.sandbox.launch(step_dir, workdir, env)
+        pane_command = shlex.join(launch.command)
+        if st.window:
+            self.s.tmux.kill_window(st.window)
+        try:
+            window = self.s.tmux.new_window(
+                self.session, planned.id, pane_command, self.s.workspace, launch.env
+            )
+        except EnvironmentProblem:
+            # The tmux server or session went away (killed, or the machine's tmux restarted):
+            # make it again and try once more; a second failure is the environment's.
+            self._ensure_session()
+            window = self.s.tmux.new_window(
+                self.session, planned.id, pane_command, self.s.workspace, launch.env
+            )
+        self._update(
+            planned.id,
+            status="running",
+            attempts=attempt,
+            started_at=now(),
+            finished_at=None,
+            exit_code=None,
+            window=window,
+            message=None,
+            kill_reason=None,
+            kill_sent_at=None,
+            not_before=None,
+            ready_at=None,
+            progress=None,
+            output_bytes=0,
+            last_output_at=None,
+        )
+        self.clocks[planned.id] = StepClock(self.expected.get(planned.id))
+        self.schedule.changed()
+        self._emit("step_started", planned.id, status="running")

@@ -1,0 +1,276 @@
+"""The end of an attempt: its status (checks, outputs), then what to do when it went
+wrong: recover rules, the retry policy, the model's diagnosis, escalation, abort."""
+
+from __future__ import annotations
+
+import difflib
+import signal
+from datetime import datetime, timedelta
+
+from agentflow.diagnose import Decision as ModelDecision
+from agentflow.diagnose import Failure, build_context
+from agentflow.llm import BudgetExceeded, LLMError
+from agentflow.recovery import Decision as RecoveryDecision
+from agentflow.recovery import decide
+from agentflow.runner.base import MAX_DECISIONS_PER_RUN, MAX_DECISIONS_PER_STEP, RunnerBase
+from agentflow.state import StepState, StepStatus, now
+from agentflow.verify import OutputError, read_outputs, success_checks, tail
+from agentflow.workflow.model import Step
+from agentflow.workflow.types import parse_duration
+
+
+class Outcomes(RunnerBase):
+    """Judging ended attempts and recovering from failed ones."""
+
+    def _attempt_ended(self, step_id: str, code: int, ended: datetime | None) -> None:
+        st = self.state.steps[step_id]
+        step = self.s.workflow.step(step_id)
+        self._look_at_output(step_id)  # the last lines: final progress
+        status, message = self._judge(step, st, code)
+        self.clocks.pop(step_id, None)
+        self.next_probe.pop(step_id, None)
+        self._update(
+            step_id,
+            status=status,
+            exit_code=code,
+            finished_at=ended or now(),
+            message=message,
+            kill_reason=None,
+            kill_sent_at=None,
+        )
+        self.schedule.changed()
+        self._emit("step_finished", step_id, status=status, exit_code=code, message=message)
+        if step.service and st.kill_reason != "end":
+            self._fail_dependents(step_id, f"service {step_id} stopped ({message or status})")
+        if status == "succeeded":
+            self.state = self.state.with_run(consecutive_failures=0)
+            return
+        if st.kill_reason in ("stop", "abort"):
+            return
+        if self._resuming:
+            self._requeue(step_id, f"{status} while agentflow was away")
+            return
+        self._after_failure(step_id, status, code)
+
+    def _judge(self, step: Step, st: StepState, code: int) -> tuple[StepStatus, str | None]:
+        """The status of an attempt that ended with ``code``, with its checks run."""
+        reason = st.kill_reason
+        if reason == "timeout":
+            return "timeout", st.message
+        if reason == "stall":
+            return "stalled", st.message
+        if reason in ("not_ready", "dependency", "stop", "abort"):
+            return "failed", st.message or "stopped"
+        if reason == "end":
+            return "succeeded", "stopped at the end of the run"
+        if step.service and not self._dependents_done(step.id):
+            return "failed", f"the service exited (code {code}) while the run still needed it"
+        if code != 0:
+            return "failed", f"exit code {code}"
+        return self._verify(step)
+
+    def _verify(self, step: Step) -> tuple[StepStatus, str | None]:
+        """Exit 0 is not success: run the step's checks and read its outputs."""
+        env = self._step_env(step)
+        where = self._where(step, env)
+        if step.success is not None:
+            check = success_checks(self._rendered(step.success, env), where)
+            if not check.ok:
+                self._emit("check_failed", step.id, message=check.detail)
+                return "failed", check.detail
+        if step.outputs and not step.service:
+            try:
+                rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
+                outputs = read_outputs(rendered, where)
+            except OutputError as e:
+                return "failed", f"outputs: {e}"
+            outputs = {k: self.redactor(v) for k, v in outputs.items()}
+            self._update(step.id, outputs=outputs)
+            shown = ", ".join(f"{k}={v}" for k, v in outputs.items())
+            self._emit("outputs", step.id, message=shown)
+        return "succeeded", None
+
+    def _fail_dependents(self, service: str, why: str) -> None:
+        """A service went away: the running steps that need it cannot go on."""
+        for s in self.s.workflow.steps:
+            st = self.state.steps[s.id]
+            if service in s.needs and st.status == "running" and st.kill_reason is None:
+                self._update(s.id, kill_reason="dependency", kill_sent_at=now(), message=why)
+                self._emit("dependency_lost", s.id, message=why)
+                self._signal(s.id, signal.SIGTERM)
+
+    def _requeue(self, step_id: str, why: str) -> None:
+        # A resume redoes whatever did not succeed: no retry allowance is needed for it.
+        self._update(step_id, status="pending", message=None)
+        self._emit("step_requeued", step_id, message=why)
+
+    def _crashed(self, step_id: str, why: str) -> None:
+        # Whatever the attempt left running must not overlap its retry.
+        self._signal(step_id, signal.SIGKILL)
+        self._sandbox_checked = False  # the sandbox itself may be gone (container killed)
+        self._update(step_id, status="crashed", finished_at=now(), message=why, kill_reason=None)
+        self.schedule.changed()
+        self._emit("step_finished", step_id, status="crashed", message=why)
+        if self._resuming:
+            self._requeue(step_id, "crashed while agentflow was away")
+            return
+        self._after_failure(step_id, "crashed", None)
+
+    def _after_failure(self, step_id: str, status: StepStatus, code: int | None) -> None:
+        self.state = self.state.with_run(consecutive_failures=self.state.consecutive_failures + 1)
+        step = self.s.workflow.step(step_id)
+        st = self.state.steps[step_id]
+        log_tail = tail(self.s.run.step_dir(step_id) / "output.log", 64 * 1024)
+        if self.aborting is not None:
+            return
+        decision = decide(self.s.workflow, step, st, self.state, status, code, log_tail)
+        if (
+            decision.action == "fail"
+            and self.s.workflow.on_failure_of(step) == "diagnose"
+            and self.s.diagnoser is not None
+        ):
+            self._diagnose(step_id, step, status, code)
+            return
+        self._apply(step_id, step, status, decision)
+
+    def _diagnose(self, step_id: str, step: Step, status: StepStatus, code: int | None) -> None:
+        """Ask the model, within the guardrails, and carry out its decision."""
+        st = self.state.steps[step_id]
+        diagnoser = self.s.diagnoser
+        assert diagnoser is not None
+        if st.decisions >= MAX_DECISIONS_PER_STEP or self.state.decisions >= MAX_DECISIONS_PER_RUN:
+            self._escalate(step_id, f"the model has already decided {st.decisions} times here")
+            return
+        step_dir = self.s.run.step_dir(step_id)
+        failure = Failure(
+            step=step,
+            script=tail(step_dir / "run.sh", 16 * 1024),
+            status=status,
+            exit_code=code,
+            message=st.message,
+            attempts=st.attempts,
+            log=step_dir / "output.log",
+        )
+        context = build_context(
+            failure, self.s.run.read_events(), list(self.s.runbooks), self.redactor,
+            diagnoser.budget_tokens,
+        )  # fmt: skip
+        try:
+            decision, call = diagnoser.decide(context)
+        except BudgetExceeded as e:
+            self._escalate(step_id, str(e))
+            return
+        except LLMError as e:
+            self._escalate(step_id, f"the model could not decide: {e}")
+            return
+        self.state = self.state.with_run(
+            tokens_used=self.state.tokens_used + call.tokens, decisions=self.state.decisions + 1
+        )
+        self._update(step_id, decisions=st.decisions + 1)
+        self._emit(
+            "diagnosis",
+            step_id,
+            status=status,
+            message=f"{decision.action}: {decision.diagnosis} "
+            f"[{decision.category or 'uncategorised'}; {call.tokens} tokens]",
+        )
+        wait = parse_duration(decision.wait) if decision.wait else 0.0
+        if decision.action == "retry":
+            self._apply(step_id, step, status, RecoveryDecision("retry", "the model: retry", wait))
+        elif decision.action == "retry_with_changes":
+            self._retry_with_changes(step_id, decision, wait)
+        elif decision.action == "escalate":
+            self._escalate(step_id, f"the model: {decision.diagnosis}")
+        elif decision.action == "skip":
+            self._apply(step_id, step, status, RecoveryDecision("skip", "the model: skip"))
+        else:
+            self._apply(step_id, step, status, RecoveryDecision("abort", "the model: abort"))
+
+    def _retry_with_changes(self, step_id: str, decision: ModelDecision, wait: float) -> None:
+        st = self.state.steps[step_id]
+        changes: dict[str, object] = {}
+        if (
+            decision.run
+            and decision.run.strip() != (st.run_override or self._planned_run(step_id)).strip()
+        ):
+            old = st.run_override or self._planned_run(step_id)
+            diff = "".join(
+                difflib.unified_diff(_lines(old), _lines(decision.run), "planned", "proposed")
+            )
+            self._emit("command_proposed", step_id, message=diff)
+            approve = self.s.approve
+            if approve is None or not approve(step_id, old, decision.run):
+                why = "needs approval" if approve is None else "was refused"
+                self._escalate(
+                    step_id,
+                    f"the model's changed command {why}: see the diff in the events "
+                    "(approve with --yes, or in a terminal)",
+                )
+                return
+            changes["run_override"] = decision.run
+        env = {**st.env_overrides, **(decision.env or {})}
+        changes.update(
+            status="pending",
+            env_overrides=env,
+            not_before=now() + timedelta(seconds=wait),
+            message="retry with the model's changes",
+        )
+        self._update(step_id, **changes)
+        shown = ", ".join(f"{k}={v}" for k, v in (decision.env or {}).items())
+        self._emit(
+            "retry_scheduled",
+            step_id,
+            message="retry with the model's changes" + (f" (env {shown})" if shown else ""),
+        )
+
+    def _escalate(self, step_id: str, why: str) -> None:
+        message = f"a person must decide: {why}"
+        self._update(step_id, status="blocked", message=message)
+        self._emit("escalated", step_id, status="blocked", message=message)
+
+    def _apply(self, step_id: str, step: Step, status: StepStatus, d: RecoveryDecision) -> None:
+        st = self.state.steps[step_id]
+        if d.rule is not None:
+            self._emit("rule_matched", step_id, status=status, message=d.reason)
+        if d.action == "retry":
+            changes: dict[str, object] = {
+                "status": "pending",
+                "not_before": now() + timedelta(seconds=d.wait),
+                "message": d.reason,
+                "env_overrides": {**st.env_overrides, **d.set_env},
+            }
+            if d.rule is None:
+                changes["retries"] = st.retries + 1
+            else:
+                key = str(d.rule)
+                changes["rule_uses"] = {**st.rule_uses, key: st.rule_uses.get(key, 0) + 1}
+            self._update(step_id, **changes)
+            self._emit("retry_scheduled", step_id, status=status, message=d.reason)
+            return
+        if d.action == "skip":
+            self._update(step_id, status="skipped", message=d.reason)
+            self._emit("step_skipped", step_id, status="skipped", message=d.reason)
+            return
+        if d.action == "escalate":
+            self._escalate(step_id, d.reason)
+            return
+        if d.reason:
+            self._update(step_id, message=f"{st.message}; {d.reason}" if st.message else d.reason)
+        if d.action == "abort" or self.s.workflow.on_failure_of(step) == "abort":
+            self._abort(
+                f"step {step_id} {status}" + (f" ({d.reason})" if d.rule is not None else "")
+            )
+
+    def _abort(self, why: str) -> None:
+        self.aborting = why
+        self._emit("run_aborting", message=why)
+        for other, ost in self.state.steps.items():
+            if ost.status == "running" and ost.kill_reason is None:
+                self._update(
+                    other, kill_reason="abort", kill_sent_at=now(), message=f"run aborted: {why}"
+                )
+                self._signal(other, signal.SIGTERM)
+
+
+def _lines(text: str) -> list[str]:
+    return (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)

@@ -1,0 +1,130 @@
+"""Watching running steps: exit codes and dead windows, new output (progress, stall
+timer), readiness probes of services, and deadlines."""
+
+from __future__ import annotations
+
+import signal
+from datetime import datetime, timedelta
+
+from agentflow.monitor import (
+    StepClock,
+)
+from agentflow.runner.outcome import Outcomes
+from agentflow.state import StepState, now
+from agentflow.verify import OutputError, probe, read_outputs
+from agentflow.workflow.model import Step
+from agentflow.workflow.types import format_duration
+
+
+class Watching(Outcomes):
+    """The cheap, deterministic checks of running steps."""
+
+    def _deadlines(self, step_id: str, st: StepState) -> list[tuple[datetime, str]]:
+        """When agentflow must act on a running step, and why: ``kill`` (the grace after
+        TERM is over), ``timeout``, ``stall``, ``not_ready``."""
+        if st.kill_sent_at is not None:
+            return [(st.kill_sent_at + timedelta(seconds=self.s.kill_grace), "kill")]
+        if st.started_at is None:
+            return []
+        step = self.s.workflow.step(step_id)
+        out = []
+        timeout = self.s.workflow.timeout_of(step)
+        if timeout is not None:
+            out.append((st.started_at + timedelta(seconds=timeout), "timeout"))
+        stall = self.s.workflow.stall_timeout_of(step)
+        if stall is not None:
+            out.append(((st.last_output_at or st.started_at) + timedelta(seconds=stall), "stall"))
+        if step.service and step.ready and st.ready_at is None:
+            out.append((st.started_at + timedelta(seconds=step.ready.timeout), "not_ready"))
+        return out
+
+    def _check_running(self) -> None:
+        running = [k for k, v in self.state.steps.items() if v.status == "running"]
+        if not running:
+            return
+        panes = self.s.tmux.panes(self.session)  # one tmux call for all steps
+        for step_id in running:
+            st = self.state.steps[step_id]
+            code, ended = self._exit_code(step_id)
+            if code is not None:
+                self._attempt_ended(step_id, code, ended)
+                continue
+            pane = panes.get(st.window or "")
+            if pane is None or pane.dead or pane.name != step_id:
+                # The exit code is written before the window can die; look once more.
+                code, ended = self._exit_code(step_id)
+                if code is not None:
+                    self._attempt_ended(step_id, code, ended)
+                else:
+                    why = "its tmux window is gone" if pane is None else "its wrapper died"
+                    self._crashed(step_id, f"{why} without recording an exit code")
+                continue
+            self._watch(step_id)
+
+    def _watch(self, step_id: str) -> None:
+        """The cheap, deterministic check of one running step: new output (progress,
+        stall timer), the readiness probe of a service, and its deadlines."""
+        st = self.state.steps[step_id]
+        clock = self.clocks.setdefault(step_id, StepClock(self.expected.get(step_id)))
+        deadlines = self._deadlines(step_id, st)
+        if clock.due() or any(t <= now() for t, _ in deadlines):
+            clock.looked(self._look_at_output(step_id))
+        step = self.s.workflow.step(step_id)
+        if step.service and self.state.steps[step_id].ready_at is None:
+            self._probe(step_id, step)
+        st = self.state.steps[step_id]
+        for deadline, why in self._deadlines(step_id, st):
+            if deadline <= now():
+                self._act_on_deadline(step_id, st, why)
+                break
+
+    def _probe(self, step_id: str, step: Step) -> None:
+        if step.ready is None:  # a service without a probe is ready once started
+            self._became_ready(step_id, step, "started (no readiness probe)")
+            return
+        due = self.next_probe.get(step_id)
+        if due is not None and now() < due:
+            return
+        env = self._step_env(step)
+        check = probe(self._rendered(step.ready, env), self._where(step, env))
+        self.next_probe[step_id] = now() + timedelta(seconds=step.ready.interval)
+        self.last_probe[step_id] = check.detail
+        if check.ok:
+            self._became_ready(step_id, step, check.detail)
+
+    def _became_ready(self, step_id: str, step: Step, detail: str) -> None:
+        st = self.state.steps[step_id]
+        waited = (now() - st.started_at).total_seconds() if st.started_at else 0.0
+        self._update(step_id, ready_at=now())
+        self.next_probe.pop(step_id, None)
+        self.schedule.changed()
+        self._emit("service_ready", step_id, message=f"{detail} after {format_duration(waited)}")
+        if step.outputs:
+            try:
+                env = self._step_env(step)
+                rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
+                outputs = read_outputs(rendered, self._where(step, env))
+            except OutputError as e:
+                self._emit("output_missing", step_id, message=str(e))
+            else:
+                self._update(step_id, outputs={k: self.redactor(v) for k, v in outputs.items()})
+
+    def _act_on_deadline(self, step_id: str, st: StepState, why: str) -> None:
+        step = self.s.workflow.step(step_id)
+        if why == "kill":
+            self._signal(step_id, signal.SIGKILL)
+            self._update(step_id, kill_sent_at=now() + timedelta(seconds=3600))
+            return
+        if why == "timeout":
+            limit = self.s.workflow.timeout_of(step) or 0
+            message = f"ran longer than its timeout ({format_duration(limit)})"
+        elif why == "stall":
+            limit = self.s.workflow.stall_timeout_of(step) or 0
+            message = f"printed nothing for {format_duration(limit)} (stall_timeout)"
+        else:
+            assert step.ready is not None
+            last = self.last_probe.get(step_id, "no probe answered")
+            message = f"not ready after {format_duration(step.ready.timeout)}: {last}"
+        self._update(step_id, kill_reason=why, kill_sent_at=now(), message=message)
+        self._emit(why, step_id, message=f"{message}: stopping it")
+        self._signal(step_id, signal.SIGTERM)
