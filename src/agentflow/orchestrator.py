@@ -96,7 +96,7 @@ def make_sandbox(
             build_log=run.path / "build.log",
             keep=keep,
         )
-    return LocalSandbox(workspace)
+    return LocalSandbox(workspace, workflow.secrets)
 
 
 def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
@@ -105,7 +105,11 @@ def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
         return None
     from agentflow.llm import LLM
 
-    LLM.check_key()
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        raise EnvironmentProblem(
+            "on_failure: diagnose needs ANTHROPIC_API_KEY (the model reads failures): export "
+            "it, or set on_failure to continue or abort"
+        )
     cfg = workflow.planner
     return Diagnoser(LLM(cfg.model, cfg.max_tokens, cfg.budget, used=used))
 

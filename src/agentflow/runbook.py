@@ -18,9 +18,32 @@ def sections(text: str) -> list[str]:
     return [text[a:b].strip() for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
+def _level(section: str) -> int:
+    head = section.split("\n", 1)[0]
+    return len(head) - len(head.lstrip("#")) if head.startswith("#") else 0
+
+
+def failure_flags(parts: list[str]) -> list[bool]:
+    """For each section: whether it is about failures, by its own heading or by a heading
+    above it (the entries under ``## Failure modes`` are failure modes too)."""
+    flags: list[bool] = []
+    stack: list[tuple[int, bool]] = []  # (level, about failures) of the enclosing headings
+    for section in parts:
+        level = _level(section)
+        while stack and level and stack[-1][0] >= level:
+            stack.pop()
+        own = bool(_FAILURE.search(section.split("\n", 1)[0])) if level else False
+        flag = own or any(f for _, f in stack)
+        flags.append(flag)
+        if level:
+            stack.append((level, flag))
+    return flags
+
+
 def failure_modes(text: str) -> str:
-    """Only the sections whose heading speaks of failures, errors, recovery."""
-    return "\n\n".join(s for s in sections(text) if _FAILURE.search(s.split("\n", 1)[0]))
+    """Only the sections about failures, errors, recovery."""
+    parts = sections(text)
+    return "\n\n".join(s for s, f in zip(parts, failure_flags(parts), strict=True) if f)
 
 
 def bounded(paths: list[Path], budget_chars: int, failures_only: bool = False) -> str:
@@ -31,8 +54,8 @@ def bounded(paths: list[Path], budget_chars: int, failures_only: bool = False) -
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        for section in sections(text):
-            is_failure = bool(_FAILURE.search(section.split("\n", 1)[0]))
+        parts = sections(text)
+        for section, is_failure in zip(parts, failure_flags(parts), strict=True):
             if is_failure or not failures_only:
                 chosen.append((is_failure, path.name, section))
     out: list[str] = []

@@ -111,6 +111,9 @@ class Tmux:
             ";", "set-option", "-g", "remain-on-exit", "on",
             ";", "set-option", "-g", "history-limit", str(HISTORY_LIMIT),
             ";", "set-option", "-g", "exit-empty", "off",
+            # Windows start their command with a plain sh, whatever the user's shell: no
+            # BASH_ENV or shell start-up file of the host runs before a step.
+            ";", "set-option", "-g", "default-shell", "/bin/sh",
             ";", "set-hook", "-g", "pane-died", f'run-shell -b "{signal}"',
         )  # fmt: skip
 

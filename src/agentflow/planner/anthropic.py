@@ -14,6 +14,7 @@ from agentflow.plan import Plan, PlannedStep
 from agentflow.planner.static import render_inputs, run_order
 from agentflow.runbook import bounded
 from agentflow.sandbox import describe
+from agentflow.template import TemplateSyntaxError, references
 from agentflow.workflow.load import WorkflowFile
 from agentflow.workflow.model import Scalar, Step
 from agentflow.workflow.types import parse_duration
@@ -143,6 +144,7 @@ def check_answer(data: dict[str, Any], wf: WorkflowFile) -> list[str]:
         seen.add(s.id)
         if not s.run.strip():
             problems.append(f"step '{s.id}' has an empty run")
+        problems += [f"step '{s.id}': {p}" for p in _template_problems(s.run, wf)]
         if s.duration is not None:
             try:
                 parse_duration(s.duration)
@@ -152,6 +154,24 @@ def check_answer(data: dict[str, Any], wf: WorkflowFile) -> list[str]:
         if step.task is not None and step.id not in seen:
             problems.append(f"task step '{step.id}' has no command: give it a run")
     return problems
+
+
+def _template_problems(run: str, wf: WorkflowFile) -> list[str]:
+    try:
+        refs = list(references(run))
+    except TemplateSyntaxError as e:
+        return [str(e)]
+    out = []
+    for ref in refs:
+        if ref.kind == "inputs" and ref.names[0] not in wf.workflow.inputs:
+            out.append(f"unknown input {ref.names[0]!r} (inputs: {', '.join(wf.workflow.inputs)})")
+        elif ref.kind == "env" and ref.names[0] in wf.workflow.secrets:
+            out.append(
+                f"${{{{ env.{ref.names[0]} }}}} writes a secret into files: use ${ref.names[0]}"
+            )
+        elif ref.kind == "steps":
+            out.append("use no ${{ steps... }} expressions in commands you write")
+    return out
 
 
 def to_plan(answer: Answer, wf: WorkflowFile, inputs: dict[str, Scalar]) -> Plan:

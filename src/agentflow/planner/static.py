@@ -21,9 +21,9 @@ class StaticPlanner:
         if tasks:
             raise PlanError(
                 f"{wf.path.name}: step '{tasks[0]}' is a `task:` (plain words), which the static "
-                "planner cannot run: give the step a `run:` command, or run a saved plan with "
-                "--plan (the anthropic planner, which writes commands for tasks, is not "
-                "supported yet in this version)"
+                "planner cannot run: use `--planner anthropic` (or `planner: {type: anthropic}`) "
+                "with ANTHROPIC_API_KEY, run a saved plan with --plan, or give the step a "
+                "`run:` command"
             )
         steps = [
             PlannedStep(

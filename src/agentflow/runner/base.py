@@ -238,7 +238,7 @@ class RunnerBase:
             elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
             eta = eta_seconds(progress.fraction, elapsed)
             changes["progress"] = progress.model_copy(update={"eta_s": eta})
-        elif step_id in self.expected and st.progress is None:
+        elif step_id in self.expected and (st.progress is None or st.progress.total == 0):
             # No progress in the output: the ETA is what is left of the expected duration.
             elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
             left = max(0.0, self.expected[step_id] - elapsed)

@@ -4,19 +4,22 @@ wrong: recover rules, the retry policy, the model's diagnosis, escalation, abort
 from __future__ import annotations
 
 import difflib
+import re
 import signal
 from datetime import datetime, timedelta
 
 from agentflow.diagnose import Decision as ModelDecision
 from agentflow.diagnose import Failure, build_context
-from agentflow.llm import BudgetExceeded, LLMError
+from agentflow.errors import AgentflowError
+from agentflow.llm import BudgetExceeded
 from agentflow.recovery import Decision as RecoveryDecision
 from agentflow.recovery import decide
 from agentflow.runner.base import MAX_DECISIONS_PER_RUN, MAX_DECISIONS_PER_STEP, RunnerBase
 from agentflow.state import StepState, StepStatus, now
+from agentflow.template import TemplateSyntaxError, references
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
 from agentflow.workflow.model import Step
-from agentflow.workflow.types import parse_duration
+from agentflow.workflow.types import ENV_PATTERN, parse_duration
 
 
 class Outcomes(RunnerBase):
@@ -139,7 +142,8 @@ class Outcomes(RunnerBase):
         diagnoser = self.s.diagnoser
         assert diagnoser is not None
         if st.decisions >= MAX_DECISIONS_PER_STEP or self.state.decisions >= MAX_DECISIONS_PER_RUN:
-            self._escalate(step_id, f"the model has already decided {st.decisions} times here")
+            count = max(st.decisions, self.state.decisions)
+            self._escalate(step_id, f"the model has already decided {count} times (the limit)")
             return
         step_dir = self.s.run.step_dir(step_id)
         failure = Failure(
@@ -160,8 +164,8 @@ class Outcomes(RunnerBase):
         except BudgetExceeded as e:
             self._escalate(step_id, str(e))
             return
-        except LLMError as e:
-            self._escalate(step_id, f"the model could not decide: {e}")
+        except AgentflowError as e:  # the API down, the key refused, an unusable answer
+            self._escalate(step_id, f"the model could not decide: {str(e).splitlines()[0]}")
             return
         self.state = self.state.with_run(
             tokens_used=self.state.tokens_used + call.tokens, decisions=self.state.decisions + 1
@@ -174,7 +178,10 @@ class Outcomes(RunnerBase):
             message=f"{decision.action}: {decision.diagnosis} "
             f"[{decision.category or 'uncategorised'}; {call.tokens} tokens]",
         )
-        wait = parse_duration(decision.wait) if decision.wait else 0.0
+        try:
+            wait = parse_duration(decision.wait) if decision.wait else 0.0
+        except ValueError:
+            wait = 0.0  # a wait we cannot read is no reason to stop the run
         if decision.action == "retry":
             self._apply(step_id, step, status, RecoveryDecision("retry", "the model: retry", wait))
         elif decision.action == "retry_with_changes":
@@ -187,41 +194,67 @@ class Outcomes(RunnerBase):
             self._apply(step_id, step, status, RecoveryDecision("abort", "the model: abort"))
 
     def _retry_with_changes(self, step_id: str, decision: ModelDecision, wait: float) -> None:
+        """Carry out the model's changed command and/or environment, once checked and
+        approved by a person (or --yes): the model's words never run unseen."""
         st = self.state.steps[step_id]
-        changes: dict[str, object] = {}
-        if (
-            decision.run
-            and decision.run.strip() != (st.run_override or self._planned_run(step_id)).strip()
-        ):
-            old = st.run_override or self._planned_run(step_id)
-            diff = "".join(
-                difflib.unified_diff(_lines(old), _lines(decision.run), "planned", "proposed")
+        old = st.run_override or self._planned_run(step_id)
+        new = decision.run if decision.run and decision.run.strip() != old.strip() else None
+        env = decision.env or {}
+        problem = self._check_model_change(new, env)
+        if problem:
+            self._escalate(step_id, f"the model proposed a change that cannot run: {problem}")
+            return
+        proposal = "".join(
+            difflib.unified_diff(_lines(old), _lines(new or old), "planned", "proposed")
+        ) + "".join(f"+env {k}={v}\n" for k, v in env.items())
+        self._emit("command_proposed", step_id, message=proposal)
+        approve = self.s.approve
+        if approve is None or not approve(step_id, old, (new or old) + _env_lines(env)):
+            why = "needs approval" if approve is None else "was refused"
+            self._escalate(
+                step_id,
+                f"the model's change {why}: see the proposal in the events "
+                "(approve with --yes, or in a terminal)",
             )
-            self._emit("command_proposed", step_id, message=diff)
-            approve = self.s.approve
-            if approve is None or not approve(step_id, old, decision.run):
-                why = "needs approval" if approve is None else "was refused"
-                self._escalate(
-                    step_id,
-                    f"the model's changed command {why}: see the diff in the events "
-                    "(approve with --yes, or in a terminal)",
-                )
-                return
-            changes["run_override"] = decision.run
-        env = {**st.env_overrides, **(decision.env or {})}
-        changes.update(
-            status="pending",
-            env_overrides=env,
-            not_before=now() + timedelta(seconds=wait),
-            message="retry with the model's changes",
-        )
+            return
+        changes: dict[str, object] = {
+            "status": "pending",
+            "env_overrides": {**st.env_overrides, **env},
+            "not_before": now() + timedelta(seconds=wait),
+            "message": "retry with the model's changes",
+        }
+        if new is not None:
+            changes["run_override"] = new
         self._update(step_id, **changes)
-        shown = ", ".join(f"{k}={v}" for k, v in (decision.env or {}).items())
+        shown = ", ".join(f"{k}={v}" for k, v in env.items())
         self._emit(
             "retry_scheduled",
             step_id,
             message="retry with the model's changes" + (f" (env {shown})" if shown else ""),
         )
+
+    def _check_model_change(self, run: str | None, env: dict[str, str]) -> str | None:
+        """Why a change the model proposes must not run, or None."""
+        for name in env:
+            if not re.fullmatch(ENV_PATTERN, name):
+                return f"{name!r} is not an environment variable name"
+            if name in _HOST_ENV or name.startswith(_HOST_ENV_PREFIXES):
+                return f"it may not set {name} (it changes how programs start, not the step)"
+            if name in self.s.secrets:
+                return f"it may not set the secret {name}"
+        if run is not None:
+            try:
+                refs = list(references(run))
+            except TemplateSyntaxError as e:
+                return str(e)
+            for ref in refs:
+                if ref.kind == "inputs" and ref.names[0] not in self.s.plan.inputs:
+                    return f"unknown input {ref.names[0]!r}"
+                if ref.kind == "env" and ref.names[0] in self.s.secrets:
+                    return f"${{{{ env.{ref.names[0]} }}}} would write a secret into files"
+                if ref.kind == "steps" and ref.names[0] not in self.state.steps:
+                    return f"unknown step {ref.names[0]!r}"
+        return None
 
     def _escalate(self, step_id: str, why: str) -> None:
         message = f"a person must decide: {why}"
@@ -270,6 +303,17 @@ class Outcomes(RunnerBase):
                     other, kill_reason="abort", kill_sent_at=now(), message=f"run aborted: {why}"
                 )
                 self._signal(other, signal.SIGTERM)
+
+
+_HOST_ENV = frozenset(
+    {"BASH_ENV", "ENV", "PATH", "IFS", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "HOME",
+     "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PERL5OPT", "NODE_OPTIONS", "RUBYOPT"}
+)  # fmt: skip
+_HOST_ENV_PREFIXES = ("LD_", "DYLD_", "DOCKER_", "TMUX", "AGENTFLOW_")
+
+
+def _env_lines(env: dict[str, str]) -> str:
+    return "".join(f"\n# env {k}={v}" for k, v in env.items())
 
 
 def _lines(text: str) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from agentflow.sandbox import Launch, bounded
@@ -18,8 +19,10 @@ _DROP = {"TMUX", "TMUX_PANE"}
 class LocalSandbox:
     name = "local"
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, secrets: Iterable[str] = ()) -> None:
         self.workspace = workspace
+        self.secrets = frozenset(secrets)
+        """Names kept out of probe and check commands (they do not need them)."""
 
     def start(self) -> None:
         return None
@@ -50,7 +53,10 @@ class LocalSandbox:
             done = subprocess.run(
                 bounded(script, timeout),
                 cwd=workdir,
-                env={**os.environ, **(env or {})},
+                env={
+                    **{k: v for k, v in os.environ.items() if k not in self.secrets},
+                    **(env or {}),
+                },
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=timeout + 5,
