@@ -146,17 +146,27 @@ def main() -> None:
         "naive_1s_poll_wakeups": naive_wakeups,
     }
     print(f"{'figure':38} {'agentflow':>12} {'naive':>12}")
-    print(f"{'completion detection p50 (s)':38} {results['detection_p50_s']:>12} "
-          f"{results['naive_detection_p50_s']:>12}")
-    print(f"{'completion detection p95 (s)':38} {results['detection_p95_s']:>12} "
-          f"{'~' + str(args.poll * 0.95):>12}")
-    print(f"{'detection after a long step (s)':38} {results['detection_long_step_s']:>12} "
-          f"{results['naive_detection_long_step_s']:>12}")
-    print(f"{'idle CPU over the long step (s)':38} {results['idle_cpu_s']:>12} "
-          f"{results['naive_1s_poll_cpu_s']:>12}")
+    print(
+        f"{'completion detection p50 (s)':38} {results['detection_p50_s']:>12} "
+        f"{results['naive_detection_p50_s']:>12}"
+    )
+    print(
+        f"{'completion detection p95 (s)':38} {results['detection_p95_s']:>12} "
+        f"{'~' + str(args.poll * 0.95):>12}"
+    )
+    print(
+        f"{'detection after a long step (s)':38} {results['detection_long_step_s']:>12} "
+        f"{results['naive_detection_long_step_s']:>12}"
+    )
+    print(
+        f"{'idle CPU over the long step (s)':38} {results['idle_cpu_s']:>12} "
+        f"{results['naive_1s_poll_cpu_s']:>12}"
+    )
     print(f"{'idle CPU (% of one core)':38} {results['idle_cpu_percent']:>12}")
-    print(f"{'wake-ups over the long step':38} {results['idle_wakeups']:>12} "
-          f"{results['naive_1s_poll_wakeups']:>12}")
+    print(
+        f"{'wake-ups over the long step':38} {results['idle_wakeups']:>12} "
+        f"{results['naive_1s_poll_wakeups']:>12}"
+    )
     out = HERE / "results.json"
     merged = json.loads(out.read_text()) if out.exists() else {}
     merged["monitor"] = results

@@ -2,7 +2,7 @@
 same prompts: acceptance rate, tokens/s of both, the speedup, and whether the outputs are
 identical token for token (they must be: speculative decoding is lossless).
 
-    python -m tinylm.evaluate --target ckpt/target.npz --draft ckpt/draft.npz --k 4 --out results.json
+    python -m tinylm.evaluate --target ckpt/target.npz --draft ckpt/draft.npz --k 4
 """
 
 from __future__ import annotations

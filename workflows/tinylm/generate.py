@@ -29,20 +29,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0, help="0: the target's greedy choice")
     args = ap.parse_args(argv)
     text = corpus(400_000)
-    rng = np.random.default_rng(args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     have = len(args.out.read_text().splitlines()) if args.out.exists() else 0
     with args.out.open("a") as f:
         for i in range(have, args.samples):
-            start = int(rng.integers(0, len(text) - 64)) if i >= have else 0
+            rng = np.random.default_rng([args.seed, i])  # sample i is the same after a resume
+            start = int(rng.integers(0, len(text) - 64))
             prompt = text[start : start + 32]
-            body = json.dumps({"prompt": prompt, "n": args.length, "temperature": args.temperature, "seed": i}).encode()
-            req = urllib.request.Request(f"{args.url}/generate", body, {"content-type": "application/json"})
+            body = json.dumps(
+                {"prompt": prompt, "n": args.length, "temperature": args.temperature, "seed": i}
+            ).encode()
+            req = urllib.request.Request(
+                f"{args.url}/generate", body, {"content-type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=60) as resp:
                     sample = json.loads(resp.read())["text"]
             except (urllib.error.URLError, OSError) as e:
-                print(f"error: the target server at {args.url} did not answer ({e}): is serve-target ready?", file=sys.stderr)
+                why = f"the target server at {args.url} did not answer ({e})"
+                print(
+                    f"error: {why}: is serve-target ready?",
+                    file=sys.stderr,
+                )
                 return 3
             f.write(json.dumps({"prompt": prompt, "text": prompt + sample}) + "\n")
             f.flush()

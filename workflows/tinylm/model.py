@@ -68,7 +68,11 @@ def _ln_back(dy: Array, cache: tuple[Array, Array, Array]) -> tuple[Array, Array
     db = dy.reshape(-1, dy.shape[-1]).sum(0)
     dxhat = dy * g
     n = xhat.shape[-1]
-    dx = inv / n * (n * dxhat - dxhat.sum(-1, keepdims=True) - xhat * (dxhat * xhat).sum(-1, keepdims=True))
+    dx = (
+        inv
+        / n
+        * (n * dxhat - dxhat.sum(-1, keepdims=True) - xhat * (dxhat * xhat).sum(-1, keepdims=True))
+    )
     return dx, dg, db
 
 
@@ -215,13 +219,19 @@ class Decoder:
             o = (att @ vals).transpose(1, 0, 2).reshape(t, cfg.d)
             x = x + o @ p[f"{i}.proj"]
             h2, _ = _ln(x, p[f"{i}.ln2_g"], p[f"{i}.ln2_b"])
-            x = x + np.maximum(h2 @ p[f"{i}.fc"] + p[f"{i}.fc_b"], 0) @ p[f"{i}.fc2"] + p[f"{i}.fc2_b"]
+            x = (
+                x
+                + np.maximum(h2 @ p[f"{i}.fc"] + p[f"{i}.fc_b"], 0) @ p[f"{i}.fc2"]
+                + p[f"{i}.fc2_b"]
+            )
         hf, _ = _ln(x, p["lnf_g"], p["lnf_b"])
         self.n = start + t
         return hf @ p["out"]
 
 
-def save(path: Path, p: dict[str, Array], cfg: Config, extra: dict[str, Array] | None = None) -> None:
+def save(
+    path: Path, p: dict[str, Array], cfg: Config, extra: dict[str, Array] | None = None
+) -> None:
     """Atomically: a half-written checkpoint must never be the newest one."""
     tmp = path.with_name(path.name + ".tmp.npz")
     meta = {f"cfg.{k}": np.array(v) for k, v in asdict(cfg).items()}

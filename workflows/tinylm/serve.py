@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = ThreadingHTTPServer((args.host, args.port), Handler)
     except OSError as e:
-        print(f"error: cannot listen on {args.host}:{args.port} ({e.strerror}): is the port taken?", file=sys.stderr)
+        print(
+            f"error: cannot listen on {args.host}:{args.port} ({e.strerror}): is the port taken?",
+            file=sys.stderr,
+        )
         return 2
     print(f"serving {args.model} on http://{args.host}:{args.port}", flush=True)
     server.serve_forever()

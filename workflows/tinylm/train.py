@@ -52,9 +52,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.role == "draft":
         if not args.data or not args.data.is_file():
-            print(f"error: --data {args.data}: no generated samples (run generate first)", file=sys.stderr)
+            print(
+                f"error: --data {args.data}: no generated samples (run generate first)",
+                file=sys.stderr,
+            )
             return 2
-        text = "\n".join(json.loads(line)["text"] for line in args.data.read_text().splitlines() if line.strip())
+        text = "\n".join(
+            json.loads(line)["text"] for line in args.data.read_text().splitlines() if line.strip()
+        )
     else:
         text = corpus(args.corpus_bytes)
     tokens = np.array(encode(text), dtype=np.int64)
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng([args.seed, step])
         loss, grads = loss_and_grads(params, cfg, batches(tokens, args.batch, args.length, rng))
         if not np.isfinite(loss):
-            print(f"error: loss is {loss} at step {step}: lower --lr, or resume from an earlier checkpoint", flush=True)
+            hint = "lower --lr (or TINYLM_LR), or resume from an earlier checkpoint"
+            print(f"error: loss is {loss} at step {step}: {hint}", flush=True)
             return 3
         opt.step(params, grads)
         if step % 10 == 0 or step == args.steps:
@@ -97,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             for _, old in checkpoints(args.ckpt, args.role)[:-2]:
                 old.unlink()  # keep the newest two
     save(args.ckpt / f"{args.role}.npz", params, cfg)
-    print(f"done: {args.role} model at {args.ckpt / (args.role + '.npz')}, final loss {loss:.3f}", flush=True)
+    print(
+        f"done: {args.role} model at {args.ckpt / (args.role + '.npz')}, final loss {loss:.3f}",
+        flush=True,
+    )
     return 0
 
 
