@@ -108,7 +108,7 @@ def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise EnvironmentProblem(
             "on_failure: diagnose needs ANTHROPIC_API_KEY (the model reads failures): export "
-            "it, or set on_failure to continue or abort"
+            "it, or run with --no-diagnose (failures are then handled as on_failure: continue)"
         )
     cfg = workflow.planner
     return Diagnoser(LLM(cfg.model, cfg.max_tokens, cfg.budget, used=used))
@@ -143,12 +143,13 @@ def new_run(
     keep_sandbox: bool = False,
     log: Callable[[str], None] | None = None,
     approve: Approve | None = None,
+    diagnose: bool = True,
 ) -> Prepared:
     """Create the run directory (workflow and plan frozen in it) and a runner for it.
     Everything that can be missing (tmux, a daemon, a secret, a key) is checked first."""
     tmux = _tmux(store)
     secrets = read_secrets(wf.workflow)
-    diagnoser = make_diagnoser(wf.workflow)
+    diagnoser = make_diagnoser(wf.workflow) if diagnose else None
     backend, warnings = choose_backend(wf.workflow, sandbox)
     run = store.create(run_id or new_run_id(wf.workflow.name))
     box = make_sandbox(
@@ -186,6 +187,7 @@ def reopen(
     log: Callable[[str], None] | None = None,
     secrets: bool = True,
     approve: Approve | None = None,
+    diagnose: bool = True,
 ) -> Prepared:
     """A runner for an existing run, from what its directory froze. ``secrets=False``
     for a runner that only stops the run (no step starts, no secret is needed)."""
@@ -204,7 +206,7 @@ def reopen(
     box = make_sandbox(
         state.sandbox, workflow, run, workspace, store.home, keep=keep_sandbox, log=log
     )
-    diagnoser = make_diagnoser(workflow, state.tokens_used) if secrets else None
+    diagnoser = make_diagnoser(workflow, state.tokens_used) if secrets and diagnose else None
     setup = RunSetup(
         run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, values,
         diagnoser, approve, tuple(workspace / d for d in workflow.docs),

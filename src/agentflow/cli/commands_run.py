@@ -42,6 +42,13 @@ CiOption = Annotated[
 YesOption = Annotated[
     bool, typer.Option("--yes", "-y", help="Approve commands the model changes, without asking.")
 ]
+NoDiagnoseOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-diagnose",
+        help="Do not send failures to the model: on_failure: diagnose acts as continue.",
+    ),
+]
 KeepOption = Annotated[
     bool, typer.Option("--keep-sandbox", help="Keep the run's container when it ends.")
 ]
@@ -157,6 +164,7 @@ def run(
     junit: JunitOption = None,
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
+    no_diagnose: NoDiagnoseOption = False,
 ) -> None:
     """Run a workflow. Exit 0 when every step succeeded, 1 when one failed, 3 when blocked."""
     if detach:
@@ -181,6 +189,7 @@ def run(
         keep_sandbox=keep_sandbox,
         log=_sandbox_log,
         approve=_approver(yes, ci, lives),
+        diagnose=not no_diagnose,
     )
     with prepared.run.lock():
         state = _drive(prepared, lives, prepared.runner.start)
@@ -208,6 +217,7 @@ def resume_cmd(
     junit: JunitOption = None,
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
+    no_diagnose: NoDiagnoseOption = False,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
     store = Store()
@@ -226,6 +236,7 @@ def resume_cmd(
             keep_sandbox=keep_sandbox,
             log=_sandbox_log,
             approve=_approver(yes, ci, lives),
+            diagnose=not no_diagnose,
         )
         final = _drive(prepared, lives, lambda: resume(prepared))
     _conclude(final, run_dir)
