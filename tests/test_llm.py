@@ -286,7 +286,8 @@ def answer_in_a_terminal(af: Env, wf: Path, term: Path, answer: str) -> str:
             if k.startswith(("AGENTFLOW", "ANTHROPIC"))
         )
         cmd = (
-            f"cd {shlex.quote(str(af.workspace))} && env {env} {AGENTFLOW} run "
+            # -u CI: a person at a terminal, even when the suite itself runs in CI
+            f"cd {shlex.quote(str(af.workspace))} && env -u CI {env} {AGENTFLOW} run "
             f"{shlex.quote(str(wf))} --run-id ap-{answer}; echo EXIT=$?; sleep 60"
         )
         terminal = libtmux.Server(socket_path=str(term))
