@@ -49,6 +49,10 @@ class Sandbox(Protocol):
         """Release the sandbox at the end of a run."""
 
 
+DEFAULT_PIDS = 4096
+"""The process limit of a Docker sandbox when ``resources.pids`` gives none."""
+
+
 def describe(config: SandboxConfig) -> tuple[list[str], list[str]]:
     """What the docker sandbox of ``config`` is: (facts, relaxations of the defaults)."""
     image = config.image or (
@@ -65,12 +69,13 @@ def describe(config: SandboxConfig) -> tuple[list[str], list[str]]:
     else:
         relaxed.append(f"network: {config.network}")
     res = config.resources
+    pids = res.pids or DEFAULT_PIDS  # a fork bomb must not reach the host: always a limit
     limits = [
         f"{k} {v}"
-        for k, v in (("cpus", res.cpus), ("memory", res.memory), ("pids", res.pids))
+        for k, v in (("cpus", res.cpus), ("memory", res.memory), ("pids", pids))
         if v is not None
     ]
-    facts.append("limits: " + (", ".join(limits) if limits else "none"))
+    facts.append("limits: " + ", ".join(limits))
     if res.gpus is not None:
         relaxed.append(f"gpus: {res.gpus}")
     relaxed += [

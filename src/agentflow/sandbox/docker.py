@@ -29,13 +29,11 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
 from agentflow.errors import EnvironmentProblem, UsageError
-from agentflow.sandbox import Launch, bounded
+from agentflow.sandbox import DEFAULT_PIDS, Launch, bounded
 from agentflow.workflow.model import Sandbox as SandboxConfig
 
 STEPS_MOUNT = "/agentflow/steps"
 """Where the run's ``steps/`` folder appears inside the container."""
-DEFAULT_PIDS = 4096
-"""The process limit of a container when ``resources.pids`` gives none."""
 LABEL_RUN = "agentflow.run"
 LABEL_WORKFLOW = "agentflow.workflow"
 LABEL_HOME = "agentflow.home"
