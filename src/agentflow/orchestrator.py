@@ -169,7 +169,7 @@ def new_run(
     )
     setup = RunSetup(
         run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets,
-        diagnoser, approve, tuple(wf.base_dir / d for d in wf.workflow.docs),
+        diagnoser, approve,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     runner = Runner(setup, state, observer_for(run, plan, hint))
@@ -209,7 +209,7 @@ def reopen(
     diagnoser = make_diagnoser(workflow, state.tokens_used) if secrets and diagnose else None
     setup = RunSetup(
         run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, values,
-        diagnoser, approve, tuple(workspace / d for d in workflow.docs),
+        diagnoser, approve,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     return Prepared(Runner(setup, state, observer_for(run, plan, hint)), run, hint, [])

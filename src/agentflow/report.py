@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from agentflow.display import describe
-from agentflow.state import UNSUCCESSFUL, RunState, StepState
+from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import Event, RunDir
 from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
@@ -128,10 +128,6 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tail(path: Path) -> str:
-    return tail(path, _LOG_TAIL_BYTES)
-
-
 def junit_xml(run: RunDir, report: Report) -> str:
     """One test case per step; failures carry the message and the tail of the log."""
     failures = sum(1 for s in report.steps if s.status in UNSUCCESSFUL)
@@ -153,20 +149,12 @@ def junit_xml(run: RunDir, report: Report) -> str:
         if s.status in UNSUCCESSFUL:
             message = f"{s.status}: {s.message or ''}".strip(": ")
             failure = ET.SubElement(case, "failure", message=message, type=s.status)
-            failure.text = _tail(run.step_dir(s.id) / "output.log")
+            failure.text = tail(run.step_dir(s.id) / "output.log", _LOG_TAIL_BYTES)
         elif s.status in ("skipped", "pending", "blocked"):
             ET.SubElement(case, "skipped", message=s.message or s.status)
         out = ET.SubElement(case, "system-out")
-        out.text = _tail(run.step_dir(s.id) / "output.log")
+        out.text = tail(run.step_dir(s.id) / "output.log", _LOG_TAIL_BYTES)
     suites = ET.Element("testsuites")
     suites.append(suite)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
-
-
-def step_status_counts(state: RunState) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    st: StepState
-    for st in state.steps.values():
-        counts[st.status] = counts.get(st.status, 0) + 1
-    return counts

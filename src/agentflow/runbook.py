@@ -40,12 +40,6 @@ def failure_flags(parts: list[str]) -> list[bool]:
     return flags
 
 
-def failure_modes(text: str) -> str:
-    """Only the sections about failures, errors, recovery."""
-    parts = sections(text)
-    return "\n\n".join(s for s, f in zip(parts, failure_flags(parts), strict=True) if f)
-
-
 def bounded(paths: list[Path], budget_chars: int, failures_only: bool = False) -> str:
     """The runbooks as one text of at most ``budget_chars``."""
     chosen: list[tuple[bool, str, str]] = []  # (is a failure mode, file, section)

@@ -221,7 +221,7 @@ def _describe(step: Step) -> str:
         fields["task"] = step.task
     else:
         fields["run"] = step.run
-    for key in ("description", "service", "expect", "success", "outputs"):
+    for key in ("description", "service", "expect", "success"):
         value = getattr(step, key)
         if value:
             fields[key] = (

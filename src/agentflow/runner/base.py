@@ -69,8 +69,11 @@ class RunSetup:
     approve: Callable[[str, str, str], bool] | None = None
     """Asks a person to approve a command the model changed (step, old, new); None where
     nobody can be asked (then the step is escalated instead)."""
-    runbooks: tuple[Path, ...] = ()
-    """The workflow's ``docs:``, for diagnoses."""
+
+    @property
+    def runbooks(self) -> list[Path]:
+        """The workflow's ``docs:``, for diagnoses."""
+        return [self.workspace / d for d in self.workflow.docs]
 
 
 MAX_DECISIONS_PER_STEP = 3
@@ -94,8 +97,6 @@ class RunnerBase:
         self.clocks: dict[str, StepClock] = {}
         self.next_probe: dict[str, datetime] = {}
         self.last_probe: dict[str, str] = {}
-        self.ending = False
-        """Every other step is over: services are being stopped."""
         learned = learned_durations(setup.run.path.parent, state.workflow, state.run_id)
         self.expected: dict[str, float] = {}
         for step in setup.workflow.steps:

@@ -156,7 +156,7 @@ class Outcomes(RunnerBase):
             log=step_dir / "output.log",
         )
         context = build_context(
-            failure, self.s.run.read_events(), list(self.s.runbooks), self.redactor,
+            failure, self.s.run.read_events(), self.s.runbooks, self.redactor,
             diagnoser.budget_tokens,
         )  # fmt: skip
         try:

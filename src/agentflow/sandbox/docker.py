@@ -127,10 +127,6 @@ class DockerSandbox:
         )
         return found[0] if found else None
 
-    def alive(self) -> bool:
-        container = self._find()
-        return container is not None and container.status == "running"
-
     def image(self) -> str:
         """The image to run: ``image`` (pulled if missing), or built from ``build``."""
         if self.config.build is not None:
