@@ -16,7 +16,7 @@ FAST = {
     "target_layers": "2",
     "samples": "30",
     "draft_steps": "60",
-    "draft_d": "32",
+    "draft_hidden": "64",
 }
 
 

@@ -11,10 +11,11 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from tinylm.checkpoint import arch_of, decoder, load
 from tinylm.data import corpus, encode
-from tinylm.model import Decoder, load
 from tinylm.speculative import Stats, greedy, speculative
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     text = corpus(400_000)
     step = len(text) // (args.prompts + 1)
     prompts = [encode(text[i * step : i * step + 32]) for i in range(1, args.prompts + 1)]
-    target, draft, target2 = Decoder(tp, tcfg), Decoder(dp, dcfg), Decoder(tp, tcfg)
+    target, draft, target2 = decoder(tp, tcfg), decoder(dp, dcfg), decoder(tp, tcfg)
     greedy(target, prompts[0], 8)  # warm up both paths
     speculative(target2, draft, prompts[0], 8, args.k, Stats())
     # Both decoders on each prompt in turn, several rounds, the fastest time of each: a
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokens": n,
         "target_tokens_per_s": round(n / t_plain, 1),
         "speculative_tokens_per_s": round(n / t_fast, 1),
-        "target": {"layers": tcfg.layers, "d": tcfg.d},
-        "draft": {"layers": dcfg.layers, "d": dcfg.d},
+        "target": {"arch": arch_of(tcfg), **asdict(tcfg)},
+        "draft": {"arch": arch_of(dcfg), **asdict(dcfg)},
     }
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -8,8 +8,7 @@ two; deep enough that one decoding pass costs far more than a 1-layer draft's.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -227,21 +226,3 @@ class Decoder:
         hf, _ = _ln(x, p["lnf_g"], p["lnf_b"])
         self.n = start + t
         return hf @ p["out"]
-
-
-def save(
-    path: Path, p: dict[str, Array], cfg: Config, extra: dict[str, Array] | None = None
-) -> None:
-    """Atomically: a half-written checkpoint must never be the newest one."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    meta = {f"cfg.{k}": np.array(v) for k, v in asdict(cfg).items()}
-    np.savez(tmp, **p, **meta, **(extra or {}))
-    tmp.replace(path)
-
-
-def load(path: Path) -> tuple[dict[str, Array], Config, dict[str, Array]]:
-    data = np.load(path)
-    cfg = Config(**{k[4:]: int(data[k]) for k in data.files if k.startswith("cfg.")})
-    params = {k: data[k] for k in data.files if not k.startswith(("cfg.", "opt."))}
-    extra = {k: data[k] for k in data.files if k.startswith("opt.")}
-    return params, cfg, extra

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinylm.checkpoint import decoder, load
 from tinylm.data import decode, encode
-from tinylm.model import Decoder, load
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             temp = float(req.get("temperature", 0.8))
             rng = np.random.default_rng(int(req.get("seed", 0)))
             with lock:
-                dec = Decoder(params, cfg)
+                dec = decoder(params, cfg)
                 logits = dec.feed(prompt)[-1]
                 out = []
                 for _ in range(n):

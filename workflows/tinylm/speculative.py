@@ -5,10 +5,20 @@ next token. The output is exactly the target's greedy output (lossless)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from tinylm.model import Decoder
+
+class Decoder(Protocol):
+    """What decoding needs of a model (tinylm.model.Decoder, tinylm.window.WindowDecoder)."""
+
+    n: int
+    """How many positions the model has read."""
+
+    def feed(self, tokens: list[int]) -> np.ndarray: ...
+
+    def rollback(self, n: int) -> None: ...
 
 
 @dataclass

@@ -2,7 +2,10 @@
 generated: distillation). Saves a checkpoint every N steps and resumes from the newest.
 
     python -m tinylm.train --role target --steps 300 --ckpt ckpt
-    python -m tinylm.train --role draft --data data/gen.jsonl --steps 400 --ckpt ckpt
+    python -m tinylm.train --role draft --data data/gen.jsonl --steps 600 --ckpt ckpt
+
+The target is a transformer (--d, --layers, --heads); the draft by default a window model
+(--window, --emb, --hidden), which guesses a token for a few percent of a target pass.
 
 Prints ``step 120/300 loss 2.31`` lines (the workflow's progress pattern); the final
 model is ``<ckpt>/<role>.npz``.
@@ -20,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tinylm.checkpoint import ARCHS, load, save
 from tinylm.data import VOCAB, batches, corpus, encode
-from tinylm.model import Adam, Config, init, load, loss_and_grads, save
+from tinylm.model import Adam, Config
+from tinylm.window import WindowConfig
 
 
 def checkpoints(folder: Path, role: str) -> list[tuple[int, Path]]:
@@ -43,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument(
+        "--arch", choices=sorted(ARCHS), help="default: transformer (target), window (draft)"
+    )
+    ap.add_argument("--window", type=int, default=12, help="window model: tokens of context")
+    ap.add_argument("--emb", type=int, default=24, help="window model: embedding width")
+    ap.add_argument("--hidden", type=int, default=256, help="window model: hidden units")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=float(os.environ.get("TINYLM_LR", "3e-3")))
@@ -67,14 +78,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: only {len(tokens)} tokens of training text", file=sys.stderr)
         return 2
     args.ckpt.mkdir(parents=True, exist_ok=True)
-    cfg = Config(vocab=VOCAB, d=args.d, layers=args.layers, heads=args.heads, ctx=256)
-    params = init(cfg, args.seed)
+    arch = ARCHS[args.arch or ("transformer" if args.role == "target" else "window")]
+    cfg: Config | WindowConfig
+    if arch.config is WindowConfig:
+        cfg = WindowConfig(vocab=VOCAB, window=args.window, emb=args.emb, hidden=args.hidden)
+    else:
+        cfg = Config(vocab=VOCAB, d=args.d, layers=args.layers, heads=args.heads, ctx=256)
+    params = arch.init(cfg, args.seed)
     opt = Adam(params, args.lr)
     start = 0
     saved = checkpoints(args.ckpt, args.role)
     if saved:
         start, newest = saved[-1]
-        params, cfg, extra = load(newest)
+        params, saved_cfg, extra = load(newest)
+        if saved_cfg != cfg:
+            print(
+                f"error: {newest} holds a different model ({saved_cfg}) from the one asked for"
+                f" ({cfg}): delete {args.ckpt}/{args.role}-step-*.npz to start afresh,"
+                " or ask for the saved model's sizes",
+                file=sys.stderr,
+            )
+            return 2
         opt = Adam(params, args.lr)
         opt.t = int(extra.get("opt.t", np.array(start)))
         for k in params:
@@ -86,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(start + 1, args.steps + 1):
         # One generator per step: a resumed run sees the very batches an unbroken one would.
         rng = np.random.default_rng([args.seed, step])
-        loss, grads = loss_and_grads(params, cfg, batches(tokens, args.batch, args.length, rng))
+        batch = batches(tokens, args.batch, args.length, rng)
+        loss, grads = arch.loss_and_grads(params, cfg, batch)
         if not np.isfinite(loss):
             hint = "lower --lr (or TINYLM_LR), or resume from an earlier checkpoint"
             print(f"error: loss is {loss} at step {step}: {hint}", flush=True)
