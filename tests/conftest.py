@@ -136,6 +136,7 @@ def af(tmp_path: Path) -> Iterator[Env]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pane, signal.SIGKILL)
         server.kill()
+    socket.unlink(missing_ok=True)  # one per test's home: they would pile up in ~/.cache
 
 
 def _remove_containers(home: Path) -> None:
