@@ -6,11 +6,11 @@ commands that never call the model must not pay.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from agentflow.errors import AgentflowError, EnvironmentProblem
+from agentflow.settings import settings
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 MAX_RETRIES = 4
@@ -48,7 +48,7 @@ class LLM:
     def __init__(
         self, model: str | None, max_tokens: int, budget: int | None, used: int = 0
     ) -> None:
-        self.model = model or os.environ.get("AGENTFLOW_MODEL") or DEFAULT_MODEL
+        self.model = model or settings().model or DEFAULT_MODEL
         self.max_tokens = max_tokens
         self.budget = budget
         self.used = used
@@ -56,7 +56,7 @@ class LLM:
 
     @staticmethod
     def check_key() -> None:
-        if not os.environ.get("ANTHROPIC_API_KEY"):
+        if not settings().anthropic_api_key:
             raise EnvironmentProblem(
                 "the anthropic planner needs ANTHROPIC_API_KEY: export it, run a saved plan "
                 "with --plan, or use --planner static (task: steps then need a run: command)"
@@ -67,9 +67,10 @@ class LLM:
             self.check_key()
             import anthropic  # lazily: ~2 s
 
+            config = settings()
             self._client = anthropic.Anthropic(
-                api_key=os.environ["ANTHROPIC_API_KEY"],
-                base_url=os.environ.get("ANTHROPIC_BASE_URL") or None,
+                api_key=config.anthropic_api_key,
+                base_url=config.anthropic_base_url,
                 max_retries=MAX_RETRIES,
                 timeout=120.0,
             )
@@ -106,7 +107,7 @@ class LLM:
                 f"({_message(e)}): try again later, or run a saved plan with --plan"
             ) from None
         except anthropic.APIConnectionError as e:
-            where = os.environ.get("ANTHROPIC_BASE_URL") or "the Anthropic API"
+            where = settings().anthropic_base_url or "the Anthropic API"
             raise LLMError(
                 f"cannot reach {where} ({type(e).__name__}) after {MAX_RETRIES} retries: "
                 "check the network, or run a saved plan with --plan"

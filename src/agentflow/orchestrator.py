@@ -19,6 +19,7 @@ from agentflow.plan import Plan
 from agentflow.runner import STOP_REQUEST, Observer, Runner, RunSetup
 from agentflow.sandbox import Sandbox
 from agentflow.sandbox.local import LocalSandbox
+from agentflow.settings import settings
 from agentflow.state import RunState, StepState, prepare_resume
 from agentflow.store import RunDir, Store, new_run_id
 from agentflow.tmux import Tmux, socket_path_for
@@ -105,7 +106,7 @@ def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
         return None
     from agentflow.llm import LLM
 
-    if not os.environ.get("ANTHROPIC_API_KEY"):
+    if not settings().anthropic_api_key:
         raise EnvironmentProblem(
             "on_failure: diagnose needs ANTHROPIC_API_KEY (the model reads failures): export "
             "it, or run with --no-diagnose (failures are then handled as on_failure: continue)"

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentflow.errors import RunLockedError, StateError, UsageError
 from agentflow.plan import Plan
+from agentflow.settings import settings
 from agentflow.state import RunState
 
 
@@ -43,7 +44,7 @@ class Event(BaseModel):
 
 def home_dir() -> Path:
     """``$AGENTFLOW_HOME``, default ``./.agentflow``."""
-    return Path(os.environ.get("AGENTFLOW_HOME") or ".agentflow").absolute()
+    return settings().home_dir
 
 
 def new_run_id(workflow_name: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import libtmux
 
 from agentflow.errors import EnvironmentProblem
+from agentflow.settings import settings
 
 _MAX_SOCKET_PATH = 100
 HISTORY_LIMIT = 50000
@@ -40,9 +41,9 @@ def socket_path_for(home: Path) -> Path:
     where a step's ``rm -rf /tmp/*`` would kill it, and never under the home, which may lie
     inside a workspace that a sandbox sees (a step that reaches the socket could run
     commands on the host). The name is short: socket paths are limited to ~100 bytes."""
-    override = os.environ.get("AGENTFLOW_TMUX_SOCKET")
+    override = settings().tmux_socket
     if override:
-        return Path(override)
+        return override
     digest = hashlib.sha256(str(home.absolute()).encode()).hexdigest()[:16]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) if runtime and Path(runtime).is_dir() else Path.home() / ".cache"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from agentflow.errors import AgentflowError, WorkflowError
+from agentflow.settings import settings
 
 app = typer.Typer(
     name="agentflow",
@@ -63,4 +63,4 @@ def plain_output(ci: bool) -> bool:
 
 def in_ci() -> bool:
     """CI systems set ``CI`` (to ``true``, ``1``, …); ``CI=false`` or ``0`` means no."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return settings().ci

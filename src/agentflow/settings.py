@@ -1,0 +1,74 @@
+"""Configuration from the environment, read in this one place.
+
+Every variable agentflow reads (its own ``AGENTFLOW_*``, the Anthropic SDK's, ``CI``) is a
+field here, with its meaning; ``docs/reference/configuration.md`` is generated from this
+class. Settings are read afresh on each call of ``settings()``: tests and the orchestrator
+change the environment between runs in one process.
+
+Not here: a workflow's ``secrets`` (their names come from the workflow, not from us) and
+the environment a step inherits on the local sandbox (``sandbox/local.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    home: Path = Field(Path(".agentflow"), validation_alias="AGENTFLOW_HOME")
+    """``AGENTFLOW_HOME``: where runs are kept (``runs/<run-id>/``). Relative paths are taken
+    from the current directory."""
+
+    model: str | None = Field(None, validation_alias="AGENTFLOW_MODEL")
+    """``AGENTFLOW_MODEL``: the model of the LLM planner and diagnosis when the workflow's
+    ``planner.model`` does not name one."""
+
+    tmux_socket: Path | None = Field(None, validation_alias="AGENTFLOW_TMUX_SOCKET")
+    """``AGENTFLOW_TMUX_SOCKET``: the tmux server's socket, instead of one per home under
+    ``$XDG_RUNTIME_DIR/agentflow`` (or ``~/.cache/agentflow``)."""
+
+    anthropic_api_key: str | None = Field(None, validation_alias="ANTHROPIC_API_KEY", repr=False)
+    """``ANTHROPIC_API_KEY``: the key of the Anthropic API; without it, the static planner
+    is used and ``on_failure: diagnose`` needs ``--no-diagnose``."""
+
+    anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    """``ANTHROPIC_BASE_URL``: another endpoint for the Messages API (a proxy, a gateway)."""
+
+    ci: bool = Field(False, validation_alias=AliasChoices("CI"))
+    """``CI``: set (to anything but ``0``, ``false``, ``no``) by CI systems: plain lines,
+    no live view, no questions."""
+
+    github_actions: bool = Field(False, validation_alias="GITHUB_ACTIONS")
+    """``GITHUB_ACTIONS``: set by GitHub Actions: steps' lines are folded into groups and
+    failures become ``::error`` annotations."""
+
+    @field_validator("ci", "github_actions", mode="before")
+    @classmethod
+    def _flag(cls, value: object) -> bool:
+        return str(value).strip().lower() not in ("", "0", "false", "no", "none")
+
+    @field_validator(
+        "model", "anthropic_api_key", "anthropic_base_url", "tmux_socket", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return value or None
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return value or ".agentflow"
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.absolute()
+
+
+def settings() -> Settings:
+    """The settings as the environment says now."""
+    return Settings()
