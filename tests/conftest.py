@@ -120,7 +120,11 @@ def af(tmp_path: Path) -> Iterator[Env]:
     home = tmp_path / "home"
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE", "CI")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TMUX", "TMUX_PANE", "CI", "GITHUB_ACTIONS")
+    }
     env["AGENTFLOW_HOME"] = str(home)
     yield Env(home, workspace, env)
     for pid_file in home.glob("runs/*/steps/*/pid"):

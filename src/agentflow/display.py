@@ -7,17 +7,22 @@ redraws a table of steps in place.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import re
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import IO
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from agentflow.state import RunState, StepState, now
+from agentflow.state import UNSUCCESSFUL, RunState, StepState, now
 from agentflow.store import Event
+from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
 
 STATUS_STYLE = {
@@ -75,14 +80,54 @@ def plain_line(event: Event) -> str:
 
 
 class PlainLines:
-    """One plain line per event, no colour codes."""
+    """One plain line per event, no colour codes. Under GitHub Actions (``github``), each
+    finished step's output follows in a folded group, and a failure becomes an ``::error``
+    annotation (a warning for a blocked step) on the job's summary."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(
+        self, stream: IO[str], *, github: bool = False, steps_dir: Path | None = None
+    ) -> None:
         self.stream = stream
+        self.github = github
+        self.steps_dir = steps_dir
 
     def event(self, event: Event, state: RunState) -> None:
         self.stream.write(plain_line(event) + "\n")
+        if self.github and event.kind == "step_finished" and event.step:
+            self._github_step(event, state)
         self.stream.flush()
+
+    def _github_step(self, event: Event, state: RunState) -> None:
+        step = event.step or ""
+        st = state.steps[step]
+        title = f"{step}: {event.status} (attempt {event.attempt}, {elapsed(st)})"
+        if self.steps_dir is not None:
+            output = tail(self.steps_dir / step / "output.log", GITHUB_LOG_BYTES)
+            lines = output.splitlines()
+            if len(output.encode()) >= GITHUB_LOG_BYTES:
+                lines = [f"… (earlier output: agentflow logs {state.run_id} {step})", *lines[1:]]
+            # A line of the step's own that looks like a workflow command must stay text.
+            body = [f"  {x}" if x.startswith("::") else x for x in lines]
+            self.stream.write("\n".join([f"::group::{title}", *body, "::endgroup::"]) + "\n")
+        if event.status in UNSUCCESSFUL:
+            why = _gh_escape(f"{event.status}: {event.message or ''}".strip(": "))
+            self.stream.write(f"::error title={_gh_escape(f'step {step}', True)}::{why}\n")
+        elif event.status == "blocked":
+            why = _gh_escape(event.message or "blocked")
+            self.stream.write(f"::warning title={_gh_escape(f'step {step}', True)}::{why}\n")
+
+    def update(self, state: RunState) -> None:
+        return None
+
+
+GITHUB_LOG_BYTES = 64 * 1024
+"""How much of a finished step's output goes into its folded group (the end of it)."""
+
+
+def _gh_escape(text: str, in_property: bool = False) -> str:
+    """GitHub's workflow-command escaping (a message may span lines)."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if in_property else text
 
     def update(self, state: RunState) -> None:
         return None
@@ -117,33 +162,101 @@ class Observers:
             o.update(state)  # type: ignore[attr-defined]
 
 
-def steps_table(state: RunState, order: list[str] | None = None) -> Table:
-    """The steps of a run as a table (used live and by ``agentflow status``)."""
-    table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
-    table.add_column("step", no_wrap=True, max_width=28)
+def steps_table(
+    state: RunState,
+    order: list[str] | None = None,
+    *,
+    last_lines: dict[str, str] | None = None,
+    width: int | None = None,
+) -> Table:
+    """The steps of a run as a table (used live and by ``agentflow status``): status,
+    attempt, elapsed time, a progress bar with ETA where progress is known, and the last
+    line of output of running steps (else the step's note). ``width`` narrows it: below
+    100 columns the bar is shorter and the attempt column goes (a retry shows in status)."""
+    narrow = width is not None and width < 100
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=width is not None)
+    table.add_column("step", no_wrap=True, max_width=20 if narrow else 32, overflow="ellipsis")
     table.add_column("status", no_wrap=True)
-    table.add_column("try", justify="right")
+    if not narrow:
+        table.add_column("try", justify="right")
     table.add_column("time", justify="right", no_wrap=True)
     table.add_column("progress", no_wrap=True)
-    table.add_column("note", overflow="ellipsis", no_wrap=True, max_width=36)
+    table.add_column("output" if last_lines is not None else "note", no_wrap=True,
+                     overflow="ellipsis", ratio=1, min_width=8)  # fmt: skip
     at = now()
     for step_id in order or list(state.steps):
         st = state.steps[step_id]
         style = STATUS_STYLE.get(st.status, "")
-        mark = STATUS_MARK.get(st.status, " ")
+        status = f"{STATUS_MARK.get(st.status, ' ')} {st.status}"
+        if narrow and st.attempts > 1:
+            status += f" #{st.attempts}"
         note = st.message or ("" if st.exit_code in (None, 0) else f"exit {st.exit_code}")
-        table.add_row(
-            step_id,
-            Text(f"{mark} {st.status}", style=style),
-            str(st.attempts or ""),
+        last = (last_lines or {}).get(step_id, "") if st.status == "running" else ""
+        cells: list[RenderableType] = [step_id, Text(status, style=style)]
+        if not narrow:
+            cells.append(str(st.attempts or ""))
+        cells += [
             elapsed(st, at),
-            progress_text(st),
-            note,
-        )
+            progress_cell(st, 8 if narrow else 16, with_counts=not narrow),
+            Text(last, style="dim") if last else Text(note),
+        ]
+        table.add_row(*cells)
     return table
 
 
-def progress_text(st: StepState) -> str:
+def progress_cell(st: StepState, bar_width: int, *, with_counts: bool) -> RenderableType:
+    """A bar and ``45% eta 2m`` for a running step whose output shows progress; where a
+    step that did not succeed got to; nothing for one that did (its status says it)."""
+    fraction = st.progress.fraction if st.progress is not None else None
+    if st.status == "succeeded":
+        return Text("")
+    if st.status != "running" or fraction is None or st.ready_at is not None:
+        return Text(progress_text(st, with_counts=with_counts))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(
+        ProgressBar(total=1.0, completed=fraction, width=bar_width),
+        Text(progress_text(st, with_counts=False)),
+    )
+    return grid
+
+
+def visible_steps(state: RunState, order: list[str], rows: int) -> tuple[list[str], str]:
+    """At most ``rows`` steps for a live view, the ones worth seeing first (running, then
+    failed or blocked, then the next pending, then the latest finished), in plan order;
+    and a line that counts what is left out."""
+    if len(order) <= rows:
+        return order, ""
+    rank = {"running": 0, "failed": 1, "crashed": 1, "timeout": 1, "stalled": 1, "blocked": 1}
+    finished_order = sorted(
+        (k for k in order if state.steps[k].finished_at is not None),
+        key=lambda k: state.steps[k].finished_at or at_epoch,
+        reverse=True,
+    )
+    recency = {k: i for i, k in enumerate(finished_order)}
+    pending = [k for k in order if state.steps[k].status == "pending"]
+
+    def priority(k: str) -> tuple[int, int]:
+        status = state.steps[k].status
+        if status in rank:
+            return (rank[status], 0)
+        if status == "pending":
+            return (2, pending.index(k))
+        return (3, recency.get(k, 0))
+
+    chosen = set(sorted(order, key=priority)[:rows])
+    hidden: dict[str, int] = {}
+    for k in order:
+        if k not in chosen:
+            status = state.steps[k].status
+            hidden[status] = hidden.get(status, 0) + 1
+    more = ", ".join(f"{n} {status}" for status, n in hidden.items())
+    return [k for k in order if k in chosen], f"… and {more}"
+
+
+at_epoch = datetime.fromtimestamp(0).astimezone()
+
+
+def progress_text(st: StepState, *, with_counts: bool = True) -> str:
     """``45% 3/8 eta 2m`` for a step whose output shows progress; ``ready`` for a service."""
     if st.status == "running" and st.ready_at is not None:
         return "ready"
@@ -152,39 +265,78 @@ def progress_text(st: StepState) -> str:
         return ""
     fraction = p.fraction
     parts = [f"{fraction:.0%}" if fraction is not None else ""]
-    if p.total:
+    if p.total and with_counts:
         parts.append(f"{p.done:g}/{p.total:g}")
     if st.status == "running" and p.eta_s is not None:
         parts.append(f"eta {format_duration(round(p.eta_s))}")
     return " ".join(x for x in parts if x)
 
 
+def last_line(log: Path) -> str:
+    """The last line a step printed, as a terminal would show it: after the last carriage
+    return (progress bars redraw a line), without escape sequences or control characters."""
+    text = tail(log, 2048)
+    for line in reversed(text.splitlines()):
+        shown = _CONTROL.sub("", _ANSI.sub("", line.rsplit("\r", 1)[-1])).strip()
+        if shown:
+            return shown
+    return ""
+
+
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 class _LiveView:
     def __init__(self, owner: LiveTable) -> None:
         self.owner = owner
 
-    def __rich__(self) -> RenderableType:
-        state = self.owner.state
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        owner, state = self.owner, self.owner.state
         if state is None:
-            return Text("")
+            return
+        width = options.max_width
+        done = state.count("succeeded")
         header = Text.assemble(
-            ("agentflow ", "bold"),
-            (state.run_id, "bold cyan"),
-            f"   {state.count('succeeded')}/{len(state.steps)} done",
+            ("agentflow ", "bold"), (state.run_id, "bold cyan"), f"  {done}/{len(state.steps)} done"
         )
-        footer = Text(f"watch: {self.owner.attach_hint}   Ctrl-C: detach", style="dim")
-        return Group(header, steps_table(state, self.owner.order), footer)
+        running = state.count("running")
+        if running:
+            header.append(f", {running} running")
+        header.append(f"  {format_duration(round((now() - state.created_at).total_seconds()))}")
+        yield header
+        rows = max(3, (options.height or console.height) - 4)
+        order, more = visible_steps(state, owner.order, rows)
+        lines = {k: owner.last_line(k) for k in order if state.steps[k].status == "running"}
+        yield steps_table(state, order, last_lines=lines, width=width)
+        if more:
+            yield Text(more, style="dim")
+        yield Text(
+            f"{owner.attach_hint} [STEP]   Ctrl-C: stop or detach", style="dim", overflow="ellipsis"
+        )
 
 
 class LiveTable:
-    """A table of steps redrawn in place; events are printed above it."""
+    """A table of steps redrawn in place; events are printed above it. Rich redraws by
+    moving the cursor over the previous frame (no clearing): no flicker."""
 
-    def __init__(self, console: Console, order: list[str], attach_hint: str) -> None:
+    def __init__(
+        self, console: Console, order: list[str], attach_hint: str, steps_dir: Path | None = None
+    ) -> None:
         self.console = console
         self.order = order
         self.attach_hint = attach_hint
+        self.steps_dir = steps_dir
         self.state: RunState | None = None
-        self.live = Live(_LiveView(self), console=console, refresh_per_second=2, transient=True)
+        self.live = self._new_live()
+
+    def _new_live(self) -> Live:
+        return Live(_LiveView(self), console=self.console, refresh_per_second=2, transient=True)
+
+    def last_line(self, step_id: str) -> str:
+        if self.steps_dir is None:
+            return ""
+        return last_line(self.steps_dir / step_id / "output.log")
 
     def __enter__(self) -> LiveTable:
         self.live.__enter__()
@@ -193,7 +345,19 @@ class LiveTable:
     def __exit__(self, *exc: object) -> None:
         self.live.__exit__(None, None, None)
         if self.state is not None:
-            self.console.print(steps_table(self.state, self.order))
+            self.console.print(steps_table(self.state, self.order, width=self.console.width))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop redrawing while a question is asked below the table."""
+        self.live.stop()
+        try:
+            yield
+        finally:
+            # A fresh Live: a restarted one would first move up over the old frame's
+            # height, erasing the lines printed in between.
+            self.live = self._new_live()
+            self.live.start()
 
     def event(self, event: Event, state: RunState) -> None:
         self.state = state

@@ -149,6 +149,8 @@ class Waker:
         os.set_blocking(self._signal_r, False)
         os.set_blocking(self._signal_w, False)
         self.interrupted = False
+        self.by_ctrl_c = False
+        """Whether the last interruption was SIGINT (a person) rather than SIGTERM."""
 
     def sleep(self, seconds: float) -> None:
         assert self._waiter.stdout is not None
@@ -177,6 +179,7 @@ class Waker:
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self.interrupted = True
+            self.by_ctrl_c = signum == signal.SIGINT
 
         old_fd = signal.set_wakeup_fd(self._signal_w)
         old_term = signal.signal(signal.SIGTERM, handler)

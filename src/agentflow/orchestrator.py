@@ -6,6 +6,7 @@ sandbox and tmux, so that the CLI stays a thin layer of parsing and printing.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Literal, Protocol
 from agentflow.diagnose import Diagnoser
 from agentflow.errors import EnvironmentProblem, StateError, UsageError
 from agentflow.plan import Plan
-from agentflow.runner import STOP_REQUEST, Observer, Runner, RunSetup
+from agentflow.runner import STOP_REQUEST, InterruptChoice, Observer, Runner, RunSetup
 from agentflow.sandbox import Sandbox
 from agentflow.sandbox.local import LocalSandbox
 from agentflow.settings import settings
@@ -144,6 +145,7 @@ def new_run(
     keep_sandbox: bool = False,
     log: Callable[[str], None] | None = None,
     approve: Approve | None = None,
+    on_interrupt: Callable[[], InterruptChoice] | None = None,
     diagnose: bool = True,
 ) -> Prepared:
     """Create the run directory (workflow and plan frozen in it) and a runner for it.
@@ -170,7 +172,7 @@ def new_run(
     )
     setup = RunSetup(
         run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets,
-        diagnoser, approve,
+        diagnoser, approve, on_interrupt,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     runner = Runner(setup, state, observer_for(run, plan, hint))
@@ -188,6 +190,7 @@ def reopen(
     log: Callable[[str], None] | None = None,
     secrets: bool = True,
     approve: Approve | None = None,
+    on_interrupt: Callable[[], InterruptChoice] | None = None,
     diagnose: bool = True,
 ) -> Prepared:
     """A runner for an existing run, from what its directory froze. ``secrets=False``
@@ -210,10 +213,33 @@ def reopen(
     diagnoser = make_diagnoser(workflow, state.tokens_used) if secrets and diagnose else None
     setup = RunSetup(
         run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, values,
-        diagnoser, approve,
+        diagnoser, approve, on_interrupt,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     return Prepared(Runner(setup, state, observer_for(run, plan, hint)), run, hint, [])
+
+
+def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> None:
+    """Hand a new run to an orchestrator of its own (``argv``) in the first window of the
+    run's tmux session, where it survives this terminal and a person sees it on attach.
+    Returns once that orchestrator holds the run's lock; raises with what its window
+    showed if it ended first."""
+    runner, run = prepared.runner, prepared.run
+    run.write_state(runner.state)
+    # This shell's environment (secrets, keys, PATH): the tmux server may be older than it.
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    runner.s.tmux.ensure_session(run.run_id, runner.s.workspace, shlex.join(argv), env)
+    deadline = time.monotonic() + wait
+    while run.lock_holder() is None:
+        ended, shown = runner.s.tmux.first_pane(run.run_id)
+        if ended or time.monotonic() > deadline:
+            why = "ended at once" if ended else f"did not start within {wait:.0f}s"
+            last = shown.splitlines()[-1] if shown else "(no output)"
+            raise EnvironmentProblem(
+                f"the detached orchestrator of run {run.run_id} {why}: {last} "
+                f"(see `agentflow attach {run.run_id}`)"
+            )
+        time.sleep(0.1)
 
 
 def resume(prepared: Prepared) -> RunState:

@@ -86,8 +86,11 @@ class Tmux:
     def has_session(self, session: str) -> bool:
         return self.server.cmd("has-session", "-t", f"={session}").returncode == 0
 
-    def ensure_session(self, session: str, cwd: Path, command: str) -> None:
-        """Create the run's session (its first window runs ``command``) unless it exists.
+    def ensure_session(
+        self, session: str, cwd: Path, command: str, env: dict[str, str] | None = None
+    ) -> None:
+        """Create the run's session (its first window runs ``command``, with ``env`` added to
+        the server's environment) unless it exists.
 
         ``remain-on-exit`` and ``history-limit`` are set on the server before any step's
         window exists: a window whose command exits at once would otherwise vanish before
@@ -106,9 +109,10 @@ class Tmux:
                 wake_channel("#{session_name}"),
             ]
         )
+        env_args = [x for k, v in (env or {}).items() for x in ("-e", f"{k}={v}")]
         self._cmd(
             "new-session", "-d", "-s", session, "-n", "agentflow", "-x", "200", "-y", "50",
-            "-c", str(cwd), command,
+            "-c", str(cwd), *env_args, command,
             ";", "set-option", "-g", "remain-on-exit", "on",
             ";", "set-option", "-g", "history-limit", str(HISTORY_LIMIT),
             ";", "set-option", "-g", "exit-empty", "off",
@@ -142,6 +146,13 @@ class Tmux:
                 window_id, name, dead == "1", int(status) if status.isdigit() else None
             )
         return panes
+
+    def first_pane(self, session: str) -> tuple[bool, str]:
+        """Whether the session's first window's command has ended, and what it shows."""
+        target = f"={session}:^"  # the lowest-numbered window, whatever base-index
+        dead = self.server.cmd("display-message", "-p", "-t", target, "#{pane_dead}")
+        shown = self.server.cmd("capture-pane", "-p", "-t", target)
+        return (dead.stdout == ["1"] or dead.returncode != 0), "\n".join(shown.stdout).strip()
 
     def kill_window(self, window_id: str) -> None:
         self.server.cmd("kill-window", "-t", window_id)

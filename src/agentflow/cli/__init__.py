@@ -6,10 +6,22 @@ and an exit code (``app.command``); the commands live in one module per group.
 
 from __future__ import annotations
 
-from agentflow.cli import commands_define, commands_inspect, commands_run
+from agentflow.cli import (
+    commands_define,
+    commands_init,
+    commands_inspect,
+    commands_run,
+)
 from agentflow.cli.app import app
 
-__all__ = ["app", "commands_define", "commands_inspect", "commands_run", "main"]
+__all__ = [
+    "app",
+    "commands_define",
+    "commands_init",
+    "commands_inspect",
+    "commands_run",
+    "main",
+]
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ err_console = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(name: str | None = None) -> Callable[[F], F]:
+def command(name: str | None = None, *, hidden: bool = False) -> Callable[[F], F]:
     """Register a command whose AgentflowError becomes a red one-line message and an exit
     code (every problem on its own line for an invalid workflow), never a traceback."""
 
@@ -50,7 +50,7 @@ def command(name: str | None = None) -> Callable[[F], F]:
                 err_console.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}")
                 raise typer.Exit(1) from None
 
-        app.command(name)(wrapper)
+        app.command(name, hidden=hidden)(wrapper)
         return fn
 
     return decorate

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from agentflow import safefs
 from agentflow.cli.app import command, console
-from agentflow.display import STATUS_STYLE, steps_table
+from agentflow.display import STATUS_STYLE, last_line, steps_table
 from agentflow.errors import UsageError
 from agentflow.state import RunState, now
 from agentflow.store import RunDir, Store
@@ -51,7 +51,12 @@ def status(
                 f"  {state.message or ''}",
             )
         )
-        console.print(steps_table(state))
+        lines = {
+            k: last_line(run.step_dir(k) / "output.log")
+            for k, st in state.steps.items()
+            if st.status == "running"
+        }
+        console.print(steps_table(state, last_lines=lines, width=console.width))
         if shown == "orphaned":
             console.print(f"its orchestrator is gone: `agentflow resume {state.run_id}`")
         return
@@ -131,11 +136,15 @@ def _print_log(log: Path, exit_code: Path, follow: bool) -> None:
 def attach(
     run_id: Annotated[str, typer.Argument(help="The run.")],
     step: Annotated[str | None, typer.Argument(help="Open this step's window.")] = None,
-    read_only: Annotated[
-        bool, typer.Option("--read-only", "-r", help="Watch without being able to type.")
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write", "-w", help="Be able to type into the windows (read-only without it)."
+        ),
     ] = False,
 ) -> None:
-    """Attach to the run's tmux session (detach again with Ctrl-b d)."""
+    """Attach to the run's tmux session, read-only unless --write (detach with Ctrl-b d).
+    Read-only, tmux lets you only detach: name a STEP to open its window."""
     store = Store()
     run = store.open(run_id)
     state = run.read_state()
@@ -150,6 +159,6 @@ def attach(
     if not sys.stdin.isatty():
         raise UsageError("attach needs a terminal")
     window = state.steps[step].window if step else None
-    argv = tmux.attach_argv(run.run_id, window, read_only)
+    argv = tmux.attach_argv(run.run_id, window, read_only=not write)
     env = {k: v for k, v in os.environ.items() if k != "TMUX"}  # also from inside tmux
     os.execvpe(argv[0], argv, env)

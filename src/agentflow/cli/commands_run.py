@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.prompt import Confirm
-from rich.syntax import Syntax
 
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
+from agentflow.cli.interactive import approver, interrupt_asker
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.orchestrator import (
-    Approve,
     ObserverFactory,
     Prepared,
     SandboxChoice,
@@ -25,11 +22,13 @@ from agentflow.orchestrator import (
     reopen,
     request_stop,
     resume,
+    start_detached,
 )
 from agentflow.plan import Plan
 from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
+from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
 from agentflow.workflow import load_workflow
@@ -62,44 +61,15 @@ def _observer_factory(ci: bool) -> tuple[ObserverFactory, list[LiveTable]]:
 
     def build(run: RunDir, plan: Plan, attach_hint: str) -> Observer:
         log = LogFile(str(run.log_path))
+        steps = run.path / "steps"
         if plain_output(ci):
-            return Observers([log, PlainLines(sys.stdout)])
-        live = LiveTable(console, [s.id for s in plan.steps], attach_hint)
+            github = settings().github_actions
+            return Observers([log, PlainLines(sys.stdout, github=github, steps_dir=steps)])
+        live = LiveTable(console, [s.id for s in plan.steps], attach_hint, steps)
         lives.append(live)
         return Observers([log, live])
 
     return build, lives
-
-
-def _approver(yes: bool, ci: bool, lives: list[LiveTable]) -> Approve | None:
-    """--yes: approve; a terminal: ask; otherwise (CI, a pipe) nobody can: escalate."""
-    if yes:
-        return lambda step, old, new: True
-    if plain_output(ci) or not sys.stdin.isatty():
-        return None
-
-    def ask(step: str, old: str, new: str) -> bool:
-        live = lives[0].live if lives else None
-        if live is not None:
-            live.stop()
-        try:
-            console.print(f"\n[bold]The model wants to change the command of step {step}:[/]")
-            console.print(
-                Syntax(
-                    "".join(
-                        difflib.unified_diff(
-                            old.splitlines(True), new.splitlines(True), "planned", "proposed"
-                        )
-                    ),
-                    "diff",
-                )
-            )
-            return bool(Confirm.ask("Run the changed command?", default=False, console=console))
-        finally:
-            if live is not None:
-                live.start()
-
-    return ask
 
 
 def _sandbox_log(line: str) -> None:
@@ -158,7 +128,10 @@ def run(
     ] = None,
     planner: Annotated[str | None, typer.Option("--planner", help="static or anthropic.")] = None,
     detach: Annotated[
-        bool, typer.Option("--detach", help="Run in the background, inside tmux.")
+        bool,
+        typer.Option(
+            "--detach", "-d", help="Run in the background: the orchestrator runs in tmux."
+        ),
     ] = False,
     ci: CiOption = False,
     junit: JunitOption = None,
@@ -167,8 +140,6 @@ def run(
     no_diagnose: NoDiagnoseOption = False,
 ) -> None:
     """Run a workflow. Exit 0 when every step succeeded, 1 when one failed, 3 when blocked."""
-    if detach:
-        raise UsageError("--detach is not supported yet in this version of agentflow")
     wf = load_workflow(file)
     if plan_file is not None:
         if set_:
@@ -177,6 +148,15 @@ def run(
         check_plan(the_plan, wf, str(plan_file))
     else:
         the_plan = make_plan(wf, parse_set_options(set_ or []), planner_for(wf, planner))
+    if detach:
+        _run_detached(
+            new_run(
+                Store(), wf, the_plan, lambda r, p, h: Observers([]), run_id=run_id,
+                sandbox=sandbox, junit=junit, keep_sandbox=keep_sandbox, diagnose=not no_diagnose,
+            ),
+            junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
+        )  # fmt: skip
+        return
     factory, lives = _observer_factory(ci)
     prepared = new_run(
         Store(),
@@ -188,12 +168,65 @@ def run(
         junit=junit,
         keep_sandbox=keep_sandbox,
         log=_sandbox_log,
-        approve=_approver(yes, ci, lives),
+        approve=approver(yes, ci, lives),
+        on_interrupt=interrupt_asker(ci, lives),
         diagnose=not no_diagnose,
     )
     with prepared.run.lock():
         state = _drive(prepared, lives, prepared.runner.start)
     _conclude(state, prepared.run)
+
+
+def _run_detached(
+    prepared: Prepared, *, junit: Path | None, keep_sandbox: bool, yes: bool, no_diagnose: bool
+) -> None:
+    rid = prepared.run.run_id
+    argv = [sys.executable, "-m", "agentflow", "drive", rid]
+    if junit is not None:
+        argv += ["--junit", str(junit.absolute())]
+    argv += ["--keep-sandbox"] * keep_sandbox + ["--yes"] * yes + ["--no-diagnose"] * no_diagnose
+    for w in prepared.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    start_detached(prepared, argv)
+    console.print(
+        f"run [bold cyan]{rid}[/] goes on in the background (its orchestrator is in tmux)\n"
+        f"  watch:  agentflow attach {rid}       (add --write to type)\n"
+        f"  status: agentflow status {rid}\n"
+        f"  logs:   agentflow logs -f {rid} STEP\n"
+        f"  stop:   agentflow stop {rid}"
+    )
+
+
+@command("drive", hidden=True)
+def drive(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    junit: JunitOption = None,
+    keep_sandbox: KeepOption = False,
+    yes: YesOption = False,
+    no_diagnose: NoDiagnoseOption = False,
+) -> None:
+    """The orchestrator of a detached run, in the first window of the run's session.
+    Changed commands need --yes: nobody may be there to approve them (else: blocked)."""
+    store = Store()
+    run_dir = store.open(run_id)
+    factory, lives = _observer_factory(ci=False)
+    with run_dir.lock():
+        prepared = reopen(
+            store,
+            run_dir.run_id,
+            factory,
+            junit=junit,
+            keep_sandbox=keep_sandbox,
+            log=_sandbox_log,
+            approve=approver(yes, ci=True, lives=lives),
+            on_interrupt=interrupt_asker(False, lives),
+            diagnose=not no_diagnose,
+        )
+        fresh = not run_dir.read_events()  # else its first orchestrator died: resume
+        final = _drive(
+            prepared, lives, prepared.runner.start if fresh else lambda: resume(prepared)
+        )
+    _conclude(final, run_dir)
 
 
 def _read_plan(path: Path) -> Plan:
@@ -235,7 +268,8 @@ def resume_cmd(
             junit=junit,
             keep_sandbox=keep_sandbox,
             log=_sandbox_log,
-            approve=_approver(yes, ci, lives),
+            approve=approver(yes, ci, lives),
+            on_interrupt=interrupt_asker(ci, lives),
             diagnose=not no_diagnose,
         )
         final = _drive(prepared, lives, lambda: resume(prepared))

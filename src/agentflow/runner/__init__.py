@@ -20,12 +20,12 @@ from datetime import datetime
 from agentflow.errors import AgentflowError
 from agentflow.monitor import Waker
 from agentflow.report import write_reports
-from agentflow.runner.base import STOP_REQUEST, Observer, RunSetup
+from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSetup
 from agentflow.runner.launch import Launching
 from agentflow.runner.watch import Watching
 from agentflow.state import RunState, now
 
-__all__ = ["STOP_REQUEST", "Observer", "RunSetup", "Runner"]
+__all__ = ["STOP_REQUEST", "InterruptChoice", "Observer", "RunSetup", "Runner"]
 
 
 class Runner(Watching, Launching):
@@ -65,23 +65,42 @@ class Runner(Watching, Launching):
         waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
         try:
             with waker.signals():
-                while not waker.interrupted:
-                    changed_before = self.schedule.last
-                    self._check_running()
-                    self._resuming = False
-                    self._start_ready()
-                    if self._done():
-                        return self._finish()
-                    if self.schedule.last == changed_before:
-                        self.schedule.checked()
-                    waker.sleep((self._next_wake() - now()).total_seconds())
-                if (self.s.run.path / STOP_REQUEST).exists():
-                    self.stop("stopped by `agentflow stop`")
-                else:
-                    self._detach()
-                return self.state
+                while True:
+                    while not waker.interrupted:
+                        changed_before = self.schedule.last
+                        self._check_running()
+                        self._resuming = False
+                        self._start_ready()
+                        if self._done():
+                            return self._finish()
+                        if self.schedule.last == changed_before:
+                            self.schedule.checked()
+                        waker.sleep((self._next_wake() - now()).total_seconds())
+                    choice = self._interrupt_choice(waker.by_ctrl_c)
+                    if choice == "continue":
+                        waker.interrupted = False
+                        continue
+                    if choice == "stop":
+                        self.stop(self._stop_reason())
+                    else:
+                        self._detach()
+                    return self.state
         finally:
             waker.close()
+
+    def _interrupt_choice(self, by_ctrl_c: bool) -> InterruptChoice:
+        """`agentflow stop` (its request file) stops; Ctrl-C asks the person at the
+        terminal; SIGTERM, or Ctrl-C where nobody can be asked, detaches."""
+        if (self.s.run.path / STOP_REQUEST).exists():
+            return "stop"
+        if by_ctrl_c and self.s.on_interrupt is not None:
+            return self.s.on_interrupt()
+        return "detach"
+
+    def _stop_reason(self) -> str:
+        if (self.s.run.path / STOP_REQUEST).exists():
+            return "stopped by `agentflow stop`"
+        return "stopped by Ctrl-C"
 
     def _done(self) -> bool:
         return self.state.finished

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -35,6 +35,9 @@ from agentflow.verify import Where
 from agentflow.workflow.model import Step, Workflow
 
 M = TypeVar("M", bound=BaseModel)
+
+InterruptChoice = Literal["stop", "detach", "continue"]
+"""What a person wants after Ctrl-C: stop the run, leave it running, or go on watching."""
 
 STOP_REQUEST = "stop-requested"
 """A file in the run directory: the orchestrator's SIGTERM means "stop", not "detach"."""
@@ -69,6 +72,8 @@ class RunSetup:
     approve: Callable[[str, str, str], bool] | None = None
     """Asks a person to approve a command the model changed (step, old, new); None where
     nobody can be asked (then the step is escalated instead)."""
+    on_interrupt: Callable[[], InterruptChoice] | None = None
+    """Asks a person what Ctrl-C means; None where nobody can be asked (then: detach)."""
 
     @property
     def runbooks(self) -> list[Path]:
