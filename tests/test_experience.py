@@ -194,6 +194,9 @@ def test_github_actions_gets_a_folded_group_per_step_and_error_annotations(af: E
             run: echo fine; echo "::warning::not from agentflow"
           - id: bad
             run: echo "it broke, 100%"; exit 3
+          - id: flaky
+            run: '[ "$AGENTFLOW_ATTEMPT" = 2 ] || exit 1'
+            retry: {limit: 1, backoff: {initial: 100ms}}
         """
     )
     af.env["GITHUB_ACTIONS"] = "true"
@@ -205,7 +208,10 @@ def test_github_actions_gets_a_folded_group_per_step_and_error_annotations(af: E
     ok = out[out.index("::group::ok: succeeded") :]
     assert ok.splitlines()[1:4] == ["fine", "  ::warning::not from agentflow", "::endgroup::"]
     assert "::group::bad: failed (attempt 1," in out
-    assert "::error title=step bad::failed: exit code 3" in out
+    assert out.count("::error title=step bad::failed: exit code 3") == 1
+    assert out.index("::error") > out.index("run                  failed")  # at the end
+    assert "::group::flaky: failed (attempt 1," in out
+    assert "step flaky::" not in out  # its retry succeeded: no annotation
     plain = af.cli("run", "wf.yaml", "--ci")
     assert "::group::" not in plain.stdout  # only under GitHub Actions
 
@@ -223,3 +229,17 @@ def test_init_writes_a_starter_that_validates_and_runs(af: Env) -> None:
     assert again.returncode == 2
     assert "already exists" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_stop_ends_a_detached_run_with_its_reports(af: Env) -> None:
+    af.write("version: 1\nname: bgs\nsteps:\n  - id: long\n    run: echo on; sleep 60\n")
+    assert af.cli("run", "wf.yaml", "--detach", "--run-id", "bgs").returncode == 0
+    af.wait_for(lambda: af.state("bgs")["steps"]["long"]["status"] == "running")
+    res = af.cli("stop", "bgs")
+    assert res.returncode == 0, res.stderr
+    state = af.state("bgs")
+    assert state["status"] == "interrupted"  # recorded before the session went
+    assert state["steps"]["long"]["status"] == "failed"
+    assert (af.run_dir("bgs") / "report.md").exists()
+    assert not (af.run_dir("bgs") / "stop-requested").exists()
+    assert "orphaned" not in af.cli("status").stdout

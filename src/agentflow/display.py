@@ -81,8 +81,9 @@ def plain_line(event: Event) -> str:
 
 class PlainLines:
     """One plain line per event, no colour codes. Under GitHub Actions (``github``), each
-    finished step's output follows in a folded group, and a failure becomes an ``::error``
-    annotation (a warning for a blocked step) on the job's summary."""
+    finished attempt's output follows in a folded group, and when the run ends, each step
+    that ended unsuccessful (after its retries) becomes an ``::error`` annotation on the
+    job's summary (a blocked one a ``::warning``)."""
 
     def __init__(
         self, stream: IO[str], *, github: bool = False, steps_dir: Path | None = None
@@ -94,27 +95,32 @@ class PlainLines:
     def event(self, event: Event, state: RunState) -> None:
         self.stream.write(plain_line(event) + "\n")
         if self.github and event.kind == "step_finished" and event.step:
-            self._github_step(event, state)
+            self._github_group(event, state)
+        if self.github and event.kind in ("run_finished", "run_stopped"):
+            self._github_annotations(state)
         self.stream.flush()
 
-    def _github_step(self, event: Event, state: RunState) -> None:
+    def _github_group(self, event: Event, state: RunState) -> None:
         step = event.step or ""
-        st = state.steps[step]
-        title = f"{step}: {event.status} (attempt {event.attempt}, {elapsed(st)})"
-        if self.steps_dir is not None:
-            output = tail(self.steps_dir / step / "output.log", GITHUB_LOG_BYTES)
-            lines = output.splitlines()
-            if len(output.encode()) >= GITHUB_LOG_BYTES:
-                lines = [f"… (earlier output: agentflow logs {state.run_id} {step})", *lines[1:]]
-            # A line of the step's own that looks like a workflow command must stay text.
-            body = [f"  {x}" if x.startswith("::") else x for x in lines]
-            self.stream.write("\n".join([f"::group::{title}", *body, "::endgroup::"]) + "\n")
-        if event.status in UNSUCCESSFUL:
-            why = _gh_escape(f"{event.status}: {event.message or ''}".strip(": "))
-            self.stream.write(f"::error title={_gh_escape(f'step {step}', True)}::{why}\n")
-        elif event.status == "blocked":
-            why = _gh_escape(event.message or "blocked")
-            self.stream.write(f"::warning title={_gh_escape(f'step {step}', True)}::{why}\n")
+        if self.steps_dir is None:
+            return
+        title = f"{step}: {event.status} (attempt {event.attempt}, {elapsed(state.steps[step])})"
+        output = tail(self.steps_dir / step / "output.log", GITHUB_LOG_BYTES)
+        lines = output.splitlines()
+        if len(output.encode()) >= GITHUB_LOG_BYTES:
+            lines = [f"… (earlier output: agentflow logs {state.run_id} {step})", *lines[1:]]
+        # A line of the step's own that looks like a workflow command must stay text.
+        body = [f"  {x}" if x.startswith("::") else x for x in lines]
+        self.stream.write("\n".join([f"::group::{title}", *body, "::endgroup::"]) + "\n")
+
+    def _github_annotations(self, state: RunState) -> None:
+        for step, st in state.steps.items():
+            title = _gh_escape(f"step {step}", True)
+            if st.status in UNSUCCESSFUL:
+                why = _gh_escape(f"{st.status}: {st.message or ''}".strip(": "))
+                self.stream.write(f"::error title={title}::{why}\n")
+            elif st.status == "blocked":
+                self.stream.write(f"::warning title={title}::{_gh_escape(st.message or '')}\n")
 
     def update(self, state: RunState) -> None:
         return None

@@ -28,7 +28,7 @@ from agentflow.workflow.load import WorkflowFile, parse_workflow
 from agentflow.workflow.model import Workflow
 from agentflow.workflow.support import changed_keys
 
-SandboxChoice = Literal["auto", "docker", "local"]
+SandboxChoice = Literal["auto", "docker", "local", "slurm"]
 Approve = Callable[[str, str, str], bool]
 """Asks a person to approve a command the model changed: (step, old, new) → yes or no."""
 
@@ -52,6 +52,17 @@ def choose_backend(workflow: Workflow, choice: SandboxChoice | None) -> tuple[st
         if ignored:
             return "local", [f"the local sandbox ignores sandbox.{', sandbox.'.join(ignored)}"]
         return "local", []
+    if backend == "slurm":
+        ignored = sorted(changed_keys(workflow.sandbox) & {"network", "mounts"})
+        if workflow.sandbox.resources.pids is not None:
+            ignored.append("resources.pids")
+        if (workflow.sandbox.image or workflow.sandbox.build) and not (
+            workflow.sandbox.slurm and workflow.sandbox.slurm.container
+        ):
+            ignored.append("image (no slurm.container)")
+        if ignored:
+            return "slurm", [f"the slurm sandbox ignores sandbox.{', sandbox.'.join(ignored)}"]
+        return "slurm", []
     has_image = bool(workflow.sandbox.image or workflow.sandbox.build)
     if backend == "docker":
         from agentflow.sandbox.docker import connect
@@ -84,6 +95,10 @@ def make_sandbox(
     keep: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Sandbox:
+    if backend == "slurm":
+        from agentflow.sandbox.slurm import SlurmSandbox
+
+        return SlurmSandbox(workflow, run.run_id, workspace, run.path / "steps")
     if backend == "docker":
         from agentflow.sandbox.docker import DockerSandbox
 

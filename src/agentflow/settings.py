@@ -18,7 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, use_attribute_docstrings=True
+    )
 
     home: Path = Field(Path(".agentflow"), validation_alias="AGENTFLOW_HOME")
     """``AGENTFLOW_HOME``: where runs are kept (``runs/<run-id>/``). Relative paths are taken
@@ -26,15 +28,17 @@ class Settings(BaseSettings):
 
     model: str | None = Field(None, validation_alias="AGENTFLOW_MODEL")
     """``AGENTFLOW_MODEL``: the model of the LLM planner and diagnosis when the workflow's
-    ``planner.model`` does not name one."""
+    ``planner.model`` does not name one. Unset: ``claude-sonnet-4-5`` (``DEFAULT_MODEL`` in
+    ``llm.py``)."""
 
     tmux_socket: Path | None = Field(None, validation_alias="AGENTFLOW_TMUX_SOCKET")
     """``AGENTFLOW_TMUX_SOCKET``: the tmux server's socket, instead of one per home under
     ``$XDG_RUNTIME_DIR/agentflow`` (or ``~/.cache/agentflow``)."""
 
     anthropic_api_key: str | None = Field(None, validation_alias="ANTHROPIC_API_KEY", repr=False)
-    """``ANTHROPIC_API_KEY``: the key of the Anthropic API; without it, the static planner
-    is used and ``on_failure: diagnose`` needs ``--no-diagnose``."""
+    """``ANTHROPIC_API_KEY``: the key of the Anthropic API. Without it, a workflow with
+    ``planner: {type: anthropic}`` needs a saved plan (``--plan``) or ``--planner static``,
+    and ``on_failure: diagnose`` needs ``--no-diagnose`` (else exit 4)."""
 
     anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
     """``ANTHROPIC_BASE_URL``: another endpoint for the Messages API (a proxy, a gateway)."""

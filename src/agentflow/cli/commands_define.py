@@ -66,7 +66,7 @@ def plan(
 
 def print_sandbox(workflow: Workflow) -> None:
     config = workflow.sandbox
-    if config.backend == "local" or not (config.image or config.build):
+    if config.backend == "local" or not (config.image or config.build or config.slurm):
         console.print("sandbox: local (steps run on this machine, in the workflow's folder)")
         return
     facts, relaxed = describe(config)

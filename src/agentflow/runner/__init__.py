@@ -157,7 +157,6 @@ class Runner(Watching, Launching):
                 self._emit(
                     "step_finished", step_id, status="failed", exit_code=code, message=reason
                 )
-        self.s.tmux.kill_session(self.session)
         self.s.sandbox.close()
         self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
         self._save()
@@ -165,3 +164,6 @@ class Runner(Watching, Launching):
         write_reports(self.s.run, self.state, self.s.junit)
         with contextlib.suppress(FileNotFoundError):
             (self.s.run.path / STOP_REQUEST).unlink()
+        # Last: in a detached run the session holds this orchestrator's own window, and
+        # this process dies with it (SIGHUP); everything is on disk by now.
+        self.s.tmux.kill_session(self.session)

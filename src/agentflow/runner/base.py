@@ -116,13 +116,12 @@ class RunnerBase:
 
     def _signal(self, step_id: str, signum: int) -> None:
         pgid = stepfiles.pid(self.s.run.step_dir(step_id))
-        if pgid is None:
-            # Not started yet: closing the window ends the wrapper itself.
-            window = self.state.steps[step_id].window
-            if window and signum == signal.SIGKILL:
-                self.s.tmux.kill_window(window)
+        if self.s.sandbox.signal(step_id, pgid, signum) or pgid is not None:
             return
-        self.s.sandbox.signal(pgid, signum)
+        # Not started yet: closing the window ends the wrapper itself.
+        window = self.state.steps[step_id].window
+        if window and signum == signal.SIGKILL:
+            self.s.tmux.kill_window(window)
 
     def _dependents_done(self, service: str) -> bool:
         return all(

@@ -108,16 +108,29 @@ class Outcomes(RunnerBase):
         self._emit("step_requeued", step_id, message=why)
 
     def _crashed(self, step_id: str, why: str) -> None:
+        self._sandbox_checked = False  # the sandbox itself may be gone (container killed)
+        self._ended_by_scheduler(step_id, "crashed", why)
+
+    def _ended_by_scheduler(self, step_id: str, status: StepStatus, why: str) -> None:
+        """An attempt ended by its surroundings, not by the step: the machine or container
+        went away, or a batch scheduler ended the job (``crashed``, ``timeout``, ``failed``)."""
         # Whatever the attempt left running must not overlap its retry.
         self._signal(step_id, signal.SIGKILL)
-        self._sandbox_checked = False  # the sandbox itself may be gone (container killed)
-        self._update(step_id, status="crashed", finished_at=now(), message=why, kill_reason=None)
+        code, _ = self._exit_code(step_id)
+        self._update(
+            step_id, status=status, finished_at=now(), message=why, kill_reason=None,
+            exit_code=code, kill_sent_at=None,
+        )  # fmt: skip
+        self.clocks.pop(step_id, None)
+        self.next_probe.pop(step_id, None)
         self.schedule.changed()
-        self._emit("step_finished", step_id, status="crashed", message=why)
+        self._emit("step_finished", step_id, status=status, exit_code=code, message=why)
+        if self.s.workflow.step(step_id).service:
+            self._fail_dependents(step_id, f"service {step_id} stopped ({why})")
         if self._resuming:
-            self._requeue(step_id, "crashed while agentflow was away")
+            self._requeue(step_id, f"{status} while agentflow was away")
             return
-        self._after_failure(step_id, "crashed", None)
+        self._after_failure(step_id, status, code)
 
     def _after_failure(self, step_id: str, status: StepStatus, code: int | None) -> None:
         self.state = self.state.with_run(consecutive_failures=self.state.consecutive_failures + 1)

@@ -4,16 +4,22 @@ timer), readiness probes of services, and deadlines."""
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from agentflow.monitor import (
     StepClock,
 )
 from agentflow.runner.outcome import Outcomes
+from agentflow.sandbox import Job, Scheduler
 from agentflow.state import StepState, now
 from agentflow.verify import OutputError, probe, read_outputs
 from agentflow.workflow.model import Step
 from agentflow.workflow.types import format_duration
+
+LOOPBACK = "127.0.0.1"
+"""Where a service listens for its dependents on the local and Docker sandboxes (one
+machine, one container per run)."""
 
 
 class Watching(Outcomes):
@@ -43,8 +49,20 @@ class Watching(Outcomes):
         if not running:
             return
         panes = self.s.tmux.panes(self.session)  # one tmux call for all steps
+        box = self.s.sandbox
+        jobs = box.jobs(running) if isinstance(box, Scheduler) else {}  # one query for all
         for step_id in running:
             st = self.state.steps[step_id]
+            job = jobs.get(step_id)
+            if job is not None and job.verdict is not None and st.kill_reason is None:
+                status, why = job.verdict  # the scheduler ended it, whatever its exit code
+                self._ended_by_scheduler(step_id, status, f"Slurm job {job.id} {job.state}: {why}")
+                continue
+            if job is not None and job.settling and st.kill_reason is None:
+                self.schedule.changed()  # look again soon: it is about to say how it ended
+                continue
+            if job is not None:
+                self._follow_job(step_id, job)
             code, ended = self._exit_code(step_id)
             if code is not None:
                 self._attempt_ended(step_id, code, ended)
@@ -55,11 +73,30 @@ class Watching(Outcomes):
                 code, ended = self._exit_code(step_id)
                 if code is not None:
                     self._attempt_ended(step_id, code, ended)
+                elif st.kill_reason is not None:
+                    # Killed by agentflow before its wrapper could write (a cancelled job):
+                    # the reason for the kill says how it ended.
+                    self._attempt_ended(step_id, 128 + signal.SIGKILL, None)
                 else:
                     why = "its tmux window is gone" if pane is None else "its wrapper died"
                     self._crashed(step_id, f"{why} without recording an exit code")
                 continue
+            if job is not None and job.pending:
+                continue  # waiting in the queue: no output, no deadline, no probe yet
             self._watch(step_id)
+
+    def _follow_job(self, step_id: str, job: Job) -> None:
+        """A job in the queue: say why it waits, and count the step's time (its timeout,
+        stall timer) from when it starts to run, not from when it was submitted."""
+        st = self.state.steps[step_id]
+        if job.pending:
+            note = f"queued in Slurm (job {job.id}, {job.reason or job.state})"
+            if st.message != note:
+                self._emit("step_queued", step_id, message=note)
+            self._update(step_id, started_at=now(), last_output_at=None, message=note)
+        elif st.message and st.message.startswith("queued in Slurm"):
+            self._update(step_id, message=None, started_at=now())
+            self._emit("job_started", step_id, message=f"Slurm job {job.id} on {job.nodes}")
 
     def _watch(self, step_id: str) -> None:
         """The cheap, deterministic check of one running step: new output (progress,
@@ -86,7 +123,10 @@ class Watching(Outcomes):
         if due is not None and now() < due:
             return
         env = self._step_env(step)
-        check = probe(self._rendered(step.ready, env), self._where(step, env))
+        where = self._where(step, env)
+        if isinstance(self.s.sandbox, Scheduler):  # probe where the service runs: its node
+            where = replace(where, box=self.s.sandbox.executor(step_id))
+        check = probe(self._rendered(step.ready, env), where)
         self.next_probe[step_id] = now() + timedelta(seconds=step.ready.interval)
         self.last_probe[step_id] = check.detail
         if check.ok:
@@ -95,7 +135,8 @@ class Watching(Outcomes):
     def _became_ready(self, step_id: str, step: Step, detail: str) -> None:
         st = self.state.steps[step_id]
         waited = (now() - st.started_at).total_seconds() if st.started_at else 0.0
-        self._update(step_id, ready_at=now())
+        host = self.s.sandbox.host(step_id) if isinstance(self.s.sandbox, Scheduler) else LOOPBACK
+        self._update(step_id, ready_at=now(), outputs={"host": host})
         self.next_probe.pop(step_id, None)
         self.schedule.changed()
         self._emit("service_ready", step_id, message=f"{detail} after {format_duration(waited)}")
@@ -107,7 +148,8 @@ class Watching(Outcomes):
             except OutputError as e:
                 self._emit("output_missing", step_id, message=str(e))
             else:
-                self._update(step_id, outputs={k: self.redactor(v) for k, v in outputs.items()})
+                outputs = {"host": host, **{k: self.redactor(v) for k, v in outputs.items()}}
+                self._update(step_id, outputs=outputs)
 
     def _act_on_deadline(self, step_id: str, st: StepState, why: str) -> None:
         step = self.s.workflow.step(step_id)

@@ -2,7 +2,9 @@
 
 The tmux session always lives on the host; a sandbox says what command a step's window
 runs to start the step's wrapper inside it, and how to signal the step's process group
-there. ``Sandbox`` is the seam; ``LocalSandbox`` runs steps on this machine.
+there. ``Sandbox`` is the seam; ``LocalSandbox`` runs steps on this machine, the Docker
+sandbox in one container per run. A sandbox whose steps are jobs of a batch scheduler
+(Slurm) is also a ``Scheduler``: the runner asks it about all running steps at once.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
+from agentflow.verify import Executor
 from agentflow.workflow.model import Sandbox as SandboxConfig
 
 
@@ -37,8 +40,9 @@ class Sandbox(Protocol):
     def workdir(self, relative: str | None) -> str:
         """The path inside the sandbox of a folder given relative to the workspace."""
 
-    def signal(self, pgid: int, signum: int) -> bool:
-        """Send ``signum`` to a step's process group; False if it no longer exists."""
+    def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:
+        """Send ``signum`` to a step's process group (``pgid``: None before the step's
+        wrapper recorded it); False if there is nothing to signal."""
 
     def exec(
         self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
@@ -49,12 +53,50 @@ class Sandbox(Protocol):
         """Release the sandbox at the end of a run."""
 
 
+Verdict = tuple[Literal["crashed", "timeout", "failed"], str]
+"""How an attempt ended when the scheduler, not the step, ended it: status and why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a batch scheduler says of a step's job."""
+
+    id: str
+    state: str
+    """The scheduler's word: ``PENDING``, ``RUNNING``, ``NODE_FAIL``, …"""
+    nodes: str = ""
+    reason: str = ""
+    """Why it waits, while pending."""
+    pending: bool = False
+    settling: bool = False
+    """Ending, but not yet saying how (Slurm's COMPLETING): judge it once it has."""
+    verdict: Verdict | None = None
+    """Set when the scheduler ended the job (a node failure, preemption, a cancel from
+    outside, its own time limit, memory): then this, not the exit code, is the outcome."""
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    """A sandbox whose steps are jobs of a batch scheduler."""
+
+    def jobs(self, step_ids: list[str]) -> dict[str, Job]:
+        """The jobs of these steps' current attempts, in one query (absent: unknown)."""
+
+    def executor(self, step_id: str) -> Executor:
+        """Runs probe commands where the step's job runs (a service's node)."""
+
+    def host(self, step_id: str) -> str:
+        """The host a running step's job is on (what its dependents connect to)."""
+
+
 DEFAULT_PIDS = 4096
 """The process limit of a Docker sandbox when ``resources.pids`` gives none."""
 
 
 def describe(config: SandboxConfig) -> tuple[list[str], list[str]]:
-    """What the docker sandbox of ``config`` is: (facts, relaxations of the defaults)."""
+    """What the sandbox of ``config`` is: (facts, relaxations of the defaults)."""
+    if config.backend == "slurm":
+        return _describe_slurm(config), []
     image = config.image or (
         f"built from {config.build.context}/{config.build.dockerfile}" if config.build else "none"
     )
@@ -83,6 +125,27 @@ def describe(config: SandboxConfig) -> tuple[list[str], list[str]]:
         for m in config.mounts
     ]
     return facts, relaxed
+
+
+def _describe_slurm(config: SandboxConfig) -> list[str]:
+    slurm = config.slurm
+    facts = ["each step a job (srun)"]
+    if slurm and slurm.partition:
+        facts.append(f"partition {slurm.partition}")
+    if slurm and slurm.account:
+        facts.append(f"account {slurm.account}")
+    if slurm and slurm.time is not None:
+        facts.append(f"time limit {slurm.time:g}s")
+    res = config.resources
+    asks = [f"{k} {v}" for k, v in res.model_dump().items() if v is not None and k != "pids"]
+    facts.append("each job asks for " + (", ".join(asks) if asks else "the partition's defaults"))
+    if slurm and slurm.container:
+        facts.append(f"in image {config.image} ({slurm.container.runtime})")
+    else:
+        facts.append("no container: workspace and run directory on a shared filesystem")
+    if slurm and slurm.options:
+        facts.append("options " + " ".join(slurm.options))
+    return facts
 
 
 def bounded(script: str, timeout: float) -> list[str]:

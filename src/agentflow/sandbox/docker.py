@@ -280,9 +280,11 @@ class DockerSandbox:
         }
         return Launch(argv, {**client_env, **env})
 
-    def signal(self, pgid: int, signum: int) -> bool:
+    def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:
         """Signal the step's process group inside the container (killing the ``docker exec``
         client alone would leave the process running)."""
+        if pgid is None:
+            return False
         name = signals.Signals(signum).name.removeprefix("SIG")
         try:
             container = self._container or self._find()

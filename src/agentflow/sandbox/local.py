@@ -37,7 +37,9 @@ class LocalSandbox:
         full.update(env)
         return Launch(["sh", str(step_dir / "wrapper.sh"), workdir], full)
 
-    def signal(self, pgid: int, signum: int) -> bool:
+    def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:
+        if pgid is None:
+            return False
         try:
             os.killpg(pgid, signum)
         except ProcessLookupError:

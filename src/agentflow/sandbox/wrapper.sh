@@ -64,3 +64,5 @@ wake="$d/../.wake"
 if [ -p "$wake" ]; then
   { echo "${d##*/}" >&3; } 3<>"$wake" 2>/dev/null || true
 fi
+# The step's own status, so that a scheduler (Slurm) records the job as failed or not.
+exit "$code"

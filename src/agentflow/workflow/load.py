@@ -347,6 +347,7 @@ def _semantic_problems(
         )
     yield from _input_problems(workflow, located)
     yield from _template_problems(workflow, located)
+    yield from _slurm_problems(workflow, located)
     if base_dir is not None:
         for i, mount in enumerate(workflow.sandbox.mounts):
             if not (base_dir / mount.source).exists():
@@ -357,6 +358,26 @@ def _semantic_problems(
         for i, doc in enumerate(workflow.docs):
             if not (base_dir / doc).is_file():
                 yield located.at(("docs", i), f"runbook '{doc}' not found next to the workflow")
+
+
+def _slurm_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
+    """Keys that only a job per step can honour, on a sandbox that has none."""
+    box = workflow.sandbox
+    if box.backend == "slurm":
+        return
+    for i, step in enumerate(workflow.steps):
+        if step.resources is not None:
+            yield located.at(
+                ("steps", i, "resources"),
+                "per-step resources need `sandbox.backend: slurm` (a job per step); "
+                "for docker, set sandbox.resources",
+            )
+    if box.slurm is not None:
+        yield located.at(("sandbox", "slurm"), "`slurm` applies only with `backend: slurm`")
+    if box.resources.nodes is not None:
+        yield located.at(
+            ("sandbox", "resources", "nodes"), "`nodes` applies only with `backend: slurm`"
+        )
 
 
 def find_cycle(steps: list[Step]) -> list[str] | None:
@@ -488,7 +509,8 @@ def _step_ref_problems(
     if target not in by_id:
         yield located.at(loc, f"unknown step '{target}' in ${{{{ steps.{target}... }}}}")
         return
-    if output not in by_id[target].outputs:
+    implicit = output == "host" and by_id[target].service  # where the service listens
+    if output not in by_id[target].outputs and not implicit:
         yield located.at(loc, f"step '{target}' declares no output '{output}' (add it to outputs)")
         return
     if target not in _ancestors(step.id, by_id):

@@ -76,14 +76,42 @@ class Resources(Model):
     """The most processes the sandbox may hold."""
     gpus: int | Literal["all"] | None = None
     """GPUs to hand to the sandbox (a count, or ``all``)."""
+    nodes: int | None = Field(default=None, gt=0)
+    """Machines for one step (Slurm only: the job's ``--nodes``; the step's command runs on
+    the first and starts its own tasks on the others, e.g. with ``srun`` or ``torchrun``)."""
+
+
+class SlurmContainer(Model):
+    """Run each step's job in ``sandbox.image``, by the site's container plug-in."""
+
+    runtime: Literal["pyxis", "apptainer"]
+    """``pyxis`` (``srun --container-image``, with enroot) or ``apptainer``
+    (``apptainer exec``)."""
+
+
+class Slurm(Model):
+    """Where and how steps run as Slurm jobs (``sandbox.backend: slurm``)."""
+
+    partition: str | None = None
+    """``--partition``; the cluster's default partition when not given."""
+    account: str | None = None
+    """``--account`` to charge."""
+    time: Duration | None = None
+    """``--time``: Slurm's own limit for each step's job (give ``timeout`` too, so that
+    agentflow stops the step first and can retry it)."""
+    options: list[str] = Field(default_factory=list)
+    """More ``srun`` options, passed as written (``["--exclusive", "--qos=high"]``)."""
+    container: SlurmContainer | None = None
+    """Run steps in ``sandbox.image`` through the site's container runtime."""
 
 
 class Sandbox(Model):
     """Where steps run."""
 
-    backend: Literal["auto", "docker", "local"] = "auto"
-    """``docker``, ``local`` (on this machine, in the workflow's folder) or ``auto`` (Docker
-    when a daemon answers, else local with a warning)."""
+    backend: Literal["auto", "docker", "local", "slurm"] = "auto"
+    """``docker``, ``local`` (on this machine, in the workflow's folder), ``slurm`` (each
+    step a job on a Slurm cluster) or ``auto`` (Docker when a daemon answers, else local
+    with a warning)."""
     image: str | None = None
     """The image to run steps in."""
     build: Build | None = None
@@ -95,12 +123,26 @@ class Sandbox(Model):
     network: Literal["none", "bridge", "host"] = "none"
     """``none`` keeps only loopback inside the sandbox."""
     resources: Resources = Field(default_factory=Resources)
-    """Limits on CPUs, memory, processes; GPUs."""
+    """Limits on CPUs, memory, processes; GPUs. With Slurm: what each step's job asks for,
+    unless the step has ``resources`` of its own."""
+    slurm: Slurm | None = None
+    """Partition, account, time limit, extra options and containers of the Slurm sandbox."""
 
     @model_validator(mode="after")
     def _one_image_source(self) -> Sandbox:
         if self.image and self.build:
             raise ValueError("give either `image` or `build`, not both")
+        if self.backend == "slurm":
+            if self.build:
+                raise ValueError(
+                    "the slurm backend cannot build an image: build and push it, then name it "
+                    "in `image`"
+                )
+            if self.image and not (self.slurm and self.slurm.container):
+                raise ValueError(
+                    "with the slurm backend, `image` needs `slurm: {container: {runtime: "
+                    "pyxis}}` (or apptainer): how your cluster runs containers"
+                )
         if self.backend == "docker" and not (self.image or self.build):
             raise ValueError("the docker backend needs `image` or `build`")
         if not self.workdir.startswith("/"):
@@ -349,6 +391,9 @@ class Step(Model):
     """Checks that prove the step did its job."""
     outputs: dict[StepId, Output] = Field(default_factory=dict)
     """Values later steps read as ``${{ steps.<id>.outputs.<name> }}``."""
+    resources: Resources | None = None
+    """What this step's job asks Slurm for (cpus, memory, gpus, nodes), instead of
+    ``sandbox.resources``; only the slurm sandbox has a job per step."""
     artifacts: list[str] = Field(default_factory=list)
     """Files (globs) to keep with the run."""
     recover: list[RecoverRule] = Field(default_factory=list)

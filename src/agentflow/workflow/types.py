@@ -77,3 +77,14 @@ def _scalar_to_str(value: Any) -> Any:
 
 EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
 Env = dict[EnvName, EnvValue]
+
+
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size written as Docker does (``4g``, ``512m``, ``1.5G``, ``100``)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)[bB]?", text.strip())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (write it like 4g or 512m)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
