@@ -100,6 +100,8 @@ class SlurmSandbox:
         self.steps_dir = steps_dir
         self.local = LocalSandbox(workspace, workflow.secrets)
         self.user = getpass.getuser()
+        self._seen: dict[str, Job] = {}
+        """The last check's answer: probes and hosts need no query of their own."""
 
     # --- the Sandbox protocol -------------------------------------------------------------
 
@@ -195,16 +197,20 @@ class SlurmSandbox:
                 settling=state == "COMPLETING",
                 verdict=VERDICTS.get(state),
             )
+        self._seen.update(found)
         return found
 
+    def _job(self, step_id: str) -> Job | None:
+        return self._seen.get(step_id) or self.jobs([step_id]).get(step_id)
+
     def executor(self, step_id: str) -> Executor:
-        job = self.jobs([step_id]).get(step_id)
+        job = self._job(step_id)
         if job is None or job.pending or job.verdict is not None:
             return self
         return _InJob(self, job.id)
 
     def host(self, step_id: str) -> str:
-        job = self.jobs([step_id]).get(step_id)
+        job = self._job(step_id)
         if job is None or not job.nodes:
             return "127.0.0.1"
         names = self._slurm([_tool("scontrol"), "show", "hostnames", job.nodes], check=False)
