@@ -10,6 +10,7 @@ from agentflow.cli import (
     commands_define,
     commands_init,
     commands_inspect,
+    commands_report,
     commands_run,
 )
 from agentflow.cli.app import app
@@ -19,6 +20,7 @@ __all__ = [
     "commands_define",
     "commands_init",
     "commands_inspect",
+    "commands_report",
     "commands_run",
     "main",
 ]

@@ -1,0 +1,209 @@
+"""``report.md``: the run for a person, readable rendered or as plain text in a terminal
+(aligned tables, times in the reader's zone, long text in code blocks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agentflow.display import STATUS_MARK
+from agentflow.report.model import Report, StepReport
+from agentflow.report.text import (
+    clock,
+    event_sentence,
+    human_duration,
+    last_lines,
+    one_line,
+    split_message,
+)
+from agentflow.store import Event
+
+NOTE_WIDTH = 70
+"""Notes in tables are cut here; the whole text is in the sections below."""
+FAILED_LOG_LINES = 20
+
+
+def markdown(report: Report) -> str:
+    parts = [
+        _summary(report),
+        _steps(report),
+        _outputs(report),
+        _metrics(report),
+        _decisions(report),
+        _failures(report),
+        _timeline(report),
+    ]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _summary(report: Report) -> str:
+    mark = STATUS_MARK.get(report.status, "")
+    lines = [
+        f"# {report.workflow}: {report.status} {mark}".rstrip(),
+        "",
+        f"- run: `{report.run_id}`",
+        f"- workflow: {report.workflow}"
+        + (f" (`{report.workflow_file}`)" if report.workflow_file else ""),
+        f"- status: **{report.status}**"
+        + (f": {one_line(report.reason)}" if report.reason else ""),
+        f"- started: {clock(report.created_at, with_date=True)}",
+    ]
+    took = human_duration(report.duration_s)
+    if report.finished_at is not None:
+        lines.append(f"- ended: {clock(report.finished_at, with_date=True)} (took {took})")
+    else:
+        lines.append(f"- ended: not yet ({took} so far, as of {clock(report.generated_at)})")
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
+    lines.append(f"- steps: {len(report.steps)}" + (f" ({counts})" if counts else ""))
+    if report.inputs:
+        lines.append("- inputs: " + ", ".join(f"`{k}={v}`" for k, v in report.inputs.items()))
+    if report.status == "orphaned":
+        lines.append("- its orchestrator is gone: the steps may still be running in tmux")
+    if report.resume:
+        lines.append(f"- resume: `{report.resume}`")
+    return "\n".join(lines)
+
+
+def _steps(report: Report) -> str:
+    rows = [
+        [
+            s.id + (" (service)" if s.service else ""),
+            f"{STATUS_MARK.get(s.status, ' ')} {s.status}",
+            str(s.attempts),
+            human_duration(s.time_s),
+            "" if s.exit_code is None else str(s.exit_code),
+            _note(s),
+        ]
+        for s in report.steps
+    ]
+    headers = ["step", "status", "attempts", "time", "exit", "note"]
+    return "## Steps\n\n" + table(headers, rows, right={2, 3, 4})
+
+
+def _note(s: StepReport) -> str:
+    note = one_line(s.message, NOTE_WIDTH)
+    if s.ready_after_s is not None:
+        note = f"ready after {human_duration(s.ready_after_s)}" + (f"; {note}" if note else "")
+    return note
+
+
+def _outputs(report: Report) -> str:
+    rows = [
+        [s.id, name, one_line(value, NOTE_WIDTH)]
+        for s in report.steps
+        for name, value in s.outputs.items()
+    ]
+    if not rows:
+        return ""
+    return "## Outputs\n\n" + table(["step", "output", "value"], rows)
+
+
+def _metrics(report: Report) -> str:
+    rows = [
+        [
+            s.id,
+            m.name,
+            f"{m.file}: {m.key}",
+            m.bounds,
+            m.result + (f": {m.detail}" if m.detail else ""),
+        ]
+        for s in report.steps
+        for m in s.metrics
+    ]
+    if not rows:
+        return ""
+    return "## Metrics\n\n" + table(["step", "metric", "read from", "must be", "result"], rows)
+
+
+def _decisions(report: Report) -> str:
+    decisions = report.decisions
+    if not decisions:
+        return ""
+    lines = ["## Retries and decisions", ""]
+    for e in decisions:
+        attempt = f" (attempt {e.attempt})" if e.attempt else ""
+        head, block = split_message(e.message)
+        words = e.kind.replace("_", " ")
+        lines.append(f"- {clock(e.ts)} **{e.step or 'run'}**{attempt} {words}: {head}".rstrip(": "))
+        if block:
+            lines += ["", *_indented(fenced(block, "diff" if "\n@@" in block else ""))]
+    return "\n".join(lines)
+
+
+def _failures(report: Report) -> str:
+    troubled = report.troubled
+    if not troubled:
+        return ""
+    lines = ["## Failed steps"]
+    for s in troubled:
+        why = one_line(s.message) or s.status
+        exit_code = f", exit code {s.exit_code}" if s.exit_code is not None else ""
+        lines += ["", f"### {s.id}: {s.status}{exit_code}", "", why, "", f"log: `{s.log}`"]
+        if s.log_tail:
+            lines += [
+                "",
+                f"last {FAILED_LOG_LINES} lines:",
+                "",
+                fenced(last_lines(s.log_tail, FAILED_LOG_LINES)),
+            ]
+        else:
+            lines += ["", "(the log is empty)"]
+    return "\n".join(lines)
+
+
+def _timeline(report: Report) -> str:
+    if not report.events:
+        return ""
+    width = min(24, max(len(e.step or "run") for e in report.events))
+    rows = [_event_line(e, report, width) for e in report.events]
+    return "## Timeline\n\n" + fenced("\n".join(rows))
+
+
+def _event_line(e: Event, report: Report, width: int) -> str:
+    offset = human_duration((e.ts - report.created_at).total_seconds())
+    who = (e.step or "run")[:width]
+    return f"{clock(e.ts)}  {'+' + offset:>8}  {who:<{width}}  {event_sentence(e)}"
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] | None = None
+) -> str:
+    """A Markdown table whose columns line up in plain text too."""
+    right = right or set()
+    cells = [[_cell(c) for c in row] for row in rows]
+    widths = [max(3, len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        padded = [
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * (w - 1) + ":" if i in right else "-" * w for i, w in enumerate(widths)]
+    return "\n".join([line(headers), line(rule), *(line(r) for r in cells)])
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def fenced(text: str, info: str = "") -> str:
+    """A code block whose fence no line of ``text`` can close."""
+    longest = max((len(run) for run in _backtick_runs(text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{text}\n{fence}"
+
+
+def _backtick_runs(text: str) -> list[str]:
+    runs, current = [], ""
+    for ch in text:
+        if ch == "`":
+            current += ch
+        elif current:
+            runs.append(current)
+            current = ""
+    return [*runs, current] if current else runs
+
+
+def _indented(block: str) -> list[str]:
+    return ["  " + line if line else "" for line in block.split("\n")]

@@ -1,0 +1,58 @@
+"""The ``success.metrics`` checks of each step and how they went.
+
+A check that passes records nothing but the step's success; one that fails leaves a
+``check_failed`` event with the value it found. So a passed metric shows its bounds, a
+failed one what was measured.
+"""
+
+from __future__ import annotations
+
+from agentflow.errors import AgentflowError
+from agentflow.report.model import MetricResult
+from agentflow.state import StepState
+from agentflow.store import Event, RunDir
+from agentflow.workflow import Workflow, parse_workflow
+from agentflow.workflow.model import Step
+
+
+def frozen_workflow(run: RunDir) -> Workflow | None:
+    """The workflow as the run froze it, or None when it cannot be read (the report goes
+    on without what only the workflow knows)."""
+    try:
+        text = run.workflow_path.read_text(encoding="utf-8")
+        return parse_workflow(text, str(run.workflow_path))
+    except (AgentflowError, OSError, ValueError):
+        return None
+
+
+def metric_results(step: Step | None, st: StepState, events: list[Event]) -> list[MetricResult]:
+    """The step's metric checks as its latest attempt left them."""
+    if step is None or step.success is None or not step.success.metrics:
+        return []
+    failures = [
+        e.message
+        for e in events
+        if e.kind == "check_failed" and e.step == step.id and e.attempt == st.attempts and e.message
+    ]
+    results = []
+    for name, check in step.success.metrics.items():
+        prefix = f"success check metrics.{name}: "
+        found = next((m.removeprefix(prefix) for m in failures if m.startswith(prefix)), None)
+        if found is not None:
+            result, detail = "failed", found
+        elif st.status == "succeeded":
+            result, detail = "passed", None
+        else:
+            result, detail = "not checked", None
+        results.append(
+            MetricResult(
+                name=name,
+                file=check.file,
+                key=check.key,
+                min=check.min,
+                max=check.max,
+                result=result,
+                detail=detail,
+            )
+        )
+    return results

@@ -1,0 +1,169 @@
+"""What a report says: ``report.json`` as pydantic models, and what every format reads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentflow.state import UNSUCCESSFUL
+from agentflow.store import Event
+from agentflow.workflow.model import Scalar
+
+DECISION_KINDS = frozenset(
+    {
+        "retry_scheduled",
+        "rule_matched",
+        "diagnosis",
+        "command_proposed",
+        "command_approved",
+        "command_refused",
+        "escalated",
+        "run_aborting",
+        "step_requeued",
+        "dependency_lost",
+        "timeout",
+        "stall",
+        "not_ready",
+    }
+)
+"""Events that record what agentflow (or the model) decided about a step."""
+
+UNFINISHED = frozenset({"pending", "running"})
+NOT_RUN = frozenset({"skipped", "pending"})
+
+
+class ReportModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Attempt(ReportModel):
+    """One attempt of a step, from its ``step_started`` to its ``step_finished`` event."""
+
+    number: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    """None while it runs (or when its end was never recorded)."""
+    status: str
+    """How it ended (``succeeded``, ``failed``, …), ``running``, or ``unknown``."""
+    exit_code: int | None = None
+    message: str | None = None
+    ready_at: datetime | None = None
+    """When a service's readiness probe passed during this attempt."""
+
+
+class MetricResult(ReportModel):
+    """A ``success.metrics`` check of the step's latest attempt."""
+
+    name: str
+    file: str
+    key: str
+    min: float | None = None
+    max: float | None = None
+    result: Literal["passed", "failed", "not checked"]
+    detail: str | None = None
+    """What the check found (recorded only when it failed)."""
+
+    @property
+    def bounds(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f"≥ {self.min:g}")
+        if self.max is not None:
+            parts.append(f"≤ {self.max:g}")
+        return ", ".join(parts) or "a number"
+
+
+class StepReport(ReportModel):
+    id: str
+    status: str
+    service: bool = False
+    attempts: int
+    exit_code: int | None
+    started_at: datetime | None
+    """The latest attempt's start."""
+    finished_at: datetime | None
+    duration_s: float | None
+    """The latest attempt's duration."""
+    time_s: float | None = None
+    """All attempts together (the time the step kept something busy)."""
+    outputs: dict[str, str]
+    message: str | None
+    log: str
+    """The latest attempt's ``output.log``."""
+    history: list[Attempt] = Field(default_factory=list)
+    metrics: list[MetricResult] = Field(default_factory=list)
+    log_tail: str | None = None
+    """The end of the log of a step that did not succeed (cleaned of colour codes)."""
+
+    @property
+    def ready_after_s(self) -> float | None:
+        """How long the latest attempt of a service took to become ready."""
+        ready = next((a for a in reversed(self.history) if a.ready_at), None)
+        if not self.service or ready is None or ready.ready_at is None:
+            return None
+        return max(0.0, (ready.ready_at - ready.started_at).total_seconds())
+
+    @property
+    def went_wrong(self) -> bool:
+        return self.status in UNSUCCESSFUL or self.status == "blocked"
+
+
+class Report(ReportModel):
+    """``report.json``: the run's outcome in a form tools can read."""
+
+    run_id: str
+    workflow: str
+    workflow_file: str = ""
+    status: str
+    """The run's status; ``orphaned`` when it says running but its orchestrator is gone."""
+    message: str | None
+    inputs: dict[str, Scalar]
+    created_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    """Start to end; for a run that has not ended, start to ``timeline_end``."""
+    timeline_end: datetime
+    """The end of the time the report covers (the run's end, or now while it runs)."""
+    generated_at: datetime
+    counts: dict[str, int] = Field(default_factory=dict)
+    """How many steps are in each status, most important first."""
+    resume: str | None = None
+    """The command that continues the run, when it did not succeed."""
+    steps: list[StepReport]
+    events: list[Event]
+
+    @property
+    def decisions(self) -> list[Event]:
+        """Retries, recover rules, the model's diagnoses and proposals, escalations, and
+        the skips they caused."""
+        found: list[Event] = []
+        last_kind: dict[str, str] = {}
+        for e in self.events:
+            after_decision = last_kind.get(e.step or "") in ("rule_matched", "diagnosis")
+            if e.kind in DECISION_KINDS or (e.kind == "step_skipped" and after_decision):
+                found.append(e)
+            if e.step:
+                last_kind[e.step] = e.kind
+        return found
+
+    @property
+    def reason(self) -> str | None:
+        """Why the run is in its status, in a few words: its message, or which steps went
+        wrong."""
+        if self.message:
+            return self.message
+        troubled = self.troubled
+        if self.status == "succeeded" or not troubled:
+            return None
+        if len(troubled) == 1:
+            only = troubled[0]
+            return f"{only.id} {only.status}" + (f": {only.message}" if only.message else "")
+        named = ", ".join(f"{s.id} {s.status}" for s in troubled[:3])
+        return named + (f" and {len(troubled) - 3} more" if len(troubled) > 3 else "")
+
+    @property
+    def troubled(self) -> list[StepReport]:
+        """The steps that failed or need a person."""
+        return [s for s in self.steps if s.went_wrong]
