@@ -120,6 +120,8 @@ def test_report_md_and_json_tell_what_happened(af: Env) -> None:
     assert steps["serve"]["service"] is True
     assert steps["after"]["history"] == []
     assert steps["flaky"]["metrics"][0]["result"] == "passed"
+    assert steps["flaky"]["metrics"][0]["detail"] == "speedup = 1.5"  # measured, not only bounds
+    assert (af.run_dir(rid) / "report.html").exists()  # written at the end of every run
     assert "ValueError: bad | value" in steps["broken"]["log_tail"]
     assert steps["flaky"]["log_tail"] is None  # only for steps that went wrong
     assert data["counts"] == {"failed": 1, "skipped": 1, "succeeded": 2}

@@ -79,6 +79,8 @@ class Check:
     ok: bool
     detail: str
     """What was found (for an event, or the step's message when it fails)."""
+    measured: list[str] = field(default_factory=list)
+    """``metrics.NAME: KEY = VALUE`` of each metric that passed."""
 
 
 class OutputError(Exception):
@@ -155,15 +157,17 @@ def success_checks(success: Success, at: Where) -> Check:
         c = _log_has(at.log, success.log)
         if not c.ok:
             return Check(False, f"success check log: {c.detail}")
+    measured = []
     for name, metric in success.metrics.items():
         c = _metric(name, metric, at)
         if not c.ok:
             return Check(False, f"success check metrics.{name}: {c.detail}")
+        measured.append(f"metrics.{name}: {c.detail}")
     if success.command:
         c = _command(at, success.command, f"command `{success.command}`")
         if not c.ok:
             return Check(False, f"success check {c.detail}")
-    return Check(True, "success checks passed")
+    return Check(True, "; ".join(measured) or "success checks passed", measured=measured)
 
 
 def _metric(name: str, m: MetricCheck, at: Where) -> Check:

@@ -30,10 +30,11 @@ __all__ = [
 
 
 def write_reports(run: RunDir, state: RunState, junit: Path | None = None) -> Report:
-    """Write the three reports into the run directory (and the JUnit file to ``junit``)."""
+    """Write the reports into the run directory (and the JUnit file to ``junit``)."""
     report = build_report(run, state)
     run.write_text("report.json", report.model_dump_json(indent=2))
     run.write_text("report.md", markdown(report))
+    run.write_text("report.html", html_page(report))
     xml = junit_xml(report)
     run.write_text("junit.xml", xml)
     if junit is not None:

@@ -1,8 +1,7 @@
 """The ``success.metrics`` checks of each step and how they went.
 
-A check that passes records nothing but the step's success; one that fails leaves a
-``check_failed`` event with the value it found. So a passed metric shows its bounds, a
-failed one what was measured.
+A check that fails leaves a ``check_failed`` event with the value it found; the checks of
+an attempt that passed leave one ``metrics_checked`` event with every value measured.
 """
 
 from __future__ import annotations
@@ -29,19 +28,22 @@ def metric_results(step: Step | None, st: StepState, events: list[Event]) -> lis
     """The step's metric checks as its latest attempt left them."""
     if step is None or step.success is None or not step.success.metrics:
         return []
-    failures = [
-        e.message
-        for e in events
-        if e.kind == "check_failed" and e.step == step.id and e.attempt == st.attempts and e.message
+    mine = [e for e in events if e.step == step.id and e.attempt == st.attempts and e.message]
+    failures = [e.message or "" for e in mine if e.kind == "check_failed"]
+    passed = [
+        part for e in mine if e.kind == "metrics_checked" for part in (e.message or "").split("; ")
     ]
     results = []
     for name, check in step.success.metrics.items():
         prefix = f"success check metrics.{name}: "
         found = next((m.removeprefix(prefix) for m in failures if m.startswith(prefix)), None)
+        mine_ok = f"metrics.{name}: "
+        measured = next((m.removeprefix(mine_ok) for m in passed if m.startswith(mine_ok)), None)
+        detail: str | None
         if found is not None:
             result, detail = "failed", found
         elif st.status == "succeeded":
-            result, detail = "passed", None
+            result, detail = "passed", measured
         else:
             result, detail = "not checked", None
         results.append(

@@ -34,7 +34,8 @@ class Runner(Watching, Launching):
     def start(self) -> RunState:
         """Drive a new run (its state already has every step pending)."""
         self._save()
-        self._emit("run_started", message=f"{len(self.state.steps)} steps")
+        n = len(self.state.steps)
+        self._emit("run_started", message=f"{n} step{'s' if n != 1 else ''}")
         return self._drive()
 
     def resume(self) -> RunState:

@@ -81,6 +81,8 @@ class Outcomes(RunnerBase):
             if not check.ok:
                 self._emit("check_failed", step.id, message=check.detail)
                 return "failed", check.detail
+            if check.measured:  # what was measured, also when it passed (for the report)
+                self._emit("metrics_checked", step.id, message="; ".join(check.measured))
         if step.outputs and not step.service:
             try:
                 rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
