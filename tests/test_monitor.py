@@ -186,7 +186,11 @@ name: prog
 steps:
   - id: work
     expect: {duration: 10s, progress: 'item (\\d+) of (\\d+)'}
-    run: for i in 1 2 3 4 5 6 7 8; do echo "item $i of 8"; sleep 0.3; done
+    run: |
+      for i in 1 2 3 4 5 6 7 8; do
+        echo "item $i of 8"; sleep 0.3
+        if [ $i = 4 ]; then while [ ! -f go ]; do sleep 0.1; done; fi  # held for the status
+      done
 """
     )
     proc = af.start("run", str(wf), "--run-id", "p1")
@@ -198,7 +202,8 @@ steps:
     assert progress["total"] == 8
     assert progress["eta_s"] is not None
     status = af.cli("status", "p1")
-    assert re.search(r"\d+%", status.stdout), status.stdout
+    assert re.search(r"\d+% eta", status.stdout), status.stdout
+    (af.workspace / "go").touch()
     proc.communicate(timeout=30)
     assert af.state("p1")["steps"]["work"]["progress"]["done"] == 8
 
