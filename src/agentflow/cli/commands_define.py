@@ -32,7 +32,8 @@ def validate(file: Annotated[Path, typer.Argument(help="The workflow file.")]) -
     """Check a workflow file; no side effects. Exit 2 lists every problem with its line."""
     wf = load_workflow(file)
     n = len(wf.workflow.steps)
-    console.print(f"[green]✔[/] {file}: valid workflow '{wf.workflow.name}', {n} steps")
+    steps = f"{n} step{'s' * (n != 1)}"
+    console.print(f"[green]✔[/] {file}: valid workflow '{wf.workflow.name}', {steps}")
 
 
 @command()

@@ -12,6 +12,7 @@ from rich.markup import escape
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
 from agentflow.cli.interactive import approver, interrupt_asker
+from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.orchestrator import (
@@ -31,6 +32,7 @@ from agentflow.runner import Observer
 from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
+from agentflow.sweep import parse_matrix_options
 from agentflow.workflow import load_workflow
 
 EXIT_INTERRUPTED = 130
@@ -138,9 +140,30 @@ def run(
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
+    matrix_opts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--matrix",
+            help="A sweep over an input: --matrix k=2,4,8 (repeat for more inputs; "
+            "replaces that input's list in the workflow's matrix).",
+        ),
+    ] = None,
 ) -> None:
-    """Run a workflow. Exit 0 when every step succeeded, 1 when one failed, 3 when blocked."""
+    """Run a workflow. Exit 0 when every step succeeded, 1 when one failed, 3 when blocked.
+    A workflow with a matrix (or --matrix) runs one run per combination: a sweep."""
     wf = load_workflow(file)
+    matrix = {**(wf.workflow.matrix or {}), **parse_matrix_options(matrix_opts or [])}
+    if matrix:
+        if detach or plan_file is not None or run_id is not None:
+            raise UsageError(
+                "a sweep makes one detached run per combination: "
+                "--detach, --plan and --run-id do not apply"
+            )
+        run_sweep(
+            wf, matrix, parse_set_options(set_ or []), planner_for(wf, planner),
+            sandbox=sandbox, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
+        )  # fmt: skip
+        return
     if plan_file is not None:
         if set_:
             raise UsageError("--set has no effect with --plan: a saved plan's inputs are fixed")
@@ -181,10 +204,9 @@ def _run_detached(
     prepared: Prepared, *, junit: Path | None, keep_sandbox: bool, yes: bool, no_diagnose: bool
 ) -> None:
     rid = prepared.run.run_id
-    argv = [sys.executable, "-m", "agentflow", "drive", rid]
-    if junit is not None:
-        argv += ["--junit", str(junit.absolute())]
-    argv += ["--keep-sandbox"] * keep_sandbox + ["--yes"] * yes + ["--no-diagnose"] * no_diagnose
+    argv = detached_argv(
+        rid, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose
+    )
     for w in prepared.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     start_detached(prepared, argv)

@@ -348,6 +348,7 @@ def _semantic_problems(
     yield from _input_problems(workflow, located)
     yield from _template_problems(workflow, located)
     yield from _slurm_problems(workflow, located)
+    yield from _sweep_problems(workflow, located)
     if base_dir is not None:
         for i, mount in enumerate(workflow.sandbox.mounts):
             if not (base_dir / mount.source).exists():
@@ -358,6 +359,38 @@ def _semantic_problems(
         for i, doc in enumerate(workflow.docs):
             if not (base_dir / doc).is_file():
                 yield located.at(("docs", i), f"runbook '{doc}' not found next to the workflow")
+
+
+def _sweep_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
+    """A matrix names inputs, with lists of values; an objective names a step output."""
+    known = ", ".join(workflow.inputs) or "none are declared"
+
+    def check_name(loc: Loc, name: str) -> Iterator[Problem]:
+        if name not in workflow.inputs:
+            hint = difflib.get_close_matches(name, list(workflow.inputs), n=1)
+            tail = f" (did you mean '{hint[0]}'?)" if hint else f" (inputs: {known})"
+            yield located.at(loc, f"the matrix names '{name}', which is no input{tail}")
+
+    for key, values in (workflow.matrix or {}).items():
+        if key in ("include", "exclude"):
+            for j, entry in enumerate(values):
+                if not isinstance(entry, dict) or not entry:
+                    yield located.at(("matrix", key, j), f"each {key} entry maps inputs to values")
+                    continue
+                for name in entry:
+                    yield from check_name(("matrix", key, j, name), str(name))
+            continue
+        yield from check_name(("matrix", key), key)
+        if not values:
+            yield located.at(("matrix", key), f"'{key}' has no values to sweep over")
+    objective = workflow.objective
+    if objective is not None and not any(objective.metric in s.outputs for s in workflow.steps):
+        outputs = sorted({o for s in workflow.steps for o in s.outputs}) or ["none"]
+        yield located.at(
+            ("objective", "metric"),
+            f"no step has an output '{objective.metric}' to rank runs by "
+            f"(outputs: {', '.join(outputs)})",
+        )
 
 
 def _slurm_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:

@@ -21,8 +21,6 @@ _STEP_KEYS = {
 
 def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
     """Where ``workflow`` uses a key that this version cannot act on yet."""
-    for key in sorted(changed_keys(workflow) & {"matrix", "objective", "max_parallel_runs"}):
-        yield (key,), _msg(f"`{key}`")
     for i, step in enumerate(workflow.steps):
         for key in sorted(step.model_fields_set & _STEP_KEYS.keys()):
             if getattr(step, key):
