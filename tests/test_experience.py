@@ -243,3 +243,23 @@ def test_stop_ends_a_detached_run_with_its_reports(af: Env) -> None:
     assert (af.run_dir("bgs") / "report.md").exists()
     assert not (af.run_dir("bgs") / "stop-requested").exists()
     assert "orphaned" not in af.cli("status").stdout
+
+
+def test_a_detached_run_gets_the_callers_environment_but_not_on_a_command_line(
+    af: Env,
+) -> None:
+    af.env["MY_TOKEN"] = "tok-123-secret"
+    af.write(
+        "version: 1\nname: envy\nsecrets: [MY_TOKEN]\nsteps:\n"
+        '  - id: show\n    run: test -n "$MY_TOKEN" && echo token-seen; sleep 5\n'
+    )
+    assert af.cli("run", "wf.yaml", "--detach", "--run-id", "envy").returncode == 0
+    af.wait_for(lambda: "token-seen" in (af.run_dir("envy") / "steps" / "show" / "output.log")
+                .read_text(), message="the step saw the secret")  # fmt: skip
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert b"tok-123-secret" not in cmdline.read_bytes(), cmdline
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    assert not (af.run_dir("envy") / "drive-env.json").exists()  # read, then deleted
+    af.cli("stop", "envy")

@@ -53,4 +53,4 @@ def test_the_speculator_pipeline_runs_end_to_end(af: Env, tmp_path: Path) -> Non
     else:
         assert res.returncode == 1
         assert steps["evaluate"]["message"].startswith("success check metrics.speedup"), steps
-    assert (work / ".speculator" / "ckpt" / "draft-step-50.npz").exists()
+    assert (work / ".speculator" / "draft-w12-h64" / "draft-step-50.npz").exists()

@@ -5,6 +5,7 @@ sandbox and tmux, so that the CLI stays a thin layer of parsing and printing.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -241,9 +242,17 @@ def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> N
     showed if it ended first."""
     runner, run = prepared.runner, prepared.run
     run.write_state(runner.state)
-    # This shell's environment (secrets, keys, PATH): the tmux server may be older than it.
+    # This shell's environment (secrets, keys, PATH) for the orchestrator, which the tmux
+    # server (perhaps older than this shell) would not give it. Through a private file it
+    # reads and deletes at once: on tmux's command line it would show in `ps` for as long
+    # as the server lives (a server started by this command keeps it as its own).
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
-    runner.s.tmux.ensure_session(run.run_id, runner.s.workspace, shlex.join(argv), env)
+    env_file = run.path / DRIVE_ENV
+    fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(env, f)
+    command = shlex.join([*argv, "--env-file", str(env_file)])
+    runner.s.tmux.ensure_session(run.run_id, runner.s.workspace, command)
     deadline = time.monotonic() + wait
     while run.lock_holder() is None:
         ended, shown = runner.s.tmux.first_pane(run.run_id)
@@ -255,6 +264,19 @@ def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> N
                 f"(see `agentflow attach {run.run_id}`)"
             )
         time.sleep(0.1)
+
+
+DRIVE_ENV = "drive-env.json"
+"""The environment handed to a detached run's orchestrator (deleted once read)."""
+
+
+def take_environment(path: Path) -> None:
+    """A detached orchestrator's first act: the caller's environment, then the file goes."""
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+    finally:
+        path.unlink(missing_ok=True)
+    os.environ.update({str(k): str(v) for k, v in env.items()})
 
 
 def resume(prepared: Prepared) -> RunState:

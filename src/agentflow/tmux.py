@@ -86,11 +86,8 @@ class Tmux:
     def has_session(self, session: str) -> bool:
         return self.server.cmd("has-session", "-t", f"={session}").returncode == 0
 
-    def ensure_session(
-        self, session: str, cwd: Path, command: str, env: dict[str, str] | None = None
-    ) -> None:
-        """Create the run's session (its first window runs ``command``, with ``env`` added to
-        the server's environment) unless it exists.
+    def ensure_session(self, session: str, cwd: Path, command: str) -> None:
+        """Create the run's session (its first window runs ``command``) unless it exists.
 
         ``remain-on-exit`` and ``history-limit`` are set on the server before any step's
         window exists: a window whose command exits at once would otherwise vanish before
@@ -109,10 +106,9 @@ class Tmux:
                 wake_channel("#{session_name}"),
             ]
         )
-        env_args = [x for k, v in (env or {}).items() for x in ("-e", f"{k}={v}")]
         self._cmd(
             "new-session", "-d", "-s", session, "-n", "agentflow", "-x", "200", "-y", "50",
-            "-c", str(cwd), *env_args, command,
+            "-c", str(cwd), command,
             ";", "set-option", "-g", "remain-on-exit", "on",
             ";", "set-option", "-g", "history-limit", str(HISTORY_LIMIT),
             ";", "set-option", "-g", "exit-empty", "off",

@@ -24,6 +24,7 @@ from agentflow.orchestrator import (
     request_stop,
     resume,
     start_detached,
+    take_environment,
 )
 from agentflow.plan import Plan
 from agentflow.planner import check_plan, make_plan, planner_for
@@ -226,9 +227,12 @@ def drive(
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
+    env_file: Annotated[Path | None, typer.Option("--env-file")] = None,
 ) -> None:
     """The orchestrator of a detached run, in the first window of the run's session.
     Changed commands need --yes: nobody may be there to approve them (else: blocked)."""
+    if env_file is not None:
+        take_environment(env_file)
     store = Store()
     run_dir = store.open(run_id)
     factory, lives = _observer_factory(ci=False)
