@@ -121,17 +121,17 @@ def _summary(record: SweepRecord, wf: WorkflowFile) -> None:
     objective = record.objective
     table = Table(box=None, pad_edge=False, show_edge=False, title_justify="left")
     table.add_column("#", justify="right")
-    table.add_column("combination")
-    table.add_column("run", no_wrap=True)
-    table.add_column("status")
+    table.add_column("combination", no_wrap=True)
     if objective is not None:
         arrow = "↑" if objective.goal == "maximize" else "↓"
-        table.add_column(f"{objective.metric} {arrow}", justify="right")
+        table.add_column(f"{objective.metric} {arrow}", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("run", overflow="fold")  # last: the one that may wrap
     for rank, m in enumerate(record.ranked(), 1):
-        row = [str(rank), label(m.values), m.run_id or "", m.status]
+        row = [str(rank), label(m.values)]
         if objective is not None:
             row.append("" if m.score is None else f"{m.score:g}")
-        table.add_row(*row)
+        table.add_row(*row, m.status, m.run_id or "")
     console.print(table)
     best = record.best()
     if best is not None and objective is not None:
