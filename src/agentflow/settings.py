@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, ByteSize, Field, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentflow.errors import UsageError
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        frozen=True, extra="ignore", populate_by_name=True, use_attribute_docstrings=True
+        frozen=True, extra="ignore", use_attribute_docstrings=True
     )
 
     home: Path = Field(Path(".agentflow"), validation_alias="AGENTFLOW_HOME")
@@ -43,6 +45,13 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
     """``ANTHROPIC_BASE_URL``: another endpoint for the Messages API (a proxy, a gateway)."""
 
+    artifact_copy_max: ByteSize = Field(
+        ByteSize(100_000_000), validation_alias="AGENTFLOW_ARTIFACT_COPY_MAX"
+    )
+    """``AGENTFLOW_ARTIFACT_COPY_MAX``: the largest artifact copied into the run directory,
+    in bytes or with a unit (``500MB``, ``2GiB``; default 100 MB). A larger file is only
+    recorded, by path, size and sha256; ``0`` records every artifact and copies none."""
+
     ci: bool = Field(False, validation_alias=AliasChoices("CI"))
     """``CI``: set (to anything but ``0``, ``false``, ``no``) by CI systems: plain lines,
     no live view, no questions."""
@@ -62,6 +71,20 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return value or None
+
+    @field_validator("artifact_copy_max", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if value in ("", None):
+            return ByteSize(100_000_000)
+        try:
+            return TypeAdapter(ByteSize).validate_python(value)
+        except ValidationError:
+            # Not a ValueError: it reaches the command line as one line, not a traceback.
+            raise UsageError(
+                f"AGENTFLOW_ARTIFACT_COPY_MAX={value!r} is not a size: give bytes, or a "
+                "number with a unit (500MB, 2GiB)"
+            ) from None
 
     @field_validator("home", mode="before")
     @classmethod
