@@ -25,7 +25,6 @@ from conftest import agentflow as run_console_script
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "workflows").glob("*.yaml"))
 AGENTFLOW = Path(sys.executable).parent / "agentflow"
-NOT_YET = "is not supported yet in this version of agentflow: remove it for now"
 
 HEADER = "version: 1\nname: t\n"
 ONE_STEP = "steps:\n  - id: a\n    run: echo hi\n"
@@ -78,7 +77,7 @@ def test_unknown_step_key_without_close_match_lists_known_keys() -> None:
     text = HEADER + "steps:\n  - id: a\n    run: x\n    qqqq: 1\n"
     assert problems(text) == [
         "wf.yaml:6:5: steps[0]: unknown key 'qqqq'; known keys: artifacts, description, env, "
-        "expect, id, needs, on_failure, outputs, ready, recover, retry, run, service, "
+        "expect, id, needs, on_failure, outputs, ready, recover, resources, retry, run, service, "
         "stall_timeout, success, task, timeout, workdir"
     ]
 
@@ -111,7 +110,7 @@ def test_unknown_key_in_sandbox_without_close_match_lists_its_keys() -> None:
     text = HEADER + "sandbox:\n  zzzz: 1\n" + ONE_STEP
     assert problems(text) == [
         "wf.yaml:4:3: sandbox: unknown key 'zzzz'; known keys: backend, build, image, mounts, "
-        "network, resources, workdir"
+        "network, resources, slurm, workdir"
     ]
 
 
@@ -327,7 +326,7 @@ def test_backend_typo_suggests_docker() -> None:
     text = HEADER + "sandbox:\n  backend: dockr\n" + ONE_STEP
     assert problems(text) == [
         "wf.yaml:4:3: sandbox.backend: 'dockr' is not allowed: input should be 'auto', "
-        "'docker' or 'local' (did you mean 'docker'?)"
+        "'docker', 'local' or 'slurm' (did you mean 'docker'?)"
     ]
 
 
@@ -556,23 +555,6 @@ def test_docs_are_not_checked_without_a_base_dir() -> None:
     assert parse_workflow(text, "wf.yaml").docs == ["runbooks/nope.md"]
 
 
-# --- keys this version parses but does not act on ---------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("extra", "expected"),
-    [
-        pytest.param(
-            "    artifacts: [out.txt]\n",
-            f"wf.yaml:6:5: steps[0].artifacts: artifacts {NOT_YET}",
-            id="artifacts",
-        ),
-    ],
-)
-def test_step_key_not_supported_yet(extra: str, expected: str) -> None:
-    assert problems(HEADER + ONE_STEP + extra) == [expected]
-
-
 def test_a_service_with_a_probe_is_accepted() -> None:
     extra = "    service: true\n    ready: {http: 'http://127.0.0.1:8000/health', timeout: 1m}\n"
     wf = parse_workflow(HEADER + ONE_STEP + extra, "wf.yaml")
@@ -625,31 +607,51 @@ def test_ready_without_service_says_to_add_it() -> None:
     [
         pytest.param(
             "matrix: {n: [1, 2]}\n",
-            f"wf.yaml:3:1: matrix: `matrix` {NOT_YET}",
-            id="matrix",
+            "wf.yaml:3:10: matrix.n: the matrix names 'n', which is no input "
+            "(inputs: none are declared)",
+            id="matrix-input",
+        ),
+        pytest.param(
+            "inputs: {n: 1}\nmatrix: {n: [], include: [{m: 2}]}\n",
+            "wf.yaml:4:10: matrix.n: 'n' has no values to sweep over",
+            id="matrix-empty",
         ),
         pytest.param(
             "objective: {metric: speedup}\n",
-            f"wf.yaml:3:1: objective: `objective` {NOT_YET}",
+            "wf.yaml:3:13: objective.metric: no step has an output 'speedup' to rank runs by "
+            "(outputs: none)",
             id="objective",
         ),
-    ],
-)
-def test_workflow_key_not_supported_yet(block: str, expected: str) -> None:
-    assert problems(HEADER + block + ONE_STEP) == [expected]
-
-
-@pytest.mark.parametrize(
-    ("block", "expected"),
-    [
-        (
-            "max_parallel_runs: 2\n",
-            f"wf.yaml:3:1: max_parallel_runs: `max_parallel_runs` {NOT_YET}",
+        pytest.param(
+            "sandbox: {backend: slurm, build: {context: .}}\n",
+            "wf.yaml:3:1: sandbox: the slurm backend cannot build an image: build and push it, "
+            "then name it in `image`",
+            id="slurm-build",
+        ),
+        pytest.param(
+            "sandbox: {backend: slurm, resources: {gpus: all}}\n",
+            "wf.yaml:3:39: sandbox.resources.gpus: `gpus: all` has no meaning on a cluster: "
+            "give a count",
+            id="slurm-gpus-all",
+        ),
+        pytest.param(
+            "sandbox: {backend: docker, image: x, slurm: {partition: gpu}}\n",
+            "wf.yaml:3:38: sandbox.slurm: `slurm` applies only with `backend: slurm`",
+            id="slurm-block-elsewhere",
         ),
     ],
 )
-def test_settings_that_change_nothing_yet_are_refused(block: str, expected: str) -> None:
-    assert problems(HEADER + block + ONE_STEP) == [expected]
+def test_sweep_and_cluster_keys_are_checked(block: str, expected: str) -> None:
+    problems_found = problems(HEADER + block + ONE_STEP)
+    assert expected in problems_found, problems_found
+
+
+def test_per_step_resources_need_the_slurm_sandbox() -> None:
+    extra = "    resources: {cpus: 4}\n"
+    assert problems(HEADER + ONE_STEP + extra) == [
+        "wf.yaml:6:5: steps[0].resources: per-step resources need `sandbox.backend: slurm` "
+        "(a job per step); for docker, set sandbox.resources"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -665,6 +667,9 @@ def test_settings_that_change_nothing_yet_are_refused(block: str, expected: str)
         "sandbox: {backend: docker, image: x:1, network: bridge, workdir: /w}\n",
         "sandbox: {build: {context: ., args: {BASE: x}}, resources: {cpus: 1, gpus: all}}\n",
         "sandbox: {image: x, mounts: [{source: ./data, target: /data, read_only: true}]}\n",
+        "max_parallel_runs: 2\n",
+        "sandbox: {backend: slurm, slurm: {partition: gpu, time: 2h, options: [--exclusive]}}\n",
+        "sandbox: {backend: slurm, image: x, slurm: {container: {runtime: pyxis}}}\n",
     ],
 )
 def test_supported_settings_are_accepted(block: str) -> None:
@@ -821,8 +826,8 @@ def test_cli_validate_bad_file_exits_2_with_one_line_per_problem(tmp_path: Path)
         "error: bad.yaml:3:1: max_parallel: input should be a valid integer, "
         "unable to parse string as an integer",
         "error: bad.yaml:7:5: steps[0]: unknown key 'qqqq'; known keys: artifacts, "
-        "description, env, expect, id, needs, on_failure, outputs, ready, recover, retry, run, "
-        "service, stall_timeout, success, task, timeout, workdir",
+        "description, env, expect, id, needs, on_failure, outputs, ready, recover, resources, "
+        "retry, run, service, stall_timeout, success, task, timeout, workdir",
     ]
     assert "Traceback" not in result.stderr + result.stdout
 
@@ -841,7 +846,7 @@ def test_cli_validate_valid_file_exits_0(tmp_path: Path) -> None:
     (tmp_path / "ok.yaml").write_text(HEADER + ONE_STEP, encoding="utf-8")
     result = agentflow("validate", "ok.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "valid workflow 't', 1 steps" in result.stdout
+    assert "valid workflow 't', 1 step" in result.stdout
     assert result.stderr == ""
 
 

@@ -397,6 +397,12 @@ def _slurm_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
     """Keys that only a job per step can honour, on a sandbox that has none."""
     box = workflow.sandbox
     if box.backend == "slurm":
+        asks = [(("sandbox", "resources", "gpus"), box.resources)]
+        asks += [(("steps", i, "resources", "gpus"), s.resources) for i, s in
+                 enumerate(workflow.steps) if s.resources is not None]  # fmt: skip
+        for loc, res in asks:
+            if res is not None and res.gpus == "all":
+                yield located.at(loc, "`gpus: all` has no meaning on a cluster: give a count")
         return
     for i, step in enumerate(workflow.steps):
         if step.resources is not None:
