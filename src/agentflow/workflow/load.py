@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from agentflow.errors import Problem, WorkflowError
 from agentflow.template import TemplateSyntaxError, references
-from agentflow.workflow.model import Step, Workflow
+from agentflow.workflow.model import Resources, Step, Workflow
 from agentflow.workflow.support import unsupported
 
 Loc = tuple[str | int, ...]
@@ -397,7 +397,9 @@ def _slurm_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
     """Keys that only a job per step can honour, on a sandbox that has none."""
     box = workflow.sandbox
     if box.backend == "slurm":
-        asks = [(("sandbox", "resources", "gpus"), box.resources)]
+        asks: list[tuple[Loc, Resources | None]] = [
+            (("sandbox", "resources", "gpus"), box.resources)
+        ]
         asks += [(("steps", i, "resources", "gpus"), s.resources) for i, s in
                  enumerate(workflow.steps) if s.resources is not None]  # fmt: skip
         for loc, res in asks:
