@@ -10,6 +10,7 @@ from agentflow.cli import (
     commands_define,
     commands_init,
     commands_inspect,
+    commands_learn,
     commands_report,
     commands_run,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "commands_define",
     "commands_init",
     "commands_inspect",
+    "commands_learn",
     "commands_report",
     "commands_run",
     "main",
