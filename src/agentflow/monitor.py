@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
+from agentflow import history
 from agentflow.state import now
 
 # tqdm's bars, recognised without a pattern: "  45/100 [00:12<00:15" and " 45%|####".
@@ -58,8 +59,21 @@ def eta_seconds(fraction: float | None, elapsed: float) -> float | None:
 
 
 def learned_durations(runs_dir: Path, workflow: str, exclude: str) -> dict[str, float]:
-    """The median duration of each step over earlier successful attempts of the same
-    workflow under this home: the expected duration when the step gives none."""
+    """The median duration of each step over its latest successful attempts in earlier
+    runs of the same workflow under this home (``runs_dir``'s parent): the expected
+    duration when the step gives none. Read from the run history (``history.db``); from
+    the runs' ``state.json`` files only when the history knows no run of the workflow
+    (runs from before it, or a history that cannot be read)."""
+    try:
+        samples = history.step_durations(runs_dir.parent, workflow, exclude)
+    except history.HistoryError:
+        samples = None
+    if samples is None:
+        samples = _durations_from_run_dirs(runs_dir, workflow, exclude)
+    return {k: statistics.median(v) for k, v in samples.items() if v}
+
+
+def _durations_from_run_dirs(runs_dir: Path, workflow: str, exclude: str) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
     if not runs_dir.is_dir():
         return {}
@@ -81,7 +95,7 @@ def learned_durations(runs_dir: Path, workflow: str, exclude: str) -> dict[str, 
             except (KeyError, TypeError, ValueError):
                 continue
             samples.setdefault(step_id, []).append((end - start).total_seconds())
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
 
 
 class StepClock:

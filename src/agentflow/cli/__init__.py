@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from agentflow.cli import (
     commands_define,
+    commands_history,
     commands_init,
     commands_inspect,
     commands_learn,
@@ -19,6 +20,7 @@ from agentflow.cli.app import app
 __all__ = [
     "app",
     "commands_define",
+    "commands_history",
     "commands_init",
     "commands_inspect",
     "commands_learn",

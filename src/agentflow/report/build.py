@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from agentflow.artifacts import StepArtifacts, read_manifest
 from agentflow.report.attempts import attempt_history
 from agentflow.report.metrics import frozen_workflow, metric_results
 from agentflow.report.model import Attempt, Report, StepReport
@@ -37,8 +38,9 @@ def build_report(run: RunDir, state: RunState, at: datetime | None = None) -> Re
     end = _timeline_end(state, events, at)
     workflow = frozen_workflow(run)
     history = attempt_history(events, state)
+    kept = read_manifest(run).steps
     steps = [
-        _step(run, step_id, st, history[step_id], events, workflow, end)
+        _step(run, step_id, st, history[step_id], events, workflow, end, kept.get(step_id))
         for step_id, st in state.steps.items()
     ]
     counts = {s: n for s in STATUS_ORDER if (n := state.count(s))}
@@ -88,6 +90,7 @@ def _step(
     events: list[Event],
     workflow: Workflow | None,
     end: datetime,
+    kept: StepArtifacts | None,
 ) -> StepReport:
     step = next((s for s in workflow.steps if s.id == step_id), None) if workflow else None
     log = run.step_dir(step_id) / "output.log"
@@ -107,6 +110,7 @@ def _step(
         log=str(log),
         history=history,
         metrics=metric_results(step, st, events),
+        artifacts=kept.files if kept else [],
     )
     if report.went_wrong:
         report = report.model_copy(update={"log_tail": log_tail(log, TAIL_LINES)})

@@ -7,10 +7,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from agentflow.artifacts import human_size
 from agentflow.report.gantt import gantt_svg
 from agentflow.report.model import Report, StepReport
 from agentflow.report.palette import COLOURS, READY, colour
-from agentflow.report.text import clock, event_sentence, human_duration, one_line, split_message
+from agentflow.report.text import (
+    HASH_SHOWN,
+    clock,
+    event_sentence,
+    human_duration,
+    one_line,
+    split_message,
+)
 from agentflow.store import Event
 
 _SERVICE = ' <span class="muted">service</span>'
@@ -94,6 +102,7 @@ def html_page(report: Report) -> str:
         _steps(report),
         _outputs(report),
         _metrics(report),
+        _artifacts(report),
         _decisions(report),
         _failures(report),
         _events(report),
@@ -252,6 +261,29 @@ def _metrics(report: Report) -> str:
         return ""
     headers = ["step", "metric", "read from", "must be", "result"]
     return f"<section><h2>Metrics</h2>{_table(headers, rows)}</section>"
+
+
+def _artifacts(report: Report) -> str:
+    rows = []
+    for step, a in report.artifacts:
+        kept = (
+            f"<code>{escape(a.stored)}</code>"
+            if a.stored
+            else '<span class="muted">recorded only (over the copy limit)</span>'
+        )
+        rows.append(
+            f'<tr><td class="id">{escape(step)}</td><td><code>{escape(a.path)}</code></td>'
+            f'<td class="num">{escape(human_size(a.size))}</td>'
+            f'<td><code title="{escape(a.sha256)}">{escape(a.sha256[:HASH_SHOWN])}</code></td>'
+            f"<td>{kept}</td></tr>"
+        )
+    if not rows:
+        return ""
+    headers = ["step", "file", "size", "sha256", "kept as"]
+    return (
+        f"<section><h2>Artifacts</h2>{_table(headers, rows)}"
+        '<p class="muted">Copies are relative to the run\'s folder.</p></section>'
+    )
 
 
 def _decisions(report: Report) -> str:

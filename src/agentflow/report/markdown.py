@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agentflow.artifacts import human_size
 from agentflow.display import STATUS_MARK
 from agentflow.report.model import Report, StepReport
 from agentflow.report.text import (
+    HASH_SHOWN,
     clock,
     event_sentence,
     human_duration,
@@ -28,6 +30,7 @@ def markdown(report: Report) -> str:
         _steps(report),
         _outputs(report),
         _metrics(report),
+        _artifacts(report),
         _decisions(report),
         _failures(report),
         _timeline(report),
@@ -112,6 +115,24 @@ def _metrics(report: Report) -> str:
     if not rows:
         return ""
     return "## Metrics\n\n" + table(["step", "metric", "read from", "must be", "result"], rows)
+
+
+def _artifacts(report: Report) -> str:
+    rows = [
+        [
+            step,
+            a.path,
+            human_size(a.size),
+            a.sha256[:HASH_SHOWN],
+            a.stored if a.stored else "recorded only (over the copy limit)",
+        ]
+        for step, a in report.artifacts
+    ]
+    if not rows:
+        return ""
+    headers = ["step", "file", "size", "sha256", "kept as"]
+    note = "Copies are relative to the run's folder; report.json has each whole sha256."
+    return "## Artifacts\n\n" + table(headers, rows, right={2}) + "\n\n" + note
 
 
 def _decisions(report: Report) -> str:

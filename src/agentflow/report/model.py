@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentflow.artifacts import Artifact
 from agentflow.state import UNSUCCESSFUL
 from agentflow.store import Event
 from agentflow.workflow.model import Scalar
@@ -94,6 +95,9 @@ class StepReport(ReportModel):
     """The latest attempt's ``output.log``."""
     history: list[Attempt] = Field(default_factory=list)
     metrics: list[MetricResult] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list)
+    """The files its ``artifacts:`` kept (``artifacts.json``): copied into the run
+    directory, or recorded by path, size and sha256 only."""
     log_tail: str | None = None
     """The end of the log of a step that did not succeed (cleaned of colour codes)."""
 
@@ -162,6 +166,11 @@ class Report(ReportModel):
             return f"{only.id} {only.status}" + (f": {only.message}" if only.message else "")
         named = ", ".join(f"{s.id} {s.status}" for s in troubled[:3])
         return named + (f" and {len(troubled) - 3} more" if len(troubled) > 3 else "")
+
+    @property
+    def artifacts(self) -> list[tuple[str, Artifact]]:
+        """Every step's artifacts, as (step id, artifact)."""
+        return [(s.id, a) for s in self.steps for a in s.artifacts]
 
     @property
     def troubled(self) -> list[StepReport]:

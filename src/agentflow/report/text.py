@@ -11,6 +11,9 @@ from agentflow.store import Event
 from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
 
+HASH_SHOWN = 16
+"""Characters of an artifact's sha256 in the reports' tables (report.json has all 64)."""
+
 # Colour codes and terminal control sequences (CSI, OSC, two-byte escapes).
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 # Characters XML 1.0 forbids (JUnit viewers reject the file) and nobody can read anyway.

@@ -17,9 +17,10 @@ import signal
 import time
 from datetime import datetime
 
+from agentflow import history
 from agentflow.errors import AgentflowError
 from agentflow.monitor import Waker
-from agentflow.report import write_reports
+from agentflow.report import Report, write_reports
 from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSetup
 from agentflow.runner.launch import Launching
 from agentflow.runner.watch import Watching
@@ -60,7 +61,7 @@ class Runner(Watching, Launching):
             self.state = self.state.with_run(status="failed", finished_at=now(), message=message)
             self._save()
             self._emit("run_finished", status="failed", message=message)
-            write_reports(self.s.run, self.state, self.s.junit)
+            self._record(write_reports(self.s.run, self.state, self.s.junit))
             raise
         self._ensure_session()
         waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
@@ -125,8 +126,19 @@ class Runner(Watching, Launching):
         self._save()
         self._emit("run_finished", status=outcome, message=self.aborting)
         self.s.sandbox.close()
-        write_reports(self.s.run, self.state, self.s.junit)
+        self._record(write_reports(self.s.run, self.state, self.s.junit))
         return self.state
+
+    def _record(self, report: Report) -> None:
+        """Save the run's summary in the home's history. That must never fail or lose
+        the run: a problem is a warning event, and the run's own files are complete."""
+        home = self.s.run.path.parent.parent
+        try:
+            history.record(home, history.summarize(self.s.run, self.state, report))
+        except Exception as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            with contextlib.suppress(AgentflowError):
+                self._emit("history_not_saved", message=f"warning: {why}")
 
     def _detach(self) -> None:
         message = "agentflow stopped watching; running steps go on in tmux"
@@ -162,7 +174,7 @@ class Runner(Watching, Launching):
         self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
         self._save()
         self._emit("run_stopped", status="interrupted", message=reason)
-        write_reports(self.s.run, self.state, self.s.junit)
+        self._record(write_reports(self.s.run, self.state, self.s.junit))
         with contextlib.suppress(FileNotFoundError):
             (self.s.run.path / STOP_REQUEST).unlink()
         # Last: in a detached run the session holds this orchestrator's own window, and

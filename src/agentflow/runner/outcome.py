@@ -8,6 +8,8 @@ import re
 import signal
 from datetime import datetime, timedelta
 
+from agentflow import artifacts
+from agentflow.artifacts import ArtifactError, Collector
 from agentflow.diagnose import Decision as ModelDecision
 from agentflow.diagnose import Failure, build_context
 from agentflow.errors import AgentflowError
@@ -15,6 +17,7 @@ from agentflow.llm import BudgetExceeded
 from agentflow.recovery import Decision as RecoveryDecision
 from agentflow.recovery import decide
 from agentflow.runner.base import MAX_DECISIONS_PER_RUN, MAX_DECISIONS_PER_STEP, RunnerBase
+from agentflow.settings import settings
 from agentflow.state import StepState, StepStatus, now
 from agentflow.template import TemplateSyntaxError, references
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
@@ -48,8 +51,8 @@ class Outcomes(RunnerBase):
         if status == "succeeded":
             self.state = self.state.with_run(consecutive_failures=0)
             return
-        if st.kill_reason in ("stop", "abort"):
-            return
+        if st.kill_reason in ("stop", "abort", "end"):
+            return  # ("end": a service whose artifacts failed; nothing needs it any more)
         if self._resuming:
             self._requeue(step_id, f"{status} while agentflow was away")
             return
@@ -65,6 +68,9 @@ class Outcomes(RunnerBase):
         if reason in ("not_ready", "dependency", "stop", "abort"):
             return "failed", st.message or "stopped"
         if reason == "end":
+            problem = self._collect_artifacts(step)  # a service's: when it is stopped
+            if problem:
+                return "failed", problem
             return "succeeded", "stopped at the end of the run"
         if step.service and not self._dependents_done(step.id):
             return "failed", f"the service exited (code {code}) while the run still needed it"
@@ -83,17 +89,54 @@ class Outcomes(RunnerBase):
                 return "failed", check.detail
             if check.measured:  # what was measured, also when it passed (for the report)
                 self._emit("metrics_checked", step.id, message="; ".join(check.measured))
+        outputs: dict[str, str] | None = None
         if step.outputs and not step.service:
             try:
                 rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
                 outputs = read_outputs(rendered, where)
             except OutputError as e:
                 return "failed", f"outputs: {e}"
+        problem = self._collect_artifacts(step)
+        if problem:
+            return "failed", problem
+        if outputs is not None:
             outputs = {k: self.redactor(v) for k, v in outputs.items()}
             self._update(step.id, outputs=outputs)
             shown = ", ".join(f"{k}={v}" for k, v in outputs.items())
             self._emit("outputs", step.id, message=shown)
         return "succeeded", None
+
+    def _collect_artifacts(self, step: Step) -> str | None:
+        """Keep the step's ``artifacts`` with the run (its attempt succeeded so far); what
+        went wrong, or None. The manifest and an ``artifacts`` event record them."""
+        if not step.artifacts:
+            return None
+        env = self._step_env(step)
+        patterns = [self._render(p, env) for p in step.artifacts]
+        home = self.s.run.path.parent.parent
+        collector = Collector(
+            root=self.s.workspace,
+            step_dir=self._where(step, env).host_dir,
+            dest=self.s.run.path / artifacts.COPY_DIR / step.id,
+            copy_max=settings().artifact_copy_max,
+            exclude=(home,),
+        )
+        try:
+            files, skipped = collector.collect(patterns)
+            collected = artifacts.StepArtifacts(
+                attempt=self.state.steps[step.id].attempts,
+                collected_at=now(),
+                patterns=patterns,
+                files=files,
+                skipped=skipped,
+            )
+            artifacts.save(self.s.run, step.id, collected)
+        except ArtifactError as e:
+            return str(e)
+        except OSError as e:  # the manifest cannot be written (a full disk)
+            return f"artifacts: cannot record them in the run directory ({e.strerror or e})"
+        self._emit("artifacts", step.id, message=artifacts.summary(collected))
+        return None
 
     def _fail_dependents(self, service: str, why: str) -> None:
         """A service went away: the running steps that need it cannot go on."""

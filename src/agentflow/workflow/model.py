@@ -9,8 +9,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
+from agentflow.template import references
 from agentflow.workflow.types import Duration, Env, EnvName, StepId
 
 
@@ -355,6 +363,21 @@ def _one_or_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _artifact_pattern(pattern: str) -> str:
+    if not pattern.strip():
+        raise ValueError("an artifact pattern cannot be empty")
+    if pattern.startswith("/"):
+        raise ValueError(
+            f"{pattern!r}: artifacts are read from the workspace: give a path relative to "
+            "the step's folder, not an absolute one"
+        )
+    list(references(pattern))  # a TemplateSyntaxError (a ValueError) for an unknown form
+    return pattern
+
+
+ArtifactPattern = Annotated[str, AfterValidator(_artifact_pattern)]
+
+
 class Step(Model):
     """One unit of work: a command (``run``) or a description for the planner (``task``)."""
 
@@ -394,8 +417,14 @@ class Step(Model):
     resources: Resources | None = None
     """What this step's job asks Slurm for (cpus, memory, gpus, nodes), instead of
     ``sandbox.resources``; only the slurm sandbox has a job per step."""
-    artifacts: list[str] = Field(default_factory=list)
-    """Files (globs) to keep with the run."""
+    artifacts: Annotated[list[ArtifactPattern], BeforeValidator(_one_or_list)] = Field(
+        default_factory=list
+    )
+    """Files to keep with the run when the step succeeds: paths or globs (``*``, ``?``,
+    ``[...]``, ``**``), relative to the step's folder in the workspace; a folder means every
+    file in it. Each is copied into the run directory (or, above
+    ``AGENTFLOW_ARTIFACT_COPY_MAX``, recorded by size and sha256); a pattern that matches
+    no file fails the step."""
     recover: list[RecoverRule] = Field(default_factory=list)
     """Known failure modes and what to do about them."""
 

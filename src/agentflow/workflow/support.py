@@ -14,9 +14,7 @@ from agentflow.workflow.model import Workflow
 
 Loc = tuple[str | int, ...]
 
-_STEP_KEYS = {
-    "artifacts": "artifacts",
-}
+_STEP_KEYS: dict[str, str] = {}
 
 
 def unsupported(workflow: Workflow) -> Iterator[tuple[Loc, str]]:
