@@ -238,8 +238,8 @@ def reopen(
 def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> None:
     """Hand a new run to an orchestrator of its own (``argv``) in the first window of the
     run's tmux session, where it survives this terminal and a person sees it on attach.
-    Returns once that orchestrator holds the run's lock; raises with what its window
-    showed if it ended first."""
+    Returns once that orchestrator is going; raises with what its window showed if it
+    ended before it got going."""
     runner, run = prepared.runner, prepared.run
     run.write_state(runner.state)
     # This shell's environment (secrets, keys, PATH) for the orchestrator, which the tmux
@@ -254,7 +254,9 @@ def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> N
     command = shlex.join([*argv, "--env-file", str(env_file)])
     runner.s.tmux.ensure_session(run.run_id, runner.s.workspace, command)
     deadline = time.monotonic() + wait
-    while run.lock_holder() is None:
+    # Going: it holds the lock, or it has already said something (a short run may be over
+    # before a look finds the lock held).
+    while run.lock_holder() is None and not run.events_path.exists():
         ended, shown = runner.s.tmux.first_pane(run.run_id)
         if ended or time.monotonic() > deadline:
             why = "ended at once" if ended else f"did not start within {wait:.0f}s"

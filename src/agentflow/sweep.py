@@ -40,15 +40,20 @@ def expand(matrix: dict[str, list[Any]]) -> list[dict[str, Scalar]]:
         else []
     )
     for entry in matrix.get("exclude") or []:
-        combos = [c for c in combos if not all(c.get(k) == v for k, v in entry.items())]
+        combos = [c for c in combos if not all(_same(c.get(k), v) for k, v in entry.items())]
     extra: list[dict[str, Scalar]] = []
     for entry in matrix.get("include") or []:
-        fits = [c for c in combos if all(c[k] == v for k, v in entry.items() if k in dims)]
+        fits = [c for c in combos if all(_same(c[k], v) for k, v in entry.items() if k in dims)]
         for c in fits:
             c.update(entry)
         if not fits:
             extra.append(dict(entry))
     return combos + extra
+
+
+def _same(a: object, b: object) -> bool:
+    """Values from the command line are text: ``--matrix k=4`` matches ``exclude: [{k: 4}]``."""
+    return a == b or (a is not None and b is not None and str(a) == str(b))
 
 
 def parse_matrix_options(items: list[str]) -> dict[str, list[Any]]:
