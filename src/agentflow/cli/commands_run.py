@@ -233,25 +233,41 @@ def drive(
     Changed commands need --yes: nobody may be there to approve them (else: blocked)."""
     if env_file is not None:
         take_environment(env_file)
-    store = Store()
-    run_dir = store.open(run_id)
-    factory, lives = _observer_factory(ci=False)
+    run_dir = Store().open(run_id)
+    # Its first orchestrator may have died before it started anything: then start.
+    fresh = not run_dir.read_events()
+    _drive_again(run_dir, ci=False, junit=junit, keep_sandbox=keep_sandbox, yes=yes,
+                 no_diagnose=no_diagnose, unattended=True, fresh=fresh)  # fmt: skip
+
+
+def _drive_again(
+    run_dir: RunDir,
+    *,
+    ci: bool,
+    junit: Path | None,
+    keep_sandbox: bool,
+    yes: bool,
+    no_diagnose: bool,
+    unattended: bool = False,
+    fresh: bool = False,
+) -> None:
+    """Drive an existing run (resume it, or start it when ``fresh``) under its lock.
+    ``unattended``: nobody may be there to approve a changed command (a detached run)."""
+    factory, lives = _observer_factory(ci)
     with run_dir.lock():
         prepared = reopen(
-            store,
+            Store(),
             run_dir.run_id,
             factory,
             junit=junit,
             keep_sandbox=keep_sandbox,
             log=_sandbox_log,
-            approve=approver(yes, ci=True, lives=lives),
-            on_interrupt=interrupt_asker(False, lives),
+            approve=approver(yes, ci or unattended, lives),
+            on_interrupt=interrupt_asker(ci, lives),
             diagnose=not no_diagnose,
         )
-        fresh = not run_dir.read_events()  # else its first orchestrator died: resume
-        final = _drive(
-            prepared, lives, prepared.runner.start if fresh else lambda: resume(prepared)
-        )
+        start = prepared.runner.start if fresh else lambda: resume(prepared)
+        final = _drive(prepared, lives, start)
     _conclude(final, run_dir)
 
 
@@ -279,27 +295,14 @@ def resume_cmd(
     no_diagnose: NoDiagnoseOption = False,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
-    store = Store()
-    run_dir = store.open(run_id)
+    run_dir = Store().open(run_id)
     state = run_dir.read_state()
     if state.status == "succeeded":
         console.print(f"run {state.run_id} already succeeded: nothing to do")
         raise typer.Exit(EXIT_OK)
-    factory, lives = _observer_factory(ci)
-    with run_dir.lock():
-        prepared = reopen(
-            store,
-            run_dir.run_id,
-            factory,
-            junit=junit,
-            keep_sandbox=keep_sandbox,
-            log=_sandbox_log,
-            approve=approver(yes, ci, lives),
-            on_interrupt=interrupt_asker(ci, lives),
-            diagnose=not no_diagnose,
-        )
-        final = _drive(prepared, lives, lambda: resume(prepared))
-    _conclude(final, run_dir)
+    _drive_again(
+        run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose
+    )
 
 
 @command()
