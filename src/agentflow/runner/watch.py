@@ -48,7 +48,10 @@ class Watching(Outcomes):
         running = [k for k, v in self.state.steps.items() if v.status == "running"]
         if not running:
             return
-        panes = self.s.tmux.panes(self.session)  # one tmux call for all steps
+        # One tmux call for all steps, and only when a step has not recorded its end: the
+        # usual wake-up (a step's wrapper wrote its exit code) needs none.
+        over = {k for k in running if self._exit_code(k)[0] is not None}
+        panes = self.s.tmux.panes(self.session) if set(running) - over else {}
         box = self.s.sandbox
         jobs = box.jobs(running) if isinstance(box, Scheduler) else {}  # one query for all
         for step_id in running:
