@@ -39,6 +39,11 @@ def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
     return code, datetime.fromtimestamp(mtime).astimezone()
 
 
+def hung_up(step_dir: Path) -> bool:
+    """Whether the attempt ended because its window went away (the wrapper got SIGHUP)."""
+    return (step_dir / "hangup").exists()
+
+
 def pid(step_dir: Path) -> int | None:
     """The process group the wrapper started the step in (None before it has)."""
     try:

@@ -15,7 +15,7 @@ from rich.text import Text
 from agentflow import safefs
 from agentflow.cli.app import command, console
 from agentflow.display import STATUS_STYLE, last_line, steps_table
-from agentflow.errors import UsageError
+from agentflow.errors import StateError, UsageError
 from agentflow.state import RunState, now
 from agentflow.store import RunDir, Store
 from agentflow.tmux import Tmux, socket_path_for
@@ -62,7 +62,12 @@ def status(
         return
     runs = store.list()
     if as_json:
-        states = [r.read_state().model_dump(mode="json") for r in runs]
+        states: list[dict[str, object]] = []
+        for r in runs:
+            try:
+                states.append(r.read_state().model_dump(mode="json"))
+            except StateError as e:
+                states.append({"run_id": r.run_id, "status": "damaged", "error": str(e)})
         import json
 
         print(json.dumps(states, indent=2))
@@ -70,11 +75,17 @@ def status(
     if not runs:
         console.print(f"no runs in {store.runs}")
         return
+    damaged: list[str] = []
     table = Table(box=None, pad_edge=False, show_edge=False)
     for col in ("run", "workflow", "status", "steps", "started", "time"):
         table.add_column(col, no_wrap=col != "workflow")
     for run in runs:
-        state = run.read_state()
+        try:
+            state = run.read_state()
+        except StateError as e:  # one damaged run must not hide the others
+            table.add_row(run.run_id, "", Text("damaged", style="red"), "", "", "")
+            damaged.append(str(e))
+            continue
         shown = _run_status(run, state)
         end = state.finished_at or (now() if shown == "running" else state.updated_at)
         table.add_row(
@@ -86,6 +97,8 @@ def status(
             format_duration(round((end - state.created_at).total_seconds())),
         )
     console.print(table)
+    for problem in damaged:
+        console.print(f"[red]damaged:[/] {problem}")
 
 
 @command()

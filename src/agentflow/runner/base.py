@@ -114,6 +114,9 @@ class RunnerBase:
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
         return stepfiles.exit_code(self.s.run.step_dir(step_id))
 
+    def _hung_up(self, step_id: str) -> bool:
+        return stepfiles.hung_up(self.s.run.step_dir(step_id))
+
     def _signal(self, step_id: str, signum: int) -> None:
         pgid = stepfiles.pid(self.s.run.step_dir(step_id))
         if self.s.sandbox.signal(step_id, pgid, signum) or pgid is not None:
@@ -197,6 +200,9 @@ class RunnerBase:
         self.s.tmux.ensure_session(self.session, self.s.workspace, command)
 
     def _update(self, step_id: str, **changes: object) -> None:
+        message = changes.get("message")
+        if isinstance(message, str):  # what a check found may quote a secret's value
+            changes["message"] = self.redactor(message)
         self.state = self.state.with_step(step_id, **changes)
         self._save()
 

@@ -101,6 +101,14 @@ class Launching(RunnerBase):
         pane_command = shlex.join(launch.command)
         if st.window:
             self.s.tmux.kill_window(st.window)
+        # Saved before the window exists: killed in between, a resume finds the attempt
+        # (its exit code, or no window: crashed) instead of starting it again as new.
+        self._update(
+            planned.id, status="running", attempts=attempt, started_at=now(),
+            finished_at=None, exit_code=None, window=None, message=None, kill_reason=None,
+            kill_sent_at=None, not_before=None, ready_at=None, progress=None, output_bytes=0,
+            last_output_at=None,
+        )  # fmt: skip
         try:
             window = self.s.tmux.new_window(
                 self.session, planned.id, pane_command, self.s.workspace, launch.env
@@ -112,23 +120,7 @@ class Launching(RunnerBase):
             window = self.s.tmux.new_window(
                 self.session, planned.id, pane_command, self.s.workspace, launch.env
             )
-        self._update(
-            planned.id,
-            status="running",
-            attempts=attempt,
-            started_at=now(),
-            finished_at=None,
-            exit_code=None,
-            window=window,
-            message=None,
-            kill_reason=None,
-            kill_sent_at=None,
-            not_before=None,
-            ready_at=None,
-            progress=None,
-            output_bytes=0,
-            last_output_at=None,
-        )
+        self._update(planned.id, window=window)
         self.clocks[planned.id] = StepClock(self.expected.get(planned.id))
         self.schedule.changed()
         self._emit("step_started", planned.id, status="running")

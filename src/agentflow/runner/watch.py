@@ -67,6 +67,9 @@ class Watching(Outcomes):
             if job is not None:
                 self._follow_job(step_id, job)
             code, ended = self._exit_code(step_id)
+            if code is not None and st.kill_reason is None and self._hung_up(step_id):
+                self._crashed(step_id, "its tmux window went away (SIGHUP): tmux was killed?")
+                continue
             if code is not None:
                 self._attempt_ended(step_id, code, ended)
                 continue

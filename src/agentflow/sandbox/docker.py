@@ -25,12 +25,17 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
 from agentflow.errors import EnvironmentProblem, UsageError
 from agentflow.sandbox import DEFAULT_PIDS, Launch, bounded
 from agentflow.workflow.model import Sandbox as SandboxConfig
+
+DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+"""What docker-py raises when the daemon is gone: its own errors, and some of requests'
+(a connection aborted mid-call) that it does not wrap."""
 
 STEPS_MOUNT = "/agentflow/steps"
 """Where the run's ``steps/`` folder appears inside the container."""
@@ -46,7 +51,7 @@ def connect(timeout: int = 5) -> docker.DockerClient:
     try:
         client = docker.from_env(version="auto", timeout=timeout)
         client.ping()
-    except docker.errors.DockerException as e:
+    except DOCKER_ERRORS as e:
         raise EnvironmentProblem(
             f"no Docker daemon answers ({_first_line(e)}): start it (`sudo systemctl start "
             "docker`, or `sudo dockerd &`), or run with --sandbox local"
@@ -141,7 +146,7 @@ class DockerSandbox:
             self.log(f"pulling {self.config.image}")
             try:
                 self.client.images.pull(self.config.image)
-            except docker.errors.DockerException as e:
+            except DOCKER_ERRORS as e:
                 raise EnvironmentProblem(
                     f"image {self.config.image} is not on this machine and cannot be pulled "
                     f"({_first_line(e)}): build it (`docker build -t {self.config.image} .`) "
@@ -184,7 +189,7 @@ class DockerSandbox:
                 if "error" in chunk:
                     tail = "\n".join(lines[-8:])
                     raise EnvironmentProblem(f"building {tag} failed:\n{tail}")
-        except docker.errors.DockerException as e:
+        except DOCKER_ERRORS as e:
             raise EnvironmentProblem(f"building {tag} failed: {_first_line(e)}") from None
         finally:
             if out:
@@ -236,7 +241,7 @@ class DockerSandbox:
                 environment={"HOME": "/tmp"},
                 **kwargs,
             )
-        except docker.errors.DockerException as e:
+        except DOCKER_ERRORS as e:
             raise EnvironmentProblem(
                 f"cannot start the sandbox container from {image}: {_first_line(e)}"
             ) from None
@@ -292,7 +297,7 @@ class DockerSandbox:
                 return False
             # As the container's user: the step's own uid may signal it without capabilities.
             code, _ = container.exec_run(["sh", "-c", f"kill -{name} -{pgid}"])
-        except docker.errors.DockerException:
+        except DOCKER_ERRORS:
             return False
         return code == 0
 
@@ -306,7 +311,7 @@ class DockerSandbox:
             code, out = container.exec_run(
                 bounded(script, timeout), workdir=workdir, environment=env or None
             )
-        except docker.errors.DockerException as e:
+        except DOCKER_ERRORS as e:
             return 125, _first_line(e)
         text = out.decode("utf-8", errors="replace") if isinstance(out, bytes) else ""
         return int(code or 0), text

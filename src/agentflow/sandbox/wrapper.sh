@@ -9,7 +9,10 @@ d=$(cd "$(dirname "$0")" && pwd)
 cd "$1" || { echo "agentflow: cannot enter $1" | tee -a "$d/output.log"; echo 127 >"$d/exit_code.tmp"; mv "$d/exit_code.tmp" "$d/exit_code"; exit 127; }
 shell=sh
 command -v bash >/dev/null 2>&1 && shell=bash
-rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp"
+rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup"
+# The exit code's file is made now, while there is room: at the end it is written in place
+# (no new block) and renamed, so that even a disk the step filled up records it.
+echo "    " >"$d/exit_code.tmp"
 mkfifo "$d/fifo"
 if [ -n "${AGENTFLOW_SECRETS:-}" ]; then
   # Mask the values of the named secrets (read from the environment, never from argv)
@@ -44,7 +47,8 @@ fi
 echo "$pid" >"$d/pid"
 # Ctrl-C or a hangup in the window is passed on to the step.
 trap 'kill -INT -"$pid" 2>/dev/null' INT
-trap 'kill -HUP -"$pid" 2>/dev/null' HUP
+# A hangup is the window going away (a killed tmux server): the step is lost, not failed.
+trap 'hup=1; kill -HUP -"$pid" 2>/dev/null' HUP
 trap 'kill -TERM -"$pid" 2>/dev/null' TERM
 while :; do
   wait "$pid"
@@ -56,7 +60,8 @@ done
 kill -TERM -"$pid" 2>/dev/null
 wait "$tee_pid"
 rm -f "$d/fifo"
-echo "$code" >"$d/exit_code.tmp"
+[ -z "${hup:-}" ] || : >"$d/hangup"
+printf '%4d\n' "$code" 1<>"$d/exit_code.tmp"
 mv "$d/exit_code.tmp" "$d/exit_code"
 # Wake the orchestrator at once. Opened read-write, a FIFO never blocks, even with nobody
 # reading (the orchestrator may be dead; then the line is simply dropped).
