@@ -14,7 +14,7 @@ from agentflow.cli.commands_define import SetOption
 from agentflow.cli.interactive import approver, interrupt_asker
 from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
-from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
+from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, StateError, UsageError
 from agentflow.orchestrator import (
     ObserverFactory,
     Prepared,
@@ -296,7 +296,16 @@ def resume_cmd(
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
     run_dir = Store().open(run_id)
-    state = run_dir.read_state()
+    try:
+        state = run_dir.read_state()
+    except StateError:
+        # A damaged checkpoint: rebuilt (from the previous copy and the events) under the
+        # run's lock, and said so; a run past saving stays an error.
+        with run_dir.lock():
+            note = run_dir.recover_state()
+        if note:
+            err_console.print(f"[yellow]warning:[/] {note}")
+        state = run_dir.read_state()
     if state.status == "succeeded":
         console.print(f"run {state.run_id} already succeeded: nothing to do")
         raise typer.Exit(EXIT_OK)

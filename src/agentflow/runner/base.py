@@ -99,6 +99,7 @@ class RunnerBase:
         self.aborting: str | None = None
         self._resuming = False
         self._sandbox_checked = True
+        self._sandbox_down_since: datetime | None = None
         self.clocks: dict[str, StepClock] = {}
         self.next_probe: dict[str, datetime] = {}
         self.last_probe: dict[str, str] = {}

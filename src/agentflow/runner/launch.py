@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import shlex
 import signal
+from datetime import timedelta
 
 from agentflow import stepfiles
-from agentflow.errors import EnvironmentProblem
+from agentflow.errors import AgentflowError, EnvironmentProblem
 from agentflow.monitor import (
     StepClock,
 )
@@ -15,6 +16,11 @@ from agentflow.plan import PlannedStep
 from agentflow.runner.base import RunnerBase
 from agentflow.sandbox import wrapper_script
 from agentflow.state import FINAL, now
+
+SANDBOX_RETRY = 5.0
+"""Seconds between tries to bring back a sandbox that went away."""
+SANDBOX_PATIENCE = 180.0
+"""How long a run waits for its sandbox to come back before it stops with the error."""
 
 
 class Launching(RunnerBase):
@@ -44,6 +50,20 @@ class Launching(RunnerBase):
                 self._update(step_id, kill_reason="end", kill_sent_at=now())
                 self._emit("service_stopping", step_id, message="the run is over")
                 self._signal(step_id, signal.SIGTERM)
+
+    def _sandbox_down(self, step_id: str, error: AgentflowError) -> None:
+        """The sandbox went away under the run (a Docker daemon restarting): the step
+        waits and the sandbox is tried again, for a while, before the run gives up."""
+        first = self._sandbox_down_since or now()
+        self._sandbox_down_since = first
+        waited = (now() - first).total_seconds()
+        if waited > SANDBOX_PATIENCE:
+            raise error
+        why = str(error).splitlines()[0]
+        self._update(step_id, not_before=now() + timedelta(seconds=SANDBOX_RETRY))
+        self._emit(
+            "sandbox_unavailable", step_id, message=f"{why}; trying again in {SANDBOX_RETRY:g}s"
+        )
 
     def _start_ready(self) -> None:
         self._end_services()
@@ -78,8 +98,13 @@ class Launching(RunnerBase):
 
     def _launch(self, planned: PlannedStep) -> None:
         if not self._sandbox_checked:
-            self.s.sandbox.start()  # idempotent: re-attaches, or starts a new one
+            try:
+                self.s.sandbox.start()  # idempotent: re-attaches, or starts a new one
+            except AgentflowError as e:
+                self._sandbox_down(planned.id, e)
+                return
             self._sandbox_checked = True
+            self._sandbox_down_since = None
         step = self.s.workflow.step(planned.id)
         st = self.state.steps[planned.id]
         attempt = st.attempts + 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import secrets
 import shutil
 import signal as signals
 from collections.abc import Callable
@@ -119,10 +120,20 @@ class DockerSandbox:
             )
         existing = self._find()
         if existing is not None:
-            if existing.status != "running":
-                existing.start()
-            self._container = existing
-            return
+            try:
+                if existing.status != "running":
+                    existing.start()
+                self._container = existing
+                self.container_name = existing.name or self.container_name
+                return
+            except DOCKER_ERRORS as e:
+                # A container the daemon cannot start again (after a daemon restart it may
+                # have lost its network endpoint): a new one, the workspace is on the host.
+                self.log(f"the run's container cannot start again ({_first_line(e)}): new one")
+                try:
+                    existing.remove(force=True)
+                except DOCKER_ERRORS:  # it keeps its name: the new one takes another
+                    self.container_name = f"agentflow-{self.run_id}-{secrets.token_hex(2)}"
         image = self.image()
         self._container = self._create(image)
 
@@ -130,7 +141,8 @@ class DockerSandbox:
         found = self.client.containers.list(
             all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}
         )
-        return found[0] if found else None
+        # A running one first: a container left broken by a daemon restart may remain.
+        return sorted(found, key=lambda c: c.status != "running")[0] if found else None
 
     def image(self) -> str:
         """The image to run: ``image`` (pulled if missing), or built from ``build``."""
