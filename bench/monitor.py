@@ -7,11 +7,13 @@ exit-code file at a fixed interval), in the same run:
   start, over a chain of steps of varied lengths and one long step whose check interval has
   backed off to a minute or more; p50 and p95.
 - idle cost: CPU time and wake-ups (voluntary context switches) of the orchestrator while
-  one long step runs.
+  one long step runs; the naive poller (1 s interval) runs at the same time, in a process
+  of its own, waiting for a step just as long.
 
     python bench/monitor.py [--long 130] [--chain 20] [--poll 5]
 
-Prints a table and merges its figures into bench/results.json.
+Prints a table and merges its figures into bench/results.json (``make bench`` runs it as
+part of the suite).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from common import AGENTFLOW, Figure, Home, private_home
 
 HERE = Path(__file__).resolve().parent
-AGENTFLOW = str(Path(sys.executable).parent / "agentflow")
 
 
 def chain_workflow(lengths: list[float]) -> str:
@@ -62,12 +65,11 @@ def detection_latencies(home: Path, run_id: str, steps: int) -> list[float]:
     return out
 
 
-def run_agentflow(workdir: Path, home: Path, wf: Path, run_id: str) -> tuple[float, int, float]:
-    env = {**os.environ, "AGENTFLOW_HOME": str(home)}
+def run_agentflow(h: Home, wf: Path, run_id: str) -> tuple[float, int, float]:
     proc = subprocess.Popen(
         [AGENTFLOW, "run", str(wf), "--ci", "--run-id", run_id],
-        cwd=workdir,
-        env=env,
+        cwd=h.work,
+        env=h.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -98,44 +100,42 @@ def naive_poller(exit_file: Path, interval: float, deadline: float) -> tuple[flo
     raise RuntimeError("the step did not end")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--long", type=float, default=130.0, help="seconds of the long step")
-    ap.add_argument("--chain", type=int, default=20, help="steps in the chain")
-    ap.add_argument("--poll", type=float, default=5.0, help="the naive poller's interval")
-    args = ap.parse_args()
+def start_naive(work: Path, seconds: float) -> tuple[subprocess.Popen[str], ...]:
+    """A step of ``seconds`` and, in a process of its own, the naive poller waiting for it."""
+    exit_file = work / "naive-exit"
+    step = subprocess.Popen(["sh", "-c", f"sleep {seconds}; touch {exit_file}"], text=True)
+    poller = subprocess.Popen(
+        [sys.executable, __file__, "--naive", str(exit_file), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return step, poller
+
+
+def measure(long: float, chain: int, poll: float) -> dict[str, Any]:
     rng = random.Random(7)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        home = work / "home"
+    with private_home() as h:
         # 1. completion detection over a chain of varied steps
-        lengths = [rng.uniform(0.3, 3.0) for _ in range(args.chain)]
-        chain = work / "chain.yaml"
-        chain.write_text(chain_workflow(lengths))
-        run_agentflow(work, home, chain, "chain")
-        lat = detection_latencies(home, "chain", args.chain)
-        # 2. one long step (its check interval backs off to a minute and more), then a short
-        long_wf = work / "long.yaml"
-        long_wf.write_text(chain_workflow([args.long, 0.1]))
-        cpu, wakeups, elapsed = run_agentflow(work, home, long_wf, "long")
-        long_latency = detection_latencies(home, "long", 2)[0]
-        # the naive poller, same run: a process that sleeps for the same step
-        exit_file = work / "naive-exit"
-        proc = subprocess.Popen(
-            ["sh", "-c", f"sleep {args.long}; touch {exit_file}"], stdout=subprocess.DEVNULL
+        lengths = [rng.uniform(0.3, 3.0) for _ in range(chain)]
+        run_agentflow(h, h.write("chain.yaml", chain_workflow(lengths)), "chain")
+        lat = detection_latencies(h.home, "chain", chain)
+        # 2. one long step (its check interval backs off to a minute and more), then a
+        #    short one; the naive poller waits for a step as long, at the same time
+        naive_step, naive = start_naive(h.work, long)
+        cpu, wakeups, elapsed = run_agentflow(
+            h, h.write("long.yaml", chain_workflow([long, 0.1])), "long"
         )
-        time.sleep(3)
-        naive_latency, naive_cpu, naive_wakeups = naive_poller(
-            exit_file, 1.0, time.monotonic() + args.long + 30
-        )
-        proc.wait()
-        naive_chain = [rng.uniform(0, args.poll) for _ in lat]  # uniform over the interval
-    p95 = statistics.quantiles(lat, n=20)[-1]
-    results = {
+        long_latency = detection_latencies(h.home, "long", 2)[0]
+        out, _ = naive.communicate(timeout=long + 60)
+        naive_step.wait()
+        naive_latency, naive_cpu, naive_wakeups = json.loads(out)
+    naive_chain = [rng.uniform(0, poll) for _ in lat]  # uniform over the interval
+    p95 = statistics.quantiles(lat, n=20)[-1] if len(lat) > 1 else lat[0]
+    return {
         "detection_p50_s": round(statistics.median(lat), 4),
         "detection_p95_s": round(p95, 4),
         "detection_long_step_s": round(long_latency, 4),
-        "naive_poll_interval_s": args.poll,
+        "naive_poll_interval_s": poll,
         "naive_detection_p50_s": round(statistics.median(naive_chain), 3),
         "naive_detection_long_step_s": round(naive_latency, 3),
         "idle_seconds": round(elapsed, 1),
@@ -145,28 +145,90 @@ def main() -> None:
         "naive_1s_poll_cpu_s": round(naive_cpu, 3),
         "naive_1s_poll_wakeups": naive_wakeups,
     }
+
+
+def figures(r: dict[str, Any], chain: int, long: float) -> list[Figure]:
+    poll = r["naive_poll_interval_s"]
+    idle = r["idle_seconds"]
+    return [
+        Figure(
+            key="detection_p50",
+            name=f"completion detection p50 ({chain} chained steps of 0.3–3 s)",
+            unit="s",
+            value=r["detection_p50_s"],
+            baseline=r["naive_detection_p50_s"],
+            baseline_name=f"naive {poll:g} s poll (uniform over the interval)",
+            rounds=chain - 1,
+        ),
+        Figure(
+            key="detection_p95",
+            name="completion detection p95",
+            unit="s",
+            value=r["detection_p95_s"],
+            baseline=0.95 * poll,
+            baseline_name=f"naive {poll:g} s poll",
+            target=0.5,
+            target_on="value",
+            rounds=chain - 1,
+        ),
+        Figure(
+            key="detection_long_step",
+            name=f"detection after a {long:g} s step (checks backed off)",
+            unit="s",
+            value=r["detection_long_step_s"],
+            baseline=r["naive_detection_long_step_s"],
+            baseline_name="naive 1 s poll, measured",
+            target=0.5,
+            target_on="value",
+        ),
+        Figure(
+            key="idle_cpu",
+            name=f"orchestrator CPU while one {long:g} s step runs",
+            unit="% core",
+            value=r["idle_cpu_percent"],
+            baseline=round(100 * r["naive_1s_poll_cpu_s"] / idle, 3) if idle else None,
+            baseline_name="naive 1 s poll, measured",
+            target=1.0,
+            target_on="value",
+            note=f"{r['idle_cpu_s']} s CPU and {r['idle_wakeups']} wake-ups over {idle} s "
+            f"(naive: {r['naive_1s_poll_cpu_s']} s, {r['naive_1s_poll_wakeups']} wake-ups)",
+        ),
+    ]
+
+
+def run(rounds: int, quick: bool) -> tuple[list[Figure], dict[str, Any]]:
+    """For the suite: one measurement (its chain gives the rounds of detection)."""
+    long, chain = (20.0, 6) if quick else (130.0, 20)
+    results = measure(long, chain, 5.0)
+    return figures(results, chain, long), results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--long", type=float, default=130.0, help="seconds of the long step")
+    ap.add_argument("--chain", type=int, default=20, help="steps in the chain")
+    ap.add_argument("--poll", type=float, default=5.0, help="the naive poller's interval")
+    ap.add_argument("--naive", nargs=2, metavar=("EXIT_FILE", "SECONDS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.naive:  # the naive poller's own process (see start_naive)
+        exit_file, seconds = Path(args.naive[0]), float(args.naive[1])
+        print(json.dumps(naive_poller(exit_file, 1.0, time.monotonic() + seconds + 30)))
+        return
+    results = measure(args.long, args.chain, args.poll)
     print(f"{'figure':38} {'agentflow':>12} {'naive':>12}")
-    print(
-        f"{'completion detection p50 (s)':38} {results['detection_p50_s']:>12} "
-        f"{results['naive_detection_p50_s']:>12}"
-    )
-    print(
-        f"{'completion detection p95 (s)':38} {results['detection_p95_s']:>12} "
-        f"{'~' + str(args.poll * 0.95):>12}"
-    )
-    print(
-        f"{'detection after a long step (s)':38} {results['detection_long_step_s']:>12} "
-        f"{results['naive_detection_long_step_s']:>12}"
-    )
-    print(
-        f"{'idle CPU over the long step (s)':38} {results['idle_cpu_s']:>12} "
-        f"{results['naive_1s_poll_cpu_s']:>12}"
-    )
-    print(f"{'idle CPU (% of one core)':38} {results['idle_cpu_percent']:>12}")
-    print(
-        f"{'wake-ups over the long step':38} {results['idle_wakeups']:>12} "
-        f"{results['naive_1s_poll_wakeups']:>12}"
-    )
+    rows = [
+        ("completion detection p50 (s)", "detection_p50_s", "naive_detection_p50_s"),
+        ("completion detection p95 (s)", "detection_p95_s", None),
+        ("detection after a long step (s)", "detection_long_step_s", "naive_detection_long_step_s"),
+        ("idle CPU over the long step (s)", "idle_cpu_s", "naive_1s_poll_cpu_s"),
+        ("idle CPU (% of one core)", "idle_cpu_percent", None),
+        ("wake-ups over the long step", "idle_wakeups", "naive_1s_poll_wakeups"),
+    ]
+    for label, ours, theirs in rows:
+        naive = results[theirs] if theirs else ""
+        if ours == "detection_p95_s":
+            naive = f"~{args.poll * 0.95:g}"
+        print(f"{label:38} {results[ours]:>12} {naive:>12}")
     out = HERE / "results.json"
     merged = json.loads(out.read_text()) if out.exists() else {}
     merged["monitor"] = results

@@ -43,8 +43,11 @@ def write_text(path: Path, text: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:  # a full disk: say which file, the error alone names none
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def ensure_dir(path: Path) -> None:

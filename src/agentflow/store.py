@@ -4,6 +4,11 @@ Writes are durable: ``state.json`` is replaced atomically (temporary file, fsync
 and the previous good copy is kept as ``state.json.prev``; ``events.jsonl`` is append-only.
 A ``lock`` held with ``flock`` keeps two orchestrators from driving one run; the kernel
 drops it when its holder dies, even by SIGKILL.
+
+A damaged ``state.json`` (truncated, overwritten, not JSON) is an error that says so, never
+read as something else; ``RunDir.recover_state`` (run under the lock, by ``resume``) rebuilds
+it from ``state.json.prev`` and the events recorded after it, or from the plan and every
+event, keeps the damaged file as ``state.json.damaged``, and says what it did.
 """
 
 from __future__ import annotations
@@ -13,18 +18,22 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import get_args
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentflow.errors import RunLockedError, StateError, UsageError
 from agentflow.plan import Plan
 from agentflow.settings import settings
-from agentflow.state import RunState
+from agentflow.state import FINAL, RunState, RunStatus, StepState
 
 
 class Event(BaseModel):
@@ -65,19 +74,48 @@ class Store:
                 f"run id {run_id!r}: use letters, digits, '-' and '_' only (at most 100)"
             )
         path = self.runs / run_id
+        # Made aside, then renamed into place: the folder appears with its claim (who is
+        # making it) already inside, so a second `run --run-id` never takes it for one
+        # that was abandoned.
+        self.runs.mkdir(parents=True, exist_ok=True)
+        new = self.runs / f".{run_id}.{os.getpid()}.new"
+        shutil.rmtree(new, ignore_errors=True)
+        (new / "steps").mkdir(parents=True)
+        (new / "lock").write_text(f"{os.getpid()}\n")
         try:
-            path.mkdir(parents=True)
-        except FileExistsError:
-            raise UsageError(
-                f"run {run_id} exists already: resume it with `agentflow resume {run_id}` "
-                "or choose another --run-id"
-            ) from None
-        (path / "steps").mkdir()
+            if _never_began(path):
+                # Its orchestrator died before the run's first checkpoint: nothing ran, and
+                # what it left (workflow.yaml, plan.json) is made again. Renamed away first:
+                # of two processes doing this at once, one wins.
+                gone = self.runs / f".{run_id}.{os.getpid()}.abandoned"
+                with contextlib.suppress(FileNotFoundError):
+                    path.rename(gone)
+                    shutil.rmtree(gone, ignore_errors=True)
+            try:
+                new.rename(path)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                raise UsageError(
+                    f"run {run_id} exists already: resume it with `agentflow resume {run_id}` "
+                    "or choose another --run-id"
+                ) from None
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
         return RunDir(path)
 
     def open(self, run_id: str) -> RunDir:
         path = self.runs / run_id
-        if not _valid_run_id(run_id) or not (path / "state.json").is_file():
+        if _valid_run_id(run_id) and _never_began(path):
+            raise UsageError(
+                f"run {run_id} never began: its orchestrator stopped before the first "
+                f"checkpoint, so no step ran; start it again with `agentflow run WORKFLOW "
+                f"--run-id {run_id}`"
+            )
+        # With only the previous checkpoint left, the run is there: resume rebuilds it.
+        if not _valid_run_id(run_id) or not any(
+            (path / name).is_file() for name in ("state.json", "state.json.prev")
+        ):
             ids = [r.run_id for r in self.list()]
             near = [i for i in ids if i.startswith(run_id)] if run_id else []
             if len(near) == 1:
@@ -97,6 +135,37 @@ class Store:
 
 def _valid_run_id(run_id: str) -> bool:
     return 0 < len(run_id) <= 100 and all(c.isalnum() or c in "-_" for c in run_id)
+
+
+def _never_began(path: Path) -> bool:
+    """A run directory whose maker died before its first checkpoint: no state.json (nor a
+    previous copy), no event, no step folder, and nobody alive holds or claims it."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if any((path / name).exists() for name in ("state.json", "state.json.prev", "events.jsonl")):
+        return False
+    steps = path / "steps"
+    if steps.is_dir() and any(steps.iterdir()):
+        return False
+    run = RunDir(path)
+    if run.lock_holder() is not None:
+        return False
+    claim = path / "lock"
+    try:
+        text = claim.read_text().strip()
+    except OSError:
+        return True
+    return not (text.isdigit() and _alive(int(text)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -135,20 +204,114 @@ class RunDir:
 
     # --- checkpoint -------------------------------------------------------------------------
 
+    @property
+    def prev_state_path(self) -> Path:
+        """The checkpoint before the latest one."""
+        return self.path / "state.json.prev"
+
+    @property
+    def damaged_state_path(self) -> Path:
+        """Where ``recover_state`` keeps a damaged checkpoint, for a person to look at."""
+        return self.path / "state.json.damaged"
+
     def write_state(self, state: RunState) -> None:
+        """Save the checkpoint. When it cannot be written (a full disk), the one before
+        stays in place, whole, and the error says so."""
         data = state.model_dump_json(indent=2).encode()
-        _atomic_write(self.state_path, data, keep_previous=True)
+        try:
+            _atomic_write(self.state_path, data, keep_previous=True)
+        except OSError as e:
+            raise StateError(
+                f"cannot save the checkpoint of run {self.run_id} in {self.path} "
+                f"({e.strerror or e}); the last one saved is kept: fix that, then "
+                f"`agentflow resume {self.run_id}` (steps still running go on meanwhile)"
+            ) from None
 
     def read_state(self) -> RunState:
+        """The checkpoint; StateError (one line, with the way out) when it is damaged."""
+        state, problem = _read_checkpoint(self.state_path)
+        if state is not None:
+            return state
+        if not self.state_path.exists() and not self.prev_state_path.exists():
+            raise StateError(f"{self.state_path}: missing; is this a run directory?")
+        raise StateError(
+            f"{self.state_path}: damaged checkpoint ({problem}); `agentflow resume "
+            f"{self.run_id}` rebuilds it from {self._recovery_sources()} and keeps the "
+            f"damaged file as {self.damaged_state_path.name}"
+        )
+
+    def _recovery_sources(self) -> str:
+        prev, _ = _read_checkpoint(self.prev_state_path)
+        return "state.json.prev and events.jsonl" if prev is not None else "events.jsonl"
+
+    def recover_state(self) -> str | None:
+        """Make ``state.json`` whole again if it is damaged; hold the lock when calling this.
+        Returns what was done, for a person (None: the checkpoint was fine).
+
+        The base is ``state.json.prev`` (the checkpoint before the damaged one), else a
+        state rebuilt from ``plan.json`` and what can still be read of the damaged files;
+        the events recorded after the base are replayed onto it, so a step that succeeded
+        stays succeeded and a step that was started is known to be running (its tmux window
+        is not: unless it has ended, the resume reruns it). The damaged file is kept as
+        ``state.json.damaged``. StateError when nothing usable is left."""
+        state, problem = _read_checkpoint(self.state_path)
+        if state is not None:
+            return None
+        base, _ = _read_checkpoint(self.prev_state_path)
+        source = f"{self.prev_state_path.name} (saved {_clock(base.updated_at)})" if base else ""
+        if base is None:
+            base = self._rebuilt_from_plan()
+            source = "plan.json"
+        events = [e for e in self.read_events() if e.ts > base.updated_at]
+        state, changed = replay(base, events)
+        if self.state_path.exists():
+            _atomic_write(self.damaged_state_path, self.state_path.read_bytes())
+        # Replaces the damaged file in one step; state.json.prev (the good copy) stays.
+        _atomic_write(self.state_path, state.model_dump_json(indent=2).encode())
+        note = (
+            f"run {self.run_id}: state.json was damaged ({problem}); rebuilt from {source}"
+            f" and {len(events)} later event{'s' if len(events) != 1 else ''} of events.jsonl"
+        )
+        if changed:
+            note += f" (steps brought up to date: {', '.join(changed)})"
+        lost = [k for k, st in state.steps.items() if st.status == "running" and not st.window]
+        if lost:
+            note += (
+                f"; {', '.join(lost)} started after that copy: agentflow cannot re-attach to "
+                f"{'them' if len(lost) > 1 else 'it'}, so unless finished by now "
+                f"{'they run' if len(lost) > 1 else 'it runs'} again"
+            )
+        note += f"; the damaged file is kept as {self.damaged_state_path.name}"
+        self.append_event(Event(kind="state_recovered", message=note))
+        return note
+
+    def _rebuilt_from_plan(self) -> RunState:
+        """Every step of the plan pending, and the run's identity from whatever part of the
+        damaged checkpoints can still be read (a truncated file keeps its first fields)."""
         try:
-            return RunState.model_validate_json(self.state_path.read_bytes())
-        except FileNotFoundError:
-            raise StateError(f"{self.state_path}: missing; is this a run directory?") from None
+            plan = self.read_plan()
+        except StateError as e:
+            raise StateError(
+                f"{self.state_path} is damaged, with no good previous copy, and {e}"
+            ) from None
+        found: dict[str, object] = {}
+        for path in (self.prev_state_path, self.state_path):
+            found = _salvage(path) | found
+        header = {k: found[k] for k in _HEADER if k in found}
+        header |= {"run_id": self.run_id, "workflow": plan.workflow, "planner": plan.planner}
+        header |= {"inputs": plan.inputs, "steps": {s.id: StepState() for s in plan.steps}}
+        header.setdefault("created_at", plan.created_at)
+        try:
+            state = RunState.model_validate(header)
         except ValidationError as e:
-            prev = self.state_path.with_name("state.json.prev")
-            hint = f"; the previous good copy is {prev}" if prev.exists() else ""
-            first = e.errors()[0]["msg"] if e.errors() else str(e)
-            raise StateError(f"{self.state_path}: damaged checkpoint ({first}){hint}") from None
+            missing = sorted({str(err["loc"][0]) for err in e.errors() if err["loc"]})
+            raise StateError(
+                f"{self.state_path} is damaged, with no good previous copy, and the run's "
+                f"{', '.join(missing)} cannot be read anywhere: start the workflow again "
+                f"(the steps' logs stay in {self.path / 'steps'})"
+            ) from None
+        # Older than every event: all of them are replayed.
+        return state.model_copy(update={"updated_at": datetime.min.replace(tzinfo=UTC)})
 
     def write_plan(self, plan: Plan) -> None:
         _atomic_write(self.plan_path, plan.model_dump_json(indent=2).encode())
@@ -165,9 +328,23 @@ class RunDir:
     # --- events -----------------------------------------------------------------------------
 
     def append_event(self, event: Event) -> None:
-        line = event.model_dump_json(exclude_none=True) + "\n"
-        with self.events_path.open("a", encoding="utf-8") as f:
-            f.write(line)
+        line = (event.model_dump_json(exclude_none=True) + "\n").encode()
+        try:
+            fd = os.open(self.events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # A line cut short (a full disk, a crash mid-write) is ended first, so that
+                # it costs only itself, not the event after it.
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StateError(
+                f"cannot record an event of run {self.run_id} in {self.events_path} "
+                f"({e.strerror or e}): fix that, then `agentflow resume {self.run_id}`"
+            ) from None
 
     def read_events(self) -> list[Event]:
         events: list[Event] = []
@@ -224,10 +401,16 @@ class RunDir:
 
 def _atomic_write(path: Path, data: bytes, keep_previous: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        # A half-written temporary file (a full disk) must not hold on to the space.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     if keep_previous and path.exists():
         # Link, then rename: at no moment is there no state.json.
         prev_tmp = path.with_name(f".{path.name}.prev.tmp")
@@ -245,3 +428,128 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_HEADER = ("workflow_file", "workspace", "sandbox", "status", "created_at", "tokens_used")
+"""Fields of a run's state that are not in its plan."""
+
+
+def _read_checkpoint(path: Path) -> tuple[RunState | None, str]:
+    """The state saved in ``path``, or None and what is wrong with it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, e.strerror or str(e)
+    if not data.strip():
+        return None, "empty"
+    try:
+        return RunState.model_validate_json(data), ""
+    except ValidationError as e:
+        err = e.errors()[0] if e.errors() else None
+        if err is None:
+            return None, str(e)
+        where = ".".join(str(x) for x in err["loc"])
+        return None, f"{where}: {err['msg']}" if where else err["msg"]
+
+
+def _salvage(path: Path) -> dict[str, object]:
+    """The top-level fields that can still be read from a damaged (say, truncated)
+    checkpoint; {} when nothing can."""
+    try:
+        found = pydantic_core.from_json(path.read_bytes(), allow_partial=True)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _clock(ts: datetime) -> str:
+    return ts.astimezone().strftime("%H:%M:%S")
+
+
+def replay(state: RunState, events: list[Event]) -> tuple[RunState, list[str]]:
+    """``state`` with ``events`` (recorded after it) applied: what each says about a step's
+    status and attempt, and about the run's. Returns the new state and the steps changed.
+    Events that ``state`` already reflects change nothing."""
+    changed: list[str] = []
+    for e in events:
+        if e.step is None:
+            run_status = e.status if e.kind == "run_finished" else _RUN_STATUS.get(e.kind)
+            if run_status in _RUN_STATUSES:
+                done = e.ts if e.kind in ("run_finished", "run_stopped") else None
+                state = state.with_run(status=run_status, finished_at=done)
+            continue
+        if e.step not in state.steps:
+            continue
+        st = state.steps[e.step]
+        update = _step_update(e, st)
+        if update:
+            state = state.with_step(e.step, **update)
+            if e.step not in changed:
+                changed.append(e.step)
+    return state, changed
+
+
+_RUN_STATUS = {
+    "run_started": "running",
+    "run_resumed": "running",
+    "run_interrupted": "interrupted",
+    "run_stopped": "interrupted",
+}
+_RUN_STATUSES = frozenset(get_args(RunStatus))
+_KILL_REASON = {
+    "timeout": "timeout",
+    "stall": "stall",
+    "not_ready": "not_ready",
+    "dependency_lost": "dependency",
+    "service_stopping": "end",
+}
+"""Events that say agentflow asked a running step to stop, and why."""
+
+
+def _step_update(e: Event, st: StepState) -> dict[str, object]:
+    """What one event says about its step, given what is known of it."""
+    attempt = e.attempt or 0
+    if attempt < st.attempts:
+        return {}  # about an attempt the state has seen through
+    if e.kind == "step_started":
+        if attempt == st.attempts and st.status != "pending":
+            return {}
+        # Its window is not in the event: a resume judges the step from its exit code,
+        # or reruns it when it has none.
+        return {
+            "status": "running", "attempts": attempt, "started_at": e.ts, "finished_at": None,
+            "exit_code": None, "window": None, "message": None, "kill_reason": None,
+            "kill_sent_at": None, "ready_at": None, "progress": None, "output_bytes": 0,
+            "last_output_at": None, "not_before": None,
+        }  # fmt: skip
+    if e.kind == "step_finished" and e.status in FINAL:
+        if st.status == e.status and st.finished_at is not None:
+            return {}
+        return {
+            "status": e.status, "attempts": attempt, "exit_code": e.exit_code,
+            "finished_at": e.ts, "message": e.message, "kill_reason": None,
+            "kill_sent_at": None,
+        }  # fmt: skip
+    reason = _KILL_REASON.get(e.kind)
+    if reason is not None and st.status == "running" and st.kill_reason is None:
+        return {"kill_reason": reason, "kill_sent_at": e.ts, "message": e.message}
+    if e.kind in ("step_requeued", "retry_scheduled") and st.status != "pending":
+        return {"status": "pending", "message": e.message}
+    if e.kind in ("step_skipped", "escalated") and st.status not in ("skipped", "blocked"):
+        return {
+            "status": "skipped" if e.kind == "step_skipped" else "blocked",
+            "message": e.message,
+        }
+    if e.kind == "service_ready" and st.ready_at is None:
+        return {"ready_at": e.ts}
+    if e.kind == "outputs" and e.message and not st.outputs:
+        return {"outputs": _outputs(e.message)}
+    return {}
+
+
+def _outputs(message: str) -> dict[str, str]:
+    """The outputs shown in an ``outputs`` event (``a=1, b=x``)."""
+    pairs = re.split(r", (?=[A-Za-z_][\w-]*=)", message)
+    return dict(p.split("=", 1) for p in pairs if "=" in p)

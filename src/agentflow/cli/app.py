@@ -47,7 +47,8 @@ def command(name: str | None = None, *, hidden: bool = False) -> Callable[[F], F
             except OSError as e:
                 # A full disk or a permission problem: say what and where, no traceback.
                 where = f"{e.filename}: " if e.filename else ""
-                err_console.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}")
+                message = escape(where + (e.strerror or str(e)))
+                err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
                 raise typer.Exit(1) from None
 
         app.command(name, hidden=hidden)(wrapper)

@@ -7,12 +7,14 @@ import signal
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from agentflow import stepfiles
 from agentflow.monitor import (
     StepClock,
 )
 from agentflow.runner.outcome import Outcomes
 from agentflow.sandbox import Job, Scheduler
 from agentflow.state import StepState, now
+from agentflow.tmux import Pane
 from agentflow.verify import OutputError, probe, read_outputs
 from agentflow.workflow.model import Step
 from agentflow.workflow.types import format_duration
@@ -74,6 +76,8 @@ class Watching(Outcomes):
                 self._attempt_ended(step_id, code, ended)
                 continue
             pane = panes.get(st.window or "")
+            if pane is None and not st.window and self._launch_cut_short(step_id, panes):
+                continue
             if pane is None or pane.dead or pane.name != step_id:
                 # The exit code is written before the window can die; look once more.
                 code, ended = self._exit_code(step_id)
@@ -90,6 +94,21 @@ class Watching(Outcomes):
             if job is not None and job.pending:
                 continue  # waiting in the queue: no output, no deadline, no probe yet
             self._watch(step_id)
+
+    def _launch_cut_short(self, step_id: str, panes: dict[str, Pane]) -> bool:
+        """The orchestrator died between checkpointing a launch and recording its window.
+        A live window of the step's name is that attempt: watched from now on. No window
+        and no sign of the wrapper: the attempt never began, and starts again as itself."""
+        found = next((p for p in panes.values() if p.name == step_id and not p.dead), None)
+        if found is not None:
+            self._update(step_id, window=found.window_id)
+            return True
+        if stepfiles.pid(self.s.run.step_dir(step_id)) is not None:
+            return False  # it began, and its window is gone: a crash, as any other
+        st = self.state.steps[step_id]
+        self._update(step_id, status="pending", attempts=st.attempts - 1, started_at=None)
+        self._emit("step_requeued", step_id, message="its launch was cut short: starting it")
+        return True
 
     def _follow_job(self, step_id: str, job: Job) -> None:
         """A job in the queue: say why it waits, and count the step's time (its timeout,
