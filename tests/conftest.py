@@ -126,7 +126,9 @@ def af(tmp_path: Path) -> Iterator[Env]:
         if k not in ("TMUX", "TMUX_PANE", "CI", "GITHUB_ACTIONS")
     }
     env["AGENTFLOW_HOME"] = str(home)
-    yield Env(home, workspace, env)
+    the_env = Env(home, workspace, env)
+    yield the_env
+    home = the_env.home  # a test may have moved the home (one inside the workspace)
     for pid_file in home.glob("runs/*/steps/*/pid"):
         # A step's own process group (the wrapper puts it in one); gone if it ended.
         with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
