@@ -165,6 +165,7 @@ class Tmux:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,  # closes when it exits: something to select() on
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C at the terminal is for agentflow, not for it
         )
 
     def attach_argv(self, session: str, window: str | None, read_only: bool) -> list[str]:
