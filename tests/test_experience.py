@@ -114,17 +114,27 @@ def test_ctrl_c_asks_and_detach_leaves_the_steps_running(af: Env, tmp_path: Path
     assert not group_alive(pid)
 
 
-def test_ctrl_c_then_stop_ends_the_steps_and_continue_goes_on(af: Env, tmp_path: Path) -> None:
-    af.write(PROGRESS.format(n=12, side=60))
-    with terminal(af, tmp_path, "run", "wf.yaml", "--run-id", "cs") as term:
+def test_ctrl_c_then_continue_goes_on_watching(af: Env, tmp_path: Path) -> None:
+    af.write(PROGRESS.format(n=12, side=4))
+    with terminal(af, tmp_path, "run", "wf.yaml", "--run-id", "cc") as term:
         af.wait_for(lambda: "side-marker" in term.screen(), message="live view")
         term.keys("C-c")
-        af.wait_for(lambda: "What now" in term.screen(), message="the question")
+        af.wait_for(lambda: asking(term), message="the question")
         term.keys("c", "Enter")  # go on watching
+        af.wait_for(lambda: "EXIT=" in term.screen(), timeout=60, message="the run ends")
+        assert exit_code(term) == 0
+    steps = af.state("cc")["steps"]
+    assert steps["train"]["status"] == "succeeded"
+    assert steps["side"]["status"] == "succeeded"
+
+
+def test_ctrl_c_then_stop_ends_the_steps(af: Env, tmp_path: Path) -> None:
+    af.write(PROGRESS.format(n=12, side=60))
+    with terminal(af, tmp_path, "run", "wf.yaml", "--run-id", "cs") as term:
         af.wait_for(lambda: af.state("cs")["steps"]["train"]["status"] == "succeeded")
-        assert "EXIT=" not in term.screen()
+        af.wait_for(lambda: "side-marker" in term.screen(), message="live view")
         term.keys("C-c")
-        af.wait_for(lambda: asking(term), message="asked again")
+        af.wait_for(lambda: asking(term), message="the question")
         term.keys("s", "Enter")
         af.wait_for(lambda: "EXIT=" in term.screen(), message="stopped")
         assert exit_code(term) == 130
