@@ -54,7 +54,12 @@ def machine() -> dict[str, Any]:
         platform.processor(),
     )
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    import agentflow  # the tree measured: this checkout's src/, or one on PYTHONPATH
+
+    source = Path(agentflow.__file__).resolve().parent.parent
     return {
+        "source": str(source),
+        "other_source": source != (HERE.parent / "src").resolve(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 2**20, 1),
@@ -103,8 +108,13 @@ def markdown(figures: list[Figure], meta: dict[str, Any]) -> str:
             "",
             f"Measured {meta['date']} on {m['cores']} cores ({m['cpu']}), "
             f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, {m['tmux']}, "
-            f"Docker {m['docker'] or 'absent'}; commit {m['commit']}"
-            f"{' with local changes' if m['dirty'] else ''}. Load average before and after: "
+            f"Docker {m['docker'] or 'absent'}; "
+            + (
+                f"**agentflow from {m['source']}, not this checkout's src/**"
+                if m["other_source"]
+                else f"commit {m['commit']}{' with local changes' if m['dirty'] else ''}"
+            )
+            + ". Load average before and after: "
             f"{meta['load_before']} → {meta['load_after']}. Medians of up to "
             f"{meta['rounds']} rounds; the suite took {meta['duration_s']:.0f} s.",
             "",
