@@ -24,6 +24,31 @@ from agentflow.tmux import socket_path_for
 
 AGENTFLOW = str(Path(sys.executable).parent / "agentflow")
 
+TEST_IMAGE = "agentflow-test/busybox:latest"
+"""The image the Docker tests run steps in (scripts/docker-setup makes it)."""
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """The Docker daemon: the tests that need it are skipped without one, and say so; in
+    CI (which starts one) they fail instead."""
+    import docker
+    import docker.errors
+
+    try:
+        c = docker.from_env(version="auto", timeout=10)
+        c.ping()
+    except docker.errors.DockerException as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Docker tests, but no daemon answers: {e}")
+        pytest.skip(f"no Docker daemon answers here ({e}); scripts/docker-setup starts one")
+    try:
+        c.images.get(TEST_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{TEST_IMAGE} is missing: scripts/docker-setup makes it")
+    yield c
+    c.close()
+
 
 def agentflow(*args: str, cwd: Path, columns: int = 200) -> subprocess.CompletedProcess[str]:
     """The console script in ``cwd`` (its home there), plain output ``columns`` wide."""

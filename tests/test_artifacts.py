@@ -14,7 +14,7 @@ import pytest
 
 from agentflow.artifacts import ArtifactError, Collector, human_size
 
-from conftest import Env, run_id_of
+from conftest import TEST_IMAGE, Env, run_id_of
 
 
 def sha256(path: Path) -> str:
@@ -349,21 +349,10 @@ def test_sizes_read_as_people_write_them(size: int, shown: str) -> None:
 
 # --- a Docker step: its files are in the bind-mounted workspace -----------------------------
 
-DOCKER_IMAGE = "agentflow-test/busybox:latest"
-
 
 @pytest.fixture
-def docker_image() -> str:
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env(version="auto", timeout=10)
-        client.images.get(DOCKER_IMAGE)
-    except Exception as e:  # no daemon, or no test image: scripts/docker-setup makes both
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Docker tests: {e}")
-        pytest.skip(f"no Docker daemon with {DOCKER_IMAGE} here ({e})")
-    client.close()
-    return DOCKER_IMAGE
+def docker_image(docker_client: object) -> str:
+    return TEST_IMAGE
 
 
 @pytest.mark.docker

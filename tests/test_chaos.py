@@ -34,7 +34,7 @@ from agentflow.store import Event, RunDir
 from agentflow.tmux import socket_path_for
 from agentflow.workflow import load_workflow
 
-from conftest import Env
+from conftest import TEST_IMAGE, Env
 
 pytestmark = pytest.mark.chaos
 
@@ -698,26 +698,8 @@ def test_tmux_server_killed_mid_run(af: Env) -> None:
     assert_fault_survived(af, "tk1", out, err, proc.returncode)
 
 
-IMAGE = "agentflow-test/busybox:latest"
+IMAGE = TEST_IMAGE
 BOXED = f"sandbox: {{backend: docker, image: {IMAGE}}}\n"
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[docker.DockerClient]:
-    """The daemon, as in test_docker.py: skipped without one, but failed in CI."""
-    try:
-        c = docker.from_env(version="auto", timeout=10)
-        c.ping()
-    except docker.errors.DockerException as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Docker tests, but no daemon answers: {e}")
-        pytest.skip(f"no Docker daemon answers here ({e}); scripts/docker-setup starts one")
-    try:
-        c.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"{IMAGE} is missing: scripts/docker-setup makes it")
-    yield c
-    c.close()
 
 
 def container_of(client: docker.DockerClient, rid: str) -> Container:

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +20,12 @@ import pytest
 
 from agentflow.tmux import socket_path_for
 
-from conftest import Env, run_id_of
+from conftest import TEST_IMAGE, Env, run_id_of
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "agentflow-test/busybox:latest"
+IMAGE = TEST_IMAGE
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    try:
-        c = docker.from_env(version="auto", timeout=10)
-        c.ping()
-    except docker.errors.DockerException as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Docker tests, but no daemon answers: {e}")
-        pytest.skip(f"no Docker daemon answers here ({e}); scripts/docker-setup starts one")
-    try:
-        c.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.fail(f"{IMAGE} is missing: scripts/docker-setup makes it")
-    yield c
-    c.close()
 
 
 def workflow(body: str, extra: str = "") -> str:
@@ -53,13 +35,13 @@ def workflow(body: str, extra: str = "") -> str:
     )
 
 
-def container_of(client: docker.DockerClient, run_id: str) -> Any:
-    found = client.containers.list(all=True, filters={"label": f"agentflow.run={run_id}"})
+def container_of(docker_client: docker.DockerClient, run_id: str) -> Any:
+    found = docker_client.containers.list(all=True, filters={"label": f"agentflow.run={run_id}"})
     assert len(found) == 1, found
     return found[0]
 
 
-def test_the_container_is_locked_down(af: Env, client: docker.DockerClient) -> None:
+def test_the_container_is_locked_down(af: Env, docker_client: docker.DockerClient) -> None:
     wf = af.write(
         workflow(
             """\
@@ -80,7 +62,7 @@ def test_the_container_is_locked_down(af: Env, client: docker.DockerClient) -> N
     )
     proc = af.start("run", str(wf), "--run-id", "lock1")
     af.wait_for(lambda: af.state("lock1")["steps"]["hold"]["status"] == "running")
-    c = container_of(client, "lock1")
+    c = container_of(docker_client, "lock1")
     host = c.attrs["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
@@ -111,7 +93,7 @@ def test_the_container_is_locked_down(af: Env, client: docker.DockerClient) -> N
     af.cli("stop", "lock1")
 
 
-def test_a_secret_is_masked_and_found_nowhere(af: Env, client: docker.DockerClient) -> None:
+def test_a_secret_is_masked_and_found_nowhere(af: Env, docker_client: docker.DockerClient) -> None:
     secret = "s3cr3t-Value-42"
     wf = af.write(
         workflow(
@@ -135,13 +117,13 @@ def test_a_secret_is_masked_and_found_nowhere(af: Env, client: docker.DockerClie
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert secret not in res.stdout + res.stderr
-    env = container_of(client, "sec1").attrs["Config"]["Env"]
+    env = container_of(docker_client, "sec1").attrs["Config"]["Env"]
     assert not any(secret in e for e in env), "not in the container's configuration"
     af.cli("stop", "sec1")
 
 
 def test_a_missing_secret_stops_before_anything_starts(
-    af: Env, client: docker.DockerClient
+    af: Env, docker_client: docker.DockerClient
 ) -> None:
     wf = af.write(workflow("  - id: a\n    run: 'true'\n", extra="secrets: [NOT_SET_HERE]\n"))
     af.env.pop("NOT_SET_HERE", None)
@@ -151,7 +133,9 @@ def test_a_missing_secret_stops_before_anything_starts(
     assert not (af.home / "runs").exists() or not list((af.home / "runs").iterdir())
 
 
-def test_a_timeout_leaves_no_process_in_the_container(af: Env, client: docker.DockerClient) -> None:
+def test_a_timeout_leaves_no_process_in_the_container(
+    af: Env, docker_client: docker.DockerClient
+) -> None:
     wf = af.write(
         workflow(
             """\
@@ -166,14 +150,14 @@ def test_a_timeout_leaves_no_process_in_the_container(af: Env, client: docker.Do
     res = af.cli("run", str(wf), "--run-id", "to1", "--keep-sandbox")
     assert res.returncode == 1
     assert af.state("to1")["steps"]["slow"]["status"] == "timeout"
-    _, out = container_of(client, "to1").exec_run(["ps", "-o", "args"])
+    _, out = container_of(docker_client, "to1").exec_run(["ps", "-o", "args"])
     assert b"sleep 30" not in out, out.decode()
     assert af.cli("stop", "to1").returncode == 0
-    assert not client.containers.list(all=True, filters={"label": "agentflow.run=to1"})
+    assert not docker_client.containers.list(all=True, filters={"label": "agentflow.run=to1"})
 
 
 def test_container_killed_mid_step_is_crashed_then_rerun(
-    af: Env, client: docker.DockerClient
+    af: Env, docker_client: docker.DockerClient
 ) -> None:
     wf = af.write(
         workflow(
@@ -188,16 +172,18 @@ def test_container_killed_mid_step_is_crashed_then_rerun(
     )
     proc = af.start("run", str(wf), "--run-id", "kill1")
     af.wait_for(lambda: (af.workspace / "attempts.txt").exists(), message="attempt 1")
-    container_of(client, "kill1").kill()
+    container_of(docker_client, "kill1").kill()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
     assert (af.workspace / "attempts.txt").read_text() == "attempt 1\nattempt 2\n"
     kinds = [json.loads(line) for line in (af.run_dir("kill1") / "events.jsonl").open()]
     assert any(e.get("status") == "crashed" for e in kinds)
-    assert not client.containers.list(all=True, filters={"label": "agentflow.run=kill1"})
+    assert not docker_client.containers.list(all=True, filters={"label": "agentflow.run=kill1"})
 
 
-def test_resume_reattaches_to_the_live_container(af: Env, client: docker.DockerClient) -> None:
+def test_resume_reattaches_to_the_live_container(
+    af: Env, docker_client: docker.DockerClient
+) -> None:
     wf = af.write(
         workflow(
             """\
@@ -213,19 +199,21 @@ def test_resume_reattaches_to_the_live_container(af: Env, client: docker.DockerC
     )
     proc = af.start("run", str(wf), "--run-id", "re1")
     af.wait_for(lambda: (af.workspace / "starts.txt").exists(), message="long started")
-    before = container_of(client, "re1").id
+    before = container_of(docker_client, "re1").id
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = af.start("resume", "re1")
     af.wait_for(lambda: "run_resumed" in (af.run_dir("re1") / "events.jsonl").read_text())
-    assert container_of(client, "re1").id == before
+    assert container_of(docker_client, "re1").id == before
     (af.workspace / "release").touch()
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, out + err
     assert (af.workspace / "starts.txt").read_text() == "started\nafter\n"
 
 
-def test_build_from_a_dockerfile_and_a_failed_build(af: Env, client: docker.DockerClient) -> None:
+def test_build_from_a_dockerfile_and_a_failed_build(
+    af: Env, docker_client: docker.DockerClient
+) -> None:
     (af.workspace / "img").mkdir()
     (af.workspace / "img" / "Dockerfile").write_text(
         f'FROM {IMAGE}\nARG WORD=none\nRUN echo "$WORD" > /baked\n'
@@ -264,7 +252,7 @@ def test_no_daemon_is_exit_4_and_auto_falls_back_to_local(af: Env) -> None:
     assert af.state(run_id_of(res.stdout))["sandbox"] == "local"
 
 
-def test_a_bad_mount_names_itself(af: Env, client: docker.DockerClient) -> None:
+def test_a_bad_mount_names_itself(af: Env, docker_client: docker.DockerClient) -> None:
     wf = af.write(
         workflow(
             "  - id: a\n    run: 'true'\n",
@@ -278,17 +266,17 @@ def test_a_bad_mount_names_itself(af: Env, client: docker.DockerClient) -> None:
     assert not (af.home / "runs").exists(), "refused before a run directory exists"
 
 
-def test_gc_reaps_containers_of_finished_runs(af: Env, client: docker.DockerClient) -> None:
+def test_gc_reaps_containers_of_finished_runs(af: Env, docker_client: docker.DockerClient) -> None:
     wf = af.write(workflow("  - id: a\n    run: 'true'\n"))
     assert af.cli("run", str(wf), "--run-id", "gc1", "--keep-sandbox").returncode == 0
-    assert container_of(client, "gc1").status == "running"
+    assert container_of(docker_client, "gc1").status == "running"
     res = af.cli("gc")
     assert res.returncode == 0
     assert "agentflow-gc1" in res.stdout
-    assert not client.containers.list(all=True, filters={"label": "agentflow.run=gc1"})
+    assert not docker_client.containers.list(all=True, filters={"label": "agentflow.run=gc1"})
 
 
-def test_hello_workflow_runs_in_docker(af: Env, client: docker.DockerClient) -> None:
+def test_hello_workflow_runs_in_docker(af: Env, docker_client: docker.DockerClient) -> None:
     res = af.cli("run", str(ROOT / "workflows" / "hello.yaml"), "--sandbox", "docker", timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     state = af.state(run_id_of(res.stdout))
@@ -307,7 +295,7 @@ def test_plan_shows_the_sandbox_and_its_relaxations(af: Env) -> None:
 
 
 def test_a_service_probe_runs_inside_a_no_network_sandbox(
-    af: Env, client: docker.DockerClient
+    af: Env, docker_client: docker.DockerClient
 ) -> None:
     wf = af.write(
         workflow(
@@ -324,7 +312,7 @@ def test_a_service_probe_runs_inside_a_no_network_sandbox(
     service: true
     run: sleep 60
     ready: {tcp: "127.0.0.1:8080", interval: 200ms, timeout: 10s}
-  - id: client
+  - id: docker_client
     needs: [tcp-user]
     run: wget -q -O - http://127.0.0.1:8080/
 """
@@ -335,7 +323,7 @@ def test_a_service_probe_runs_inside_a_no_network_sandbox(
     steps = af.state("svc1")["steps"]
     assert steps["server"]["ready_at"] is not None
     assert steps["server"]["status"] == "succeeded"
-    log = (af.run_dir("svc1") / "steps" / "client" / "output.log").read_text()
+    log = (af.run_dir("svc1") / "steps" / "docker_client" / "output.log").read_text()
     assert log == "hello-from-inside\n"
     # the host cannot reach it: the container has no network of its own
     with pytest.raises(ConnectionRefusedError):
@@ -343,7 +331,7 @@ def test_a_service_probe_runs_inside_a_no_network_sandbox(
 
 
 def test_a_step_cannot_reach_the_host_through_agentflows_files(
-    af: Env, client: docker.DockerClient, tmp_path: Path
+    af: Env, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
     """The home inside the workspace is hidden, the tmux socket is elsewhere, and symlinks
     planted in the steps folder are not followed by the host."""
