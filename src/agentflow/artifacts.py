@@ -10,7 +10,8 @@ path, size and sha256, in ``artifacts.json`` (the manifest) and in the reports.
 Reads never leave the workspace: a symbolic link is followed only to a regular file
 inside it (checked on the file actually opened, so a link swapped in meanwhile does not
 count), ``**`` and folders do not descend through links, and agentflow's home is never
-collected when it lies inside the workspace. A pattern that yields no file fails the step
+collected when it lies inside the workspace (by identity, device and inode, whatever path
+leads there: ``safefs``). A pattern that yields no file fails the step
 with a message that says why.
 """
 
@@ -23,7 +24,7 @@ import os
 import posixpath
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentflow import safefs
 from agentflow.store import RunDir
 
 COPY_DIR = "artifacts"
@@ -98,11 +100,14 @@ def read_manifest(run: RunDir) -> Manifest:
         return Manifest()
 
 
-def save(run: RunDir, step_id: str, collected: StepArtifacts) -> None:
-    """Record one step's artifacts in the manifest (replaced atomically)."""
+def save(
+    run: RunDir, step_id: str, collected: StepArtifacts, redact: Callable[[str], str] = str
+) -> None:
+    """Record one step's artifacts in the manifest (replaced atomically), every secret's
+    value masked by ``redact`` (a file's name may hold one; reports and history read it)."""
     manifest = read_manifest(run)
     steps = {**manifest.steps, step_id: collected}
-    run.write_text(MANIFEST, Manifest(steps=steps).model_dump_json(indent=2))
+    run.write_text(MANIFEST, redact(Manifest(steps=steps).model_dump_json(indent=2)))
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ class Collector:
         """Match, then copy (or hash) every file; ArtifactError when a pattern yields no
         file or a file cannot be read or copied. On error nothing is left half-copied."""
         root = self.root.resolve()
-        exclude = tuple(p.resolve() for p in self.exclude)
+        exclude = safefs.identities(self.exclude)
         chosen: dict[str, Path] = {}  # workspace-relative path -> the real file
         skipped: dict[str, Skipped] = {}
         for pattern in patterns:
@@ -149,6 +154,10 @@ class Collector:
             shutil.rmtree(partial, ignore_errors=True)
         return files, sorted(skipped.values(), key=lambda s: s.path)
 
+    @property
+    def hidden(self) -> frozenset[safefs.Identity]:
+        return safefs.identities(self.exclude)
+
     def _keep(self, rel: str, real: Path, root: Path, partial: Path) -> Artifact:
         """Copy (or only hash) one file, reading it through a descriptor that is checked
         to be a regular file inside the workspace."""
@@ -163,6 +172,8 @@ class Collector:
             opened = _opened_path(fd)
             if opened is not None and not opened.is_relative_to(root):
                 raise ArtifactError(f"artifacts: {rel} leads outside the workspace")
+            if opened is not None and safefs.under_hidden(opened, root, self.hidden):
+                raise ArtifactError(f"artifacts: {rel} is in agentflow's home")
             digest = hashlib.sha256()
             size = 0
             copy = info.st_size <= self.copy_max
@@ -203,7 +214,7 @@ def _relative(pattern: str, step_dir: Path, root: Path) -> str:
 
 
 def _match(
-    rel: str, root: Path, exclude: tuple[Path, ...]
+    rel: str, root: Path, exclude: frozenset[safefs.Identity]
 ) -> tuple[list[tuple[str, Path]], list[Skipped]]:
     """The files a pattern (relative to the workspace) yields, as (workspace-relative path,
     real path), and what it matched but passed over."""
@@ -219,7 +230,7 @@ def _match(
 
 
 def _glob(
-    folder: Path, parts: list[str], exclude: tuple[Path, ...], prefix: str = ""
+    folder: Path, parts: list[str], exclude: frozenset[safefs.Identity], prefix: str = ""
 ) -> Iterator[str]:
     """Workspace-relative names matching ``parts`` below ``folder``: ``*``, ``?`` and
     ``[...]`` within a name (not matching a leading dot unless the pattern has one),
@@ -235,7 +246,7 @@ def _glob(
             if (
                 entry.is_dir(follow_symlinks=False)
                 and not entry.name.startswith(".")
-                and not any(below.resolve().is_relative_to(x) for x in exclude)
+                and (entry.stat(follow_symlinks=False).st_dev, entry.inode()) not in exclude
             ):
                 yield from _glob(below, parts, exclude, _join(prefix, entry.name))
     elif _MAGIC & set(head):
@@ -260,7 +271,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _files(
-    root: Path, rel: str, exclude: tuple[Path, ...]
+    root: Path, rel: str, exclude: frozenset[safefs.Identity]
 ) -> Iterator[tuple[str, Path, str | None]]:
     """(workspace-relative path, real path, why it is passed over or None) of each file
     that ``rel`` names: itself, or every file in it when it is a folder."""
@@ -273,7 +284,7 @@ def _files(
     if not real.is_relative_to(root):
         yield rel, real, "leads outside the workspace"
         return
-    if any(real.is_relative_to(x) for x in exclude):
+    if safefs.under_hidden(real, root, exclude):
         yield rel, real, "is in agentflow's home"
         return
     if stat.S_ISLNK(info.st_mode):

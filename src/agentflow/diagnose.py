@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agentflow import safefs
+from agentflow import safefs, stepfiles
 from agentflow.llm import LLM, LLMError, ToolCall
 from agentflow.redact import Redactor
 from agentflow.runbook import bounded
@@ -96,6 +96,7 @@ def build_context(
     runbooks: list[Path],
     redact: Redactor,
     budget_tokens: int = DEFAULT_BUDGET_TOKENS,
+    workspace: Path | None = None,
 ) -> str:
     """The account of the failure, at most ``budget_tokens`` (≈ 4 characters a token)."""
     budget = budget_tokens * CHARS_PER_TOKEN
@@ -123,7 +124,11 @@ def build_context(
         ("Lines that look like errors (with context)", errors, 0.2),
         ("Start of its log", head, 0.06),
         ("Earlier attempts and decisions", "\n".join(earlier), 0.07),
-        ("Runbook failure modes", bounded(runbooks, budget // 4, failures_only=True), 0.15),
+        (
+            "Runbook failure modes",
+            bounded(runbooks, budget // 4, failures_only=True, root=workspace),
+            0.15,
+        ),
     ]
     out = []
     for title, text, share in parts:
@@ -145,7 +150,7 @@ def build_context(
 def _read_log(path: Path) -> tuple[str, str, str, int]:
     """(head, tail, error lines with context, size) of a log of any size."""
     try:
-        with safefs.open_read(path) as f:
+        with safefs.open_read(path, stepfiles.steps_root(path)) as f:
             f.seek(0, 2)
             size = f.tell()
             f.seek(0)

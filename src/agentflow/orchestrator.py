@@ -113,6 +113,7 @@ def make_sandbox(
             log=log,
             build_log=run.path / "build.log",
             keep=keep,
+            socket_dir=socket_path_for(home).parent,
         )
     return LocalSandbox(workspace, workflow.secrets)
 
@@ -144,7 +145,7 @@ def read_secrets(workflow: Workflow) -> dict[str, str]:
 
 
 def _tmux(store: Store) -> Tmux:
-    store.home.mkdir(parents=True, exist_ok=True)
+    store.ensure_home()
     return Tmux(socket_path_for(store.home))
 
 

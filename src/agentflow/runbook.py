@@ -3,8 +3,11 @@ whole, the rest cut to what the budget leaves."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+from agentflow import safefs
 
 _HEADING = re.compile(r"^#{1,6}\s", re.MULTILINE)
 _FAILURE = re.compile(r"fail|error|troubl|recover|problem|symptom|known issue", re.IGNORECASE)
@@ -40,12 +43,30 @@ def failure_flags(parts: list[str]) -> list[bool]:
     return flags
 
 
-def bounded(paths: list[Path], budget_chars: int, failures_only: bool = False) -> str:
-    """The runbooks as one text of at most ``budget_chars``."""
+RUNBOOK_MAX = 1 << 20
+"""The largest runbook read (in a workspace, a step could have made it any size)."""
+
+
+def _read(path: Path, root: Path | None) -> str:
+    """A runbook's text. One in the workspace (``root``) is read through the guarded path:
+    a step could have replaced it with a link to a host file, whose text would go to the
+    model."""
+    normal = Path(os.path.normpath(path))
+    if root is not None and normal.is_relative_to(root):
+        return safefs.read_text(normal, root, RUNBOOK_MAX)
+    with normal.open("rb") as f:
+        return f.read(RUNBOOK_MAX).decode("utf-8", errors="replace")
+
+
+def bounded(
+    paths: list[Path], budget_chars: int, failures_only: bool = False, root: Path | None = None
+) -> str:
+    """The runbooks as one text of at most ``budget_chars``; those under ``root`` (the
+    workspace) are read without following links."""
     chosen: list[tuple[bool, str, str]] = []  # (is a failure mode, file, section)
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = _read(path, root)
         except OSError:
             continue
         parts = sections(text)

@@ -1,63 +1,269 @@
-"""File access in folders a sandbox can write to (the run's ``steps/``): never through a
-symlink a step may have planted there to make the host read or overwrite its own files."""
+"""The one guarded path for files a sandbox controls.
+
+Everything a step can write (the workspace, the run's ``steps/`` folder, the sources of
+mounts) is hostile input to the host. Every host-side read, write or removal there goes
+through this module, relative to a trusted ``root`` (the workspace, the run's ``steps/``):
+
+- the path is walked from ``root`` one component at a time, each opened relative to its
+  parent's descriptor with ``O_NOFOLLOW``: a symbolic link anywhere below the root is
+  refused, never followed, so a planted link cannot lead the host out of the tree (and a
+  link swapped in between two checks does not count: the descriptors do);
+- only regular files are opened for reading: a FIFO would block the orchestrator, a
+  device could do anything; ``lstat`` before the open, ``fstat`` of what was opened after;
+- reads are capped: a sparse 1 GB file costs what the cap allows, not its size;
+- folders that must stay out of reach (agentflow's home, its tmux socket's folder, when they
+  lie in a workspace) are refused by identity (device and inode), whatever path reaches
+  them.
+
+Errors are ``OSError``\\s (``UnsafePath`` for what this module refuses), so that callers
+that already handle a missing file handle these too.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+Identity = tuple[int, int]
+"""A file's device and inode: what it is, whatever path leads to it."""
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
 
 class UnsafePath(OSError):
-    """A path in a sandbox-writable folder is a symlink (or not what it should be)."""
+    """A path below a guarded root is a symlink, a special file, too large, or leads where
+    the host must not go. ``str()`` is one line naming the path."""
+
+
+class TooLarge(UnsafePath):
+    """A file is larger than its reader takes."""
+
+
+def identity(path: Path) -> Identity | None:
+    """``path``'s device and inode (following links: the caller names a trusted path);
+    None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def identities(paths: Iterable[Path]) -> frozenset[Identity]:
+    return frozenset(i for i in map(identity, paths) if i is not None)
+
+
+def under_hidden(real: Path, root: Path, hidden: frozenset[Identity]) -> bool:
+    """Whether the real path ``real`` (no links left in it) lies in a hidden folder, by
+    the identity of each folder between it and ``root``."""
+    if not hidden:
+        return False
+    for folder in [real, *real.parents]:
+        if identity(folder) in hidden:
+            return True
+        if folder == root:
+            break
+    return False
+
+
+def parts_below(path: Path | str, root: Path) -> list[str]:
+    """``path`` (``root`` joined with names) as the names below ``root``, checked
+    lexically: no ``..``, nothing outside ``root``."""
+    p = Path(path)
+    if not p.is_relative_to(root):
+        raise UnsafePath(errno.EACCES, "leads outside its folder", str(path))
+    names = [n for n in p.relative_to(root).parts if n != "."]
+    if ".." in names:
+        raise UnsafePath(errno.EACCES, "leads outside its folder", str(path))
+    return names
+
+
+def _refuse(e: OSError, where: str) -> OSError:
+    if e.errno == errno.ELOOP:
+        return UnsafePath(errno.ELOOP, "is a symbolic link, not followed", where)
+    if e.errno == errno.ENOTDIR:
+        return UnsafePath(errno.ENOTDIR, "is not a folder", where)
+    return OSError(e.errno, e.strerror, where)
 
 
 @contextlib.contextmanager
-def open_read(path: Path) -> Iterator[BinaryIO]:
-    """Open a file for reading, refusing a symlink in its last component."""
+def open_dir(
+    root: Path,
+    names: list[str],
+    hidden: frozenset[Identity] = frozenset(),
+    *,
+    create: bool = False,
+) -> Iterator[int]:
+    """A descriptor of the folder ``root/names...``, every component below ``root`` opened
+    without following links. ``create``: missing folders are made, and whatever else stands
+    at a folder's name (a planted link or file) is removed first, never followed."""
+    fd = os.open(root, _DIR)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        for i, name in enumerate(names):
+            where = str(root.joinpath(*names[: i + 1]))
+            try:
+                sub = _open_sub(fd, name, create)
+            except OSError as e:
+                raise _refuse(e, where) from None
+            os.close(fd)
+            fd = sub
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in hidden:
+                raise UnsafePath(errno.EACCES, "is agentflow's own folder", where)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_sub(fd: int, name: str, create: bool) -> int:
+    try:
+        return os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
     except OSError as e:
-        if e.errno == 40:  # ELOOP: a symlink
-            raise UnsafePath(e.errno, "refusing to follow a symlink", str(path)) from None
-        raise
+        if not create or e.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            raise
+        missing = e.errno == errno.ENOENT
+    if not missing:
+        os.unlink(name, dir_fd=fd)  # a link or a file where the folder must be: it goes
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=fd)
+    return os.open(name, _DIR | os.O_NOFOLLOW, dir_fd=fd)
+
+
+@contextlib.contextmanager
+def open_read(
+    path: Path | str, root: Path, hidden: frozenset[Identity] = frozenset()
+) -> Iterator[BinaryIO]:
+    """Open a regular file below ``root`` for reading (see the module's rules)."""
+    names = parts_below(path, root)
+    if not names:
+        raise UnsafePath(errno.EISDIR, "is not a file", str(path))
+    with open_dir(root, names[:-1], hidden) as dfd:
+        fd = open_file(dfd, names[-1], str(path))
     f = os.fdopen(fd, "rb")
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePath(0, "not a regular file", str(path))
         yield f
     finally:
         f.close()
 
 
-def read_text(path: Path) -> str:
-    with open_read(path) as f:
-        return f.read().decode("utf-8", errors="replace")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with a new regular file (a planted symlink is removed, not followed)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+def open_file(dfd: int, name: str, where: str) -> int:
+    """A descriptor of the regular file ``name`` in the folder ``dfd`` (never a link, a
+    FIFO, a device: checked before and after the open)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:  # a full disk: say which file, the error alone names none
-        raise OSError(e.errno, e.strerror, str(path)) from None
-
-
-def ensure_dir(path: Path) -> None:
-    """Make ``path`` a real folder: a symlink (or file) in its place is removed first."""
+        before = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError as e:
+        raise _refuse(e, where) from None
+    if stat.S_ISLNK(before.st_mode):
+        raise UnsafePath(errno.ELOOP, "is a symbolic link, not followed", where)
+    if not stat.S_ISREG(before.st_mode):
+        raise UnsafePath(errno.EINVAL, "is not a regular file", where)
     try:
-        st = path.lstat()
+        fd = os.open(name, _FILE, dir_fd=dfd)
+    except OSError as e:
+        raise _refuse(e, where) from None
+    after = os.fstat(fd)
+    if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (
+        before.st_dev,
+        before.st_ino,
+    ):
+        os.close(fd)
+        raise UnsafePath(errno.EINVAL, "changed while it was opened", where)
+    return fd
+
+
+def lstat(
+    path: Path | str, root: Path, hidden: frozenset[Identity] = frozenset()
+) -> os.stat_result:
+    """``lstat`` of a path below ``root``, no link followed on the way."""
+    names = parts_below(path, root)
+    if not names:
+        return os.stat(root)
+    with open_dir(root, names[:-1], hidden) as dfd:
+        try:
+            st = os.stat(names[-1], dir_fd=dfd, follow_symlinks=False)
+        except OSError as e:
+            raise _refuse(e, str(path)) from None
+    if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) in hidden:
+        raise UnsafePath(errno.EACCES, "is agentflow's own folder", str(path))
+    return st
+
+
+def read_bytes(
+    path: Path | str, root: Path, limit: int, hidden: frozenset[Identity] = frozenset()
+) -> bytes:
+    """The whole file, when it holds at most ``limit`` bytes; else ``TooLarge``."""
+    with open_read(path, root, hidden) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(errno.EFBIG, f"is larger than {limit} bytes", str(path))
+    return data
+
+
+def read_text(
+    path: Path | str, root: Path, limit: int, hidden: frozenset[Identity] = frozenset()
+) -> str:
+    return read_bytes(path, root, limit, hidden).decode("utf-8", errors="replace")
+
+
+def head(path: Path | str, root: Path, size: int) -> bytes:
+    """At most the first ``size`` bytes of a file (b'' when it cannot be read)."""
+    try:
+        with open_read(path, root) as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def tail(path: Path | str, root: Path, size: int) -> str:
+    """The last ``size`` bytes of a file as text ('' when it cannot be read)."""
+    try:
+        with open_read(path, root) as f:
+            end = os.fstat(f.fileno()).st_size
+            f.seek(max(0, end - size))
+            return f.read(size).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def write_text(path: Path | str, root: Path, text: str, mode: int = 0o644) -> None:
+    """Replace ``path`` (below ``root``) with a new regular file: whatever stands at its
+    name (a planted link, a FIFO) is removed, never written through."""
+    names = parts_below(path, root)
+    with open_dir(root, names[:-1], create=True) as dfd:
+        remove(dfd, names[-1])
+        try:
+            fd = os.open(
+                names[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd
+            )
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:  # a full disk: say which file, the error alone names none
+            raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def remove(dfd: int, name: str) -> None:
+    """Remove ``name`` from the folder ``dfd``, whatever it is (a folder with everything in
+    it); links are removed, never followed."""
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
-        path.mkdir(parents=True)
         return
     if stat.S_ISDIR(st.st_mode):
-        return
-    path.unlink()
-    path.mkdir()
+        shutil.rmtree(name, dir_fd=dfd)  # fd-based on Linux: safe against link swaps
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dfd)
+
+
+def entries(dfd: int) -> list[os.DirEntry[str]]:
+    """The entries of the folder ``dfd``, by name (``is_dir()`` etc. need
+    ``follow_symlinks=False``)."""
+    with os.scandir(dfd) as it:
+        return sorted(it, key=lambda e: e.name)

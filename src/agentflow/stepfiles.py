@@ -1,16 +1,34 @@
 """The files of a step's attempts in ``steps/<id>/``: what the host writes there (run.sh,
-wrapper.sh) and reads back (exit_code, output.log, pid). The folder is writable from the
-sandbox, so every access goes through ``safefs`` (no symlink is followed)."""
+wrapper.sh) and reads back (exit_code, output.log, pid).
+
+The run's ``steps/`` folder is writable from the sandbox, so every access goes through
+``safefs`` rooted at it: no link is followed at any depth, only regular files are read,
+and reads are capped (an ``exit_code`` is a few bytes, whatever size a step gave it)."""
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from agentflow import safefs
+
+SMALL = 64
+"""The most bytes read of an ``exit_code`` or ``pid`` file (a number and a newline)."""
+
+
+def steps_root(path: Path) -> Path:
+    """The run's ``steps/`` folder above a step's file (``steps/<id>/NAME`` or
+    ``steps/<id>/attempt-N/NAME``): where guarded reads of it start. Worked out from the
+    host's own path, never from the disk; when in doubt it is a folder higher, which only
+    means more components are walked without following links."""
+    folder = path.parent
+    if re.fullmatch(r"attempt-\d+", folder.name):
+        folder = folder.parent
+    return folder.parent
 
 
 @dataclass(frozen=True)
@@ -22,46 +40,54 @@ class NewOutput:
     written: datetime
 
 
+def _number(step_dir: Path, name: str) -> int | None:
+    """The integer in a small file of the step's folder; None when it is missing, not a
+    regular file, larger than a number, or not a number."""
+    try:
+        text = safefs.read_text(step_dir / name, step_dir.parent, SMALL).strip()
+    except OSError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() and len(text) < 12 else None
+
+
 def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
     """The attempt's exit code and when it was written; (None, None) while it runs."""
-    path = step_dir / "exit_code"
     try:
-        mtime = path.lstat().st_mtime
-        text = safefs.read_text(path).strip()
+        mtime = safefs.lstat(step_dir / "exit_code", step_dir.parent).st_mtime
     except FileNotFoundError:
         return None, None
-    except OSError:
-        text = "255"  # a symlink or a folder where the exit code should be: a failure
-    try:
-        code = int(text)
-    except ValueError:
-        code = 255
-    return code, datetime.fromtimestamp(mtime).astimezone()
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None, None
+        mtime = datetime.now().timestamp()  # a planted link or folder: a failure
+    code = _number(step_dir, "exit_code")
+    return (255 if code is None else code), datetime.fromtimestamp(mtime).astimezone()
 
 
 def hung_up(step_dir: Path) -> bool:
     """Whether the attempt ended because its window went away (the wrapper got SIGHUP)."""
-    return (step_dir / "hangup").exists()
+    try:
+        safefs.lstat(step_dir / "hangup", step_dir.parent)
+    except OSError:
+        return False
+    return True
 
 
 def pid(step_dir: Path) -> int | None:
     """The process group the wrapper started the step in (None before it has)."""
-    try:
-        return int(safefs.read_text(step_dir / "pid").strip())
-    except (OSError, ValueError):
-        return None
+    value = _number(step_dir, "pid")
+    return value if value is not None and value > 1 else None
 
 
 def new_output(step_dir: Path, offset: int, limit: int) -> NewOutput | None:
     """Output after ``offset`` (at most its last ``limit`` bytes), or None if there is none."""
-    log = step_dir / "output.log"
     try:
-        with safefs.open_read(log) as f:
+        with safefs.open_read(step_dir / "output.log", step_dir.parent) as f:
             st = os.fstat(f.fileno())
             if st.st_size <= offset:
                 return None
             f.seek(max(offset, st.st_size - limit))
-            text = f.read(st.st_size - f.tell()).decode("utf-8", errors="replace")
+            text = f.read(min(limit, st.st_size - f.tell())).decode("utf-8", errors="replace")
     except OSError:
         return None
     return NewOutput(text, st.st_size, datetime.fromtimestamp(st.st_mtime).astimezone())
@@ -71,19 +97,20 @@ def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) ->
     """Make the folder ready for the next attempt: the earlier attempt's files go into
     ``attempt-N/`` (each attempt keeps its log), then run.sh and wrapper.sh are written.
     Before the first attempt, whatever stands in the folder was not made by agentflow (a
-    sandbox can write there): it goes."""
-    if step_dir.exists():
+    sandbox can write there): it goes. A link or a file planted at the folder's own name is
+    removed, never followed; everything is done through descriptors of the real folder."""
+    root = step_dir.parent
+    with safefs.open_dir(root, [step_dir.name], create=True) as dfd:
         if earlier_attempts == 0:
-            for p in step_dir.iterdir():
-                if p.is_symlink() or not p.is_dir():
-                    p.unlink()
+            for entry in safefs.entries(dfd):
+                safefs.remove(dfd, entry.name)
         else:
-            files = [p for p in step_dir.iterdir() if p.is_file() or p.is_symlink()]
+            files = [e.name for e in safefs.entries(dfd) if not e.is_dir(follow_symlinks=False)]
             if files:
-                target = step_dir / f"attempt-{earlier_attempts}"
-                safefs.ensure_dir(target)
-                for p in files:
-                    shutil.move(p, target / p.name)
-    safefs.ensure_dir(step_dir)
-    safefs.write_text(step_dir / "run.sh", script)
-    safefs.write_text(step_dir / "wrapper.sh", wrapper)
+                folder = f"attempt-{earlier_attempts}"
+                with safefs.open_dir(root, [step_dir.name, folder], create=True) as keep:
+                    for name in files:
+                        safefs.remove(keep, name)
+                        os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=keep)
+    safefs.write_text(step_dir / "run.sh", root, script)
+    safefs.write_text(step_dir / "wrapper.sh", root, wrapper)

@@ -77,10 +77,11 @@ class Store:
         # Made aside, then renamed into place: the folder appears with its claim (who is
         # making it) already inside, so a second `run --run-id` never takes it for one
         # that was abandoned.
-        self.runs.mkdir(parents=True, exist_ok=True)
+        self.ensure_home()
         new = self.runs / f".{run_id}.{os.getpid()}.new"
         shutil.rmtree(new, ignore_errors=True)
-        (new / "steps").mkdir(parents=True)
+        new.mkdir(mode=0o700)
+        (new / "steps").mkdir(mode=0o700)
         (new / "lock").write_text(f"{os.getpid()}\n")
         try:
             if _never_began(path):
@@ -103,6 +104,16 @@ class Store:
         finally:
             shutil.rmtree(new, ignore_errors=True)
         return RunDir(path)
+
+    def ensure_home(self) -> None:
+        """Make the home and its ``runs/`` private (0700): a run's logs, scripts and
+        reports are for its owner, not for other users of a shared machine. A home made
+        by an earlier version, with wider permissions, is narrowed."""
+        for folder in (self.home, self.runs):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = folder.stat()
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                folder.chmod(0o700)
 
     def open(self, run_id: str) -> RunDir:
         path = self.runs / run_id
@@ -199,8 +210,14 @@ class RunDir:
         """The orchestrator's own log: one plain line per event."""
         return self.path / "agentflow.log"
 
+    @property
+    def steps_path(self) -> Path:
+        """``steps/``: the one folder of the run the sandbox can write (mounted into a
+        Docker sandbox); the host reads it only through ``safefs``."""
+        return self.path / "steps"
+
     def step_dir(self, step_id: str) -> Path:
-        return self.path / "steps" / step_id
+        return self.steps_path / step_id
 
     # --- checkpoint -------------------------------------------------------------------------
 
@@ -330,7 +347,7 @@ class RunDir:
     def append_event(self, event: Event) -> None:
         line = (event.model_dump_json(exclude_none=True) + "\n").encode()
         try:
-            fd = os.open(self.events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 # A line cut short (a full disk, a crash mid-write) is ended first, so that
                 # it costs only itself, not the event after it.
@@ -361,7 +378,7 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's lock; raises RunLockedError when another process has it."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -402,7 +419,9 @@ class RunDir:
 def _atomic_write(path: Path, data: bytes, keep_previous: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("wb") as f:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

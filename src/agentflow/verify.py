@@ -9,19 +9,25 @@ workspace are read from the host, which sees the same files.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agentflow import safefs
+from agentflow import safefs, stepfiles
 from agentflow.workflow.model import MetricCheck, Output, Probe, Success
 
 PROBE_TIMEOUT = 30.0
 """The longest one probe or check command may take."""
 LOG_TAIL_BYTES = 256 * 1024
 """How much of the end of a log the log checks search (bounded, whatever the log size)."""
+FILE_MAX = 1 << 20
+"""The largest file read for an output or a metric (a step controls its size)."""
+VALUE_MAX = 4096
+"""The longest output value: values are pasted into later steps and shown in reports."""
 
 _HTTP = """\
 url=$1
@@ -64,14 +70,49 @@ class Where:
     symlink at a file of the host's)."""
     log: Path
     """The step's output.log."""
+    steps: Path
+    """The run's ``steps/`` folder, below which the log is read (it is sandbox-writable)."""
     env: dict[str, str] = field(default_factory=dict)
     """The step's environment, for the commands of probes and checks."""
+    hidden: frozenset[safefs.Identity] = frozenset()
+    """Folders never read, whatever path leads there (agentflow's home in the workspace)."""
 
     def host_path(self, path: str) -> Path:
-        resolved = (self.host_dir / path).resolve()
-        if not resolved.is_relative_to(self.root.resolve()):
+        """``path`` (relative to the step's folder) on the host, checked lexically to stay
+        in the workspace; the read itself goes through ``safefs`` (no link followed)."""
+        joined = Path(os.path.normpath(self.host_dir / path))
+        if not joined.is_relative_to(self.root):
             raise OutputError(f"{path} leads outside the workspace")
-        return resolved
+        return joined
+
+    def read(self, path: str, limit: int) -> str:
+        """A workspace file's text, through the guarded path; OutputError says why not."""
+        try:
+            return safefs.read_text(self.host_path(path), self.root, limit, self.hidden)
+        except FileNotFoundError:
+            raise OutputError(f"{path} does not exist") from None
+        except safefs.TooLarge:
+            raise OutputError(f"{path} is larger than {_size(limit)}: not read") from None
+        except OSError as e:
+            raise OutputError(f"{path}: {_why(e)}") from None
+
+    def lstat(self, path: str) -> os.stat_result:
+        try:
+            return safefs.lstat(self.host_path(path), self.root, self.hidden)
+        except FileNotFoundError:
+            raise OutputError(f"{path} does not exist") from None
+        except OSError as e:
+            raise OutputError(f"{path}: {_why(e)}") from None
+
+
+def _why(e: OSError) -> str:
+    """What is wrong, naming the component at fault when it is not the file itself."""
+    where = e.filename
+    return f"{Path(where).name} {e.strerror}" if where else str(e.strerror or e)
+
+
+def _size(n: int) -> str:
+    return f"{n // (1 << 20)} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
 @dataclass(frozen=True)
@@ -101,7 +142,7 @@ def probe(ready: Probe, at: Where) -> Check:
     if ready.command:
         return _command(at, ready.command, f"command `{ready.command}`")
     if ready.log:
-        return _log_has(at.log, ready.log)
+        return _log_has(at, ready.log)
     assert ready.file is not None
     return _file(at, ready.file, non_empty=False)
 
@@ -115,18 +156,13 @@ def _command(at: Where, script: str, what: str) -> Check:
 
 
 def tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
-    """The last ``size`` bytes of a file as text ('' when it does not exist)."""
-    try:
-        with safefs.open_read(path) as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
+    """The last ``size`` bytes of a step's file (``steps/<id>/[attempt-N/]NAME``) as text;
+    '' when it cannot be read. Read through the guarded path below the run's steps/."""
+    return safefs.tail(path, stepfiles.steps_root(path), size)
 
 
-def _log_has(log: Path, pattern: str) -> Check:
-    if re.search(pattern, tail(log), re.MULTILINE):
+def _log_has(at: Where, pattern: str) -> Check:
+    if re.search(pattern, safefs.tail(at.log, at.steps, LOG_TAIL_BYTES), re.MULTILINE):
         return Check(True, f"log matches /{pattern}/")
     return Check(False, f"no line of the output matches /{pattern}/")
 
@@ -134,12 +170,12 @@ def _log_has(log: Path, pattern: str) -> Check:
 def _file(at: Where, path: str, non_empty: bool) -> Check:
     if not Path(path).is_absolute():
         try:
-            p = at.host_path(path)
+            st = at.lstat(path)
         except OutputError as e:
             return Check(False, str(e))
-        if not p.exists():
-            return Check(False, f"{path} does not exist")
-        if non_empty and p.is_file() and p.stat().st_size == 0:
+        if stat.S_ISLNK(st.st_mode):
+            return Check(False, f"{path} is a symbolic link, not followed (check its target)")
+        if non_empty and stat.S_ISREG(st.st_mode) and st.st_size == 0:
             return Check(False, f"{path} is empty")
         return Check(True, f"{path} exists")
     flag = "-s" if non_empty else "-e"
@@ -154,7 +190,7 @@ def success_checks(success: Success, at: Where) -> Check:
         if not c.ok:
             return Check(False, f"success check files: {c.detail}")
     if success.log:
-        c = _log_has(at.log, success.log)
+        c = _log_has(at, success.log)
         if not c.ok:
             return Check(False, f"success check log: {c.detail}")
     measured = []
@@ -185,17 +221,17 @@ def _metric(name: str, m: MetricCheck, at: Where) -> Check:
     return Check(True, f"{m.key} = {number:g}")
 
 
-def _read(path: str, at: Where) -> str:
+def _read(path: str, at: Where, limit: int = FILE_MAX) -> str:
+    """A file of the step's: from the workspace on the host (the guarded path), or, for an
+    absolute path, inside the sandbox; at most ``limit`` bytes either way."""
     if not Path(path).is_absolute():
-        try:
-            return at.host_path(path).read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            raise OutputError(f"{path} does not exist") from None
-        except OSError as e:
-            raise OutputError(f"{path}: {e.strerror}") from None
-    code, out = at.box.exec(f"cat {shlex.quote(path)}", at.workdir, PROBE_TIMEOUT)
+        return at.read(path, limit)
+    script = f"head -c {limit + 1} {shlex.quote(path)}"
+    code, out = at.box.exec(script, at.workdir, PROBE_TIMEOUT)
     if code != 0:
         raise OutputError(f"{path} cannot be read in the sandbox")
+    if len(out.encode()) > limit:
+        raise OutputError(f"{path} is larger than {_size(limit)}: not read")
     return out
 
 
@@ -223,12 +259,19 @@ def read_outputs(outputs: dict[str, Output], at: Where) -> dict[str, str]:
             value = json_value(_read(out.json_file, at), out.key or "", out.json_file)
             values[name] = value if isinstance(value, str) else json.dumps(value)
         elif out.file:
-            values[name] = _read(out.file, at).strip()
+            values[name] = _read(out.file, at, VALUE_MAX + 1024).strip()
         else:
             assert out.log is not None
-            matches = re.findall(out.log, tail(at.log), re.MULTILINE)
+            log = safefs.tail(at.log, at.steps, LOG_TAIL_BYTES)
+            matches = re.findall(out.log, log, re.MULTILINE)
             if not matches:
                 raise OutputError(f"output {name}: no line of the output matches /{out.log}/")
             last = matches[-1]
             values[name] = last[0] if isinstance(last, tuple) else last
+        if len(values[name]) > VALUE_MAX:
+            raise OutputError(
+                f"output {name} is {len(values[name])} characters long, more than the "
+                f"{VALUE_MAX} an output may hold: write large data to a file and make its "
+                "path the output"
+            )
     return values

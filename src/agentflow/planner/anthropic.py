@@ -207,7 +207,7 @@ def request(wf: WorkflowFile, inputs: dict[str, Scalar]) -> str:
         "Steps (in order; `needs` must be done first):\n"
         + "\n".join(_describe(s) for s in w.steps),
     ]
-    books = bounded([wf.base_dir / d for d in w.docs], RUNBOOK_BUDGET)
+    books = bounded([wf.base_dir / d for d in w.docs], RUNBOOK_BUDGET, root=wf.base_dir)
     if books:
         parts.append("Runbooks:\n" + books)
     return "\n\n".join(p for p in parts if p)

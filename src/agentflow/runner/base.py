@@ -14,7 +14,7 @@ from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from agentflow import stepfiles
+from agentflow import safefs, stepfiles
 from agentflow.diagnose import Diagnoser
 from agentflow.monitor import (
     READ_LIMIT,
@@ -101,6 +101,11 @@ class RunnerBase:
         self._sandbox_checked = True
         self._sandbox_down_since: datetime | None = None
         self.clocks: dict[str, StepClock] = {}
+        # Never read from a workspace, by identity: agentflow's home (other runs' logs) and
+        # its tmux socket's folder, wherever they lie and whatever path leads to them.
+        self.hidden = safefs.identities(
+            [setup.run.path.parent.parent, setup.tmux.socket_path.parent]
+        )
         self.next_probe: dict[str, datetime] = {}
         self.last_probe: dict[str, str] = {}
         learned = learned_durations(setup.run.path.parent, state.workflow, state.run_id)
@@ -177,7 +182,9 @@ class RunnerBase:
             host_dir=host_dir,
             root=self.s.workspace,
             log=self.s.run.step_dir(step.id) / "output.log",
+            steps=self.s.run.steps_path,
             env=env,  # not the secrets: checks do not need them
+            hidden=self.hidden,
         )
 
     def _render(self, text: str, env: dict[str, str]) -> str:

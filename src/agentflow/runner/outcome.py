@@ -130,7 +130,7 @@ class Outcomes(RunnerBase):
                 files=files,
                 skipped=skipped,
             )
-            artifacts.save(self.s.run, step.id, collected)
+            artifacts.save(self.s.run, step.id, collected, self.redactor)
         except ArtifactError as e:
             return str(e)
         except OSError as e:  # the manifest cannot be written (a full disk)
@@ -215,7 +215,7 @@ class Outcomes(RunnerBase):
         )
         context = build_context(
             failure, self.s.run.read_events(), self.s.runbooks, self.redactor,
-            diagnoser.budget_tokens,
+            diagnoser.budget_tokens, self.s.workspace,
         )  # fmt: skip
         try:
             decision, call = diagnoser.decide(context)

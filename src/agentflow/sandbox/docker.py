@@ -30,6 +30,7 @@ import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
+from agentflow import safefs
 from agentflow.errors import EnvironmentProblem, UsageError
 from agentflow.sandbox import DEFAULT_PIDS, Launch, bounded
 from agentflow.workflow.model import Sandbox as SandboxConfig
@@ -88,6 +89,7 @@ class DockerSandbox:
         log: Callable[[str], None] | None = None,
         build_log: Path | None = None,
         keep: bool = False,
+        socket_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.run_id = run_id
@@ -98,6 +100,8 @@ class DockerSandbox:
         self.log = log or (lambda line: None)
         self.build_log = build_log
         self.keep = keep
+        self.socket_dir = socket_dir
+        """The folder of agentflow's tmux socket: hidden like the home when mounted."""
         self.container_name = f"agentflow-{run_id}"
         self.cli = shutil.which("docker")
         self._client: docker.DockerClient | None = None
@@ -222,12 +226,10 @@ class DockerSandbox:
             count = -1 if res.gpus == "all" else int(res.gpus)
             kwargs["device_requests"] = [DeviceRequest(count=count, capabilities=[["gpu"]])]
         tmpfs = {"/tmp": "rw,exec,nosuid,nodev,size=1g"}
-        if self.home.is_relative_to(self.workspace):
-            # agentflow's own files (checkpoints, other runs) inside the workspace are hidden
-            # from the sandbox under an empty tmpfs.
-            hidden = posixpath.join(
-                self.config.workdir, *self.home.relative_to(self.workspace).parts
-            )
+        mounts = self.mounts()
+        # agentflow's own files (checkpoints, other runs, its tmux socket) inside a mounted
+        # folder are hidden from the sandbox under an empty read-only tmpfs.
+        for hidden in self._hidden_targets(mounts):
             tmpfs[hidden] = "ro,size=1k"
         try:
             return self.client.containers.run(
@@ -248,7 +250,7 @@ class DockerSandbox:
                 user=f"{os.getuid()}:{os.getgid()}",
                 read_only=True,
                 tmpfs=tmpfs,
-                mounts=self.mounts(),
+                mounts=mounts,
                 working_dir=cfg.workdir,
                 environment={"HOME": "/tmp"},
                 **kwargs,
@@ -259,23 +261,63 @@ class DockerSandbox:
             ) from None
 
     def mounts(self) -> list[Mount]:
-        """The workspace, the run's step folders and the named mounts; nothing else."""
+        """The workspace, the run's step folders and the named mounts; nothing else. A
+        source in the workspace is taken only as a real folder or file reached without a
+        link: a step may have replaced it with a link to any host folder."""
         mounts = [
             Mount(target=self.config.workdir, source=str(self.workspace), type="bind"),
             Mount(target=STEPS_MOUNT, source=str(self.steps_dir), type="bind"),
         ]
         for i, m in enumerate(self.config.mounts):
-            source = (self.workspace / m.source).resolve()
-            if not source.exists():
-                raise UsageError(
-                    f"sandbox.mounts[{i}]: {m.source} does not exist (looked for {source})"
-                )
             if not posixpath.isabs(m.target):
                 raise UsageError(f"sandbox.mounts[{i}]: target {m.target!r} must be absolute")
+            source = self._mount_source(i, m.source)
             mounts.append(
                 Mount(target=m.target, source=str(source), type="bind", read_only=m.read_only)
             )
         return mounts
+
+    def _mount_source(self, i: int, given: str) -> Path:
+        where = f"sandbox.mounts[{i}]: {given}"
+        lexical = Path(os.path.normpath(self.workspace.absolute() / given))
+        workspace = self.workspace.absolute()
+        if lexical.is_relative_to(workspace):
+            try:
+                safefs.lstat(lexical, workspace)
+            except FileNotFoundError:
+                raise UsageError(f"{where} does not exist (looked for {lexical})") from None
+            except OSError as e:
+                raise UsageError(
+                    f"{where}: {Path(e.filename or given).name} {e.strerror}: a mount source in "
+                    "the workspace must be a real folder (a step could have made the link); "
+                    "give the link's target as the source"
+                ) from None
+            return lexical
+        source = lexical.resolve()
+        if not source.exists():
+            raise UsageError(f"{where} does not exist (looked for {source})")
+        return source
+
+    def _hidden_targets(self, mounts: list[Mount]) -> list[str]:
+        """Where agentflow's home and its tmux socket's folder appear inside the container,
+        found by identity (device and inode), whatever path leads to them."""
+        hidden = [self.home, self.socket_dir] if self.socket_dir else [self.home]
+        targets = []
+        for m in mounts:
+            if m["Target"] == STEPS_MOUNT:
+                continue
+            source = safefs.identity(Path(m["Source"]))
+            for folder in hidden:
+                rel = _below(folder, source)
+                if rel is None:
+                    continue
+                if not rel.parts:
+                    raise UsageError(
+                        f"agentflow's own folder {folder} is mounted into the sandbox as "
+                        f"{m['Target']}: set AGENTFLOW_HOME (or AGENTFLOW_TMUX_SOCKET) elsewhere"
+                    )
+                targets.append(posixpath.join(m["Target"], *rel.parts))
+        return targets
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -338,6 +380,18 @@ class DockerSandbox:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
         self._container = None
+
+
+def _below(folder: Path, ancestor: safefs.Identity | None) -> Path | None:
+    """``folder``'s path relative to the folder whose identity is ``ancestor``, when it
+    lies inside it (or is it); None otherwise."""
+    if ancestor is None:
+        return None
+    real = folder.resolve()
+    for parent in [real, *real.parents]:
+        if safefs.identity(parent) == ancestor:
+            return real.relative_to(parent)
+    return None
 
 
 def reap(home: Path, live_runs: set[str]) -> list[str]:

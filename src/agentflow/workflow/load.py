@@ -493,6 +493,7 @@ def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Proble
             if value:
                 texts.append((("steps", i, key), value, step))
         texts += [(("steps", i, "env", k), v, step) for k, v in step.env.items()]
+        texts += [(("steps", i, "artifacts", j), p, step) for j, p in enumerate(step.artifacts)]
         for key in ("ready", "success", "outputs"):
             block = getattr(step, key)
             if block:
