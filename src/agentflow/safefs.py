@@ -111,6 +111,8 @@ def open_dir(
             try:
                 sub = _open_sub(fd, name, create)
             except OSError as e:
+                if e.errno == errno.ENOTDIR and _is_link(fd, name):
+                    e.errno = errno.ELOOP  # O_DIRECTORY says "not a folder" of a link
                 raise _refuse(e, where) from None
             os.close(fd)
             fd = sub
@@ -120,6 +122,13 @@ def open_dir(
         yield fd
     finally:
         os.close(fd)
+
+
+def _is_link(fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _open_sub(fd: int, name: str, create: bool) -> int:

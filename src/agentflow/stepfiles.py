@@ -105,9 +105,13 @@ def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) ->
             for entry in safefs.entries(dfd):
                 safefs.remove(dfd, entry.name)
         else:
-            files = [e.name for e in safefs.entries(dfd) if not e.is_dir(follow_symlinks=False)]
+            folder = f"attempt-{earlier_attempts}"
+            files = [
+                e.name
+                for e in safefs.entries(dfd)
+                if not e.is_dir(follow_symlinks=False) and e.name != folder
+            ]
             if files:
-                folder = f"attempt-{earlier_attempts}"
                 with safefs.open_dir(root, [step_dir.name, folder], create=True) as keep:
                     for name in files:
                         safefs.remove(keep, name)

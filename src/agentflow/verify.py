@@ -94,7 +94,7 @@ class Where:
         except safefs.TooLarge:
             raise OutputError(f"{path} is larger than {_size(limit)}: not read") from None
         except OSError as e:
-            raise OutputError(f"{path}: {_why(e)}") from None
+            raise OutputError(_why(e, path)) from None
 
     def lstat(self, path: str) -> os.stat_result:
         try:
@@ -102,13 +102,16 @@ class Where:
         except FileNotFoundError:
             raise OutputError(f"{path} does not exist") from None
         except OSError as e:
-            raise OutputError(f"{path}: {_why(e)}") from None
+            raise OutputError(_why(e, path)) from None
 
 
-def _why(e: OSError) -> str:
-    """What is wrong, naming the component at fault when it is not the file itself."""
-    where = e.filename
-    return f"{Path(where).name} {e.strerror}" if where else str(e.strerror or e)
+def _why(e: OSError, path: str) -> str:
+    """``PATH is a symbolic link, not followed``, naming the component at fault when it
+    is a folder on the way rather than the file itself."""
+    at = Path(e.filename).name if e.filename else ""
+    if not at or at == Path(path).name:
+        return f"{path} {e.strerror}"
+    return f"{path}: {at} {e.strerror}"
 
 
 def _size(n: int) -> str:

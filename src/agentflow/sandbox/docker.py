@@ -15,11 +15,13 @@ window gets directly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import secrets
 import shutil
 import signal as signals
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -283,7 +285,9 @@ class DockerSandbox:
         workspace = self.workspace.absolute()
         if lexical.is_relative_to(workspace):
             try:
-                safefs.lstat(lexical, workspace)
+                st = safefs.lstat(lexical, workspace)
+                if stat.S_ISLNK(st.st_mode):
+                    raise safefs.UnsafePath(errno.ELOOP, "is a symbolic link", str(lexical))
             except FileNotFoundError:
                 raise UsageError(f"{where} does not exist (looked for {lexical})") from None
             except OSError as e:

@@ -1,0 +1,402 @@
+"""Issue 14: what the host does with files a step controls. Every host-side touch of the
+workspace or the run's ``steps/`` goes through ``safefs``: no link followed at any depth,
+regular files only, reads capped, agentflow's home hidden by identity.
+
+Each test plants what a hostile step would (a link to a host folder, a FIFO, a sparse
+file, a file where a folder must be) and asserts that no host file outside the run
+changed, nothing hung, memory stayed bounded and the error is one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import pytest
+
+from agentflow import safefs, stepfiles
+from agentflow.verify import Where, read_outputs, success_checks
+from agentflow.workflow.model import Output, Success
+
+from conftest import TEST_IMAGE, Env, run_id_of
+
+BOX = f"sandbox: {{backend: docker, image: {TEST_IMAGE}}}\n"
+
+
+def host_dir(tmp_path: Path) -> Path:
+    """A host folder a step must never reach: its files are checked afterwards."""
+    victim = tmp_path / "host"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me\n")
+    (victim / "run.sh").write_text("original\n")
+    return victim
+
+
+def untouched(victim: Path) -> None:
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt", "run.sh"]
+    assert (victim / "precious.txt").read_text() == "keep me\n"
+    assert (victim / "run.sh").read_text() == "original\n"
+
+
+# --- the guarded path itself ---------------------------------------------------------------
+
+
+Plant = Callable[[Path, Path], None]
+
+
+def _link_to_host_file(path: Path, victim: Path) -> None:
+    os.symlink(victim / "precious.txt", path)
+
+
+def _link_to_host_dir(path: Path, victim: Path) -> None:
+    os.symlink(victim, path)
+
+
+def _fifo(path: Path, victim: Path) -> None:
+    os.mkfifo(path)
+
+
+def _sparse(path: Path, victim: Path) -> None:
+    with path.open("wb") as f:
+        f.truncate(1 << 30)  # 1 GiB, no blocks
+
+
+def _folder(path: Path, victim: Path) -> None:
+    path.mkdir()
+
+
+PLANTS: dict[str, Plant] = {
+    "link to a host file": _link_to_host_file,
+    "link to a host folder": _link_to_host_dir,
+    "fifo": _fifo,
+    "sparse 1 GiB": _sparse,
+    "folder": _folder,
+}
+
+
+@pytest.mark.parametrize("kind", PLANTS)
+@pytest.mark.parametrize("name", ["exit_code", "pid", "output.log", "run.sh"])
+def test_step_files_of_any_kind_are_read_bounded_and_never_followed(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    victim = host_dir(tmp_path)
+    step = tmp_path / "steps" / "s"
+    step.mkdir(parents=True)
+    PLANTS[kind](step / name, victim)
+    tracemalloc.start()
+    code, _ = stepfiles.exit_code(step)
+    group = stepfiles.pid(step)
+    out = stepfiles.new_output(step, 0, 4096)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes to read a planted {kind}"
+    if name == "exit_code":
+        # A planted exit code is a failure, never the content of a host file.
+        assert code == 255
+    if name == "pid":
+        assert group is None
+    if name == "output.log" and kind != "sparse 1 GiB":
+        assert out is None
+    if name == "output.log" and kind == "sparse 1 GiB":
+        assert out is not None and len(out.text) <= 4096
+    # Preparing the next attempt moves and removes names, never what they point to.
+    stepfiles.prepare(step, 1, "echo new\n", "wrapper\n")
+    stepfiles.prepare(step, 0, "echo new\n", "wrapper\n")
+    assert (step / "run.sh").read_text() == "echo new\n"
+    assert not (step / "run.sh").is_symlink()
+    untouched(victim)
+
+
+@pytest.mark.parametrize("kind", ["link to a host folder", "fifo", "sparse 1 GiB"])
+def test_a_step_folder_planted_as_a_link_or_file_is_replaced_not_followed(
+    tmp_path: Path, kind: str
+) -> None:
+    victim = host_dir(tmp_path)
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    PLANTS[kind](steps / "b", victim)
+    for earlier in (0, 1):
+        stepfiles.prepare(steps / "b", earlier, "echo b\n", "wrapper\n")
+        assert stat.S_ISDIR((steps / "b").lstat().st_mode)
+        assert (steps / "b" / "run.sh").read_text() == "echo b\n"
+    # A link where an attempt's folder goes: the files move past it, never into it.
+    shutil.rmtree(steps / "b" / "attempt-1")
+    os.symlink(victim, steps / "b" / "attempt-1")
+    stepfiles.prepare(steps / "b", 1, "echo b2\n", "wrapper\n")
+    assert not (steps / "b" / "attempt-1").is_symlink()
+    untouched(victim)
+
+
+def test_a_link_at_any_depth_is_refused_and_the_home_by_identity(tmp_path: Path) -> None:
+    victim = host_dir(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "real").mkdir(parents=True)
+    (ws / "real" / "ok.txt").write_text("ok")
+    os.symlink(victim, ws / "via")
+    assert safefs.read_text(ws / "real" / "ok.txt", ws, 100) == "ok"
+    with pytest.raises(safefs.UnsafePath, match="symbolic link"):
+        safefs.read_text(ws / "via" / "precious.txt", ws, 100)
+    with pytest.raises(safefs.UnsafePath, match="outside"):
+        safefs.read_text(ws / ".." / "host" / "precious.txt", ws, 100)
+    with pytest.raises(safefs.TooLarge):
+        safefs.read_text(ws / "real" / "ok.txt", ws, 1)
+    # The home reached through another path (a bind mount, a second name) is still the home.
+    home = ws / "real"
+    with pytest.raises(safefs.UnsafePath, match="agentflow's own folder"):
+        safefs.read_text(ws / "real" / "ok.txt", ws, 100, safefs.identities([home]))
+
+
+def where(ws: Path, tmp_path: Path, hidden: frozenset[safefs.Identity] = frozenset()) -> Where:
+    steps = tmp_path / "steps"
+    (steps / "s").mkdir(parents=True, exist_ok=True)
+    return Where(
+        box=_NoBox(),
+        workdir="/workspace",
+        host_dir=ws,
+        root=ws,
+        log=steps / "s" / "output.log",
+        steps=steps,
+        hidden=hidden,
+    )
+
+
+class _NoBox:
+    def exec(
+        self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        raise AssertionError("relative paths are read on the host")
+
+
+@pytest.mark.parametrize("kind", PLANTS)
+def test_outputs_metrics_and_success_files_of_any_kind(tmp_path: Path, kind: str) -> None:
+    victim = host_dir(tmp_path)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    at = where(ws, tmp_path)
+    for name in ("value.txt", "results.json"):
+        PLANTS[kind](ws / name, victim)
+    tracemalloc.start()
+    for outputs in (
+        {"v": Output(file="value.txt")},
+        {"v": Output.model_validate({"json": "results.json", "key": "x"})},
+    ):
+        with pytest.raises(Exception, match=r"value\.txt|results\.json") as caught:
+            read_outputs(outputs, at)
+        assert "\n" not in str(caught.value)
+        assert "keep me" not in str(caught.value)
+    check = success_checks(
+        Success.model_validate({"metrics": {"x": {"file": "results.json", "key": "x"}}}), at
+    )
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert not check.ok
+    assert "keep me" not in check.detail
+    assert peak < 4 << 20, peak
+    files = success_checks(Success(files=["value.txt"]), at)
+    assert files.ok == (kind in ("sparse 1 GiB", "folder", "fifo"))  # they exist, unfollowed
+    untouched(victim)
+
+
+def test_an_output_is_bounded(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "value.txt").write_text("x" * 4500)
+    with pytest.raises(Exception, match="more than the 4096 an output may hold"):
+        read_outputs({"v": Output(file="value.txt")}, where(ws, tmp_path))
+    (ws / "value.txt").write_text("x" * 100_000)
+    with pytest.raises(Exception, match=r"^value\.txt is larger than 5120 bytes: not read$"):
+        read_outputs({"v": Output(file="value.txt")}, where(ws, tmp_path))
+
+
+# --- end to end: a hostile step on both backends ------------------------------------------
+
+
+def _plant_step_folder(af: Env, tmp_path: Path, backend: str) -> None:
+    victim = host_dir(tmp_path)
+    steps = "/agentflow/steps" if backend == "docker" else "$AGENTFLOW_STEPS"
+    link = victim  # the host's path: dangling inside a container, and still never followed
+    wf = af.write(
+        f"""\
+        version: 1
+        name: plant
+        {BOX if backend == "docker" else ""}
+        steps:
+          - id: a
+            run: ln -s {link} {steps}/b && echo data > {steps}/c
+          - id: b
+            needs: [a]
+            run: echo b ran
+          - id: c
+            needs: [a]
+            run: echo c ran
+        """.replace("$AGENTFLOW_STEPS", str(af.home / "runs" / "r1" / "steps"))
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "r1", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    st = af.state("r1")["steps"]
+    assert {k: v["status"] for k, v in st.items()} == {k: "succeeded" for k in "abc"}
+    for step in "bc":
+        path = af.run_dir("r1") / "steps" / step
+        assert stat.S_ISDIR(path.lstat().st_mode)
+        assert f"{step} ran" in (path / "output.log").read_text()
+    untouched(victim)
+
+
+def test_a_planted_step_folder_is_replaced_locally(af: Env, tmp_path: Path) -> None:
+    _plant_step_folder(af, tmp_path, "local")
+
+
+@pytest.mark.docker
+def test_a_planted_step_folder_is_replaced_in_docker(
+    af: Env, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    _plant_step_folder(af, tmp_path, "docker")
+
+
+@pytest.mark.docker
+def test_a_mount_source_replaced_by_a_link_is_refused(
+    af: Env, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    victim = host_dir(tmp_path)
+    (af.workspace / "data").mkdir()
+    wf = af.write(
+        f"""\
+        version: 1
+        name: mounts
+        sandbox:
+          backend: docker
+          image: {TEST_IMAGE}
+          mounts: [{{source: data, target: /data}}]
+        steps:
+          - id: swap
+            run: rmdir data && ln -s {victim} data
+        """
+    )
+    first = af.cli("run", str(wf), "--ci", timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = af.cli("run", str(wf), "--ci", timeout=120)
+    assert again.returncode == 2, again.stdout + again.stderr
+    line = again.stderr.strip().splitlines()[-1]
+    assert "sandbox.mounts[0]: data" in line
+    assert "is a symbolic link" in line
+    assert "Traceback" not in again.stderr
+    untouched(victim)
+
+
+@pytest.mark.docker
+def test_the_home_is_hidden_by_identity_and_its_files_are_never_outputs(
+    af: Env, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    real_home = af.workspace / ".agentflow"
+    real_home.mkdir()
+    alias = tmp_path / "alias-home"
+    alias.symlink_to(real_home)  # the home reached through a link: hidden all the same
+    af.home = alias
+    af.env["AGENTFLOW_HOME"] = str(alias)
+    secret = af.write("version: 1\nname: other\nsteps:\n  - {id: s, run: echo other-runs-log}\n")
+    assert af.cli("run", str(secret), "--ci", "--run-id", "other").returncode == 0
+    wf = af.write(
+        f"""\
+        version: 1
+        name: peek
+        {BOX}
+        steps:
+          - id: look
+            run: |
+              ls -a /workspace/.agentflow
+              ln -sf .agentflow/runs/other/steps/s/output.log leak.txt
+            outputs: {{leaked: {{file: leak.txt}}}}
+        """,
+        "peek.yaml",
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "peek", timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    st = af.state("peek")["steps"]["look"]
+    assert st["status"] == "failed"
+    assert "leak.txt" in st["message"] and "symbolic link" in st["message"]
+    shown = (af.run_dir("peek") / "steps" / "look" / "output.log").read_text()
+    assert "runs" not in shown  # the container saw an empty folder
+    for path in af.run_dir("peek").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert "other-runs-log" not in path.read_text(errors="replace"), path
+
+
+def test_a_fifo_or_sparse_output_neither_hangs_nor_bloats_the_run(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: bloat
+        steps:
+          - id: fifo
+            run: rm -f f.json && mkfifo f.json
+            outputs: {v: {json: f.json, key: x}}
+          - id: sparse
+            run: truncate -s 20M big.txt
+            outputs: {v: {file: big.txt}}
+          - id: after
+            run: echo still here
+        """
+    )
+    res = af.cli("run", str(wf), "--ci", timeout=60)
+    assert res.returncode == 1, res.stdout + res.stderr
+    st = af.state(run_id_of(res.stdout))
+    assert st["steps"]["after"]["status"] == "succeeded"
+    assert "f.json is not a regular file" in st["steps"]["fifo"]["message"]
+    assert "big.txt is larger than" in st["steps"]["sparse"]["message"]
+    assert (af.run_dir(st["run_id"]) / "state.json").stat().st_size < 64 * 1024
+
+
+def test_secrets_never_reach_artifact_patterns_or_the_manifest(af: Env) -> None:
+    af.env["TOKEN"] = "s3cr3t-value"
+    bad = af.write(
+        """\
+        version: 1
+        name: leak
+        secrets: [TOKEN]
+        steps:
+          - id: s
+            run: "true"
+            artifacts: ["${{ env.TOKEN }}.txt"]
+        """
+    )
+    res = af.cli("validate", str(bad))
+    assert res.returncode == 2
+    assert "would write the secret TOKEN into files" in res.stderr
+    named = af.write(
+        """\
+        version: 1
+        name: named
+        secrets: [TOKEN]
+        steps:
+          - id: s
+            run: echo x > "out-$TOKEN.txt"
+            artifacts: ["out-*.txt"]
+        """,
+        "named.yaml",
+    )
+    res = af.cli("run", str(named), "--ci")
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = af.run_dir(run_id_of(res.stdout))
+    manifest = json.loads((run / "artifacts.json").read_text())
+    assert manifest["steps"]["s"]["files"][0]["path"] == "out-***.txt"
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert "s3cr3t-value" not in path.read_text(errors="replace"), path
+
+
+def test_run_directories_are_private(af: Env) -> None:
+    wf = af.write("version: 1\nname: p\nsteps:\n  - {id: s, run: echo hi}\n")
+    res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = af.run_dir(run_id_of(res.stdout))
+    for folder in (af.home, af.home / "runs", run):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for name in ("state.json", "events.jsonl"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o600, name
