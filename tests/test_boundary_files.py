@@ -104,7 +104,8 @@ def test_step_files_of_any_kind_are_read_bounded_and_never_followed(
     if name == "output.log" and kind != "sparse 1 GiB":
         assert out is None
     if name == "output.log" and kind == "sparse 1 GiB":
-        assert out is not None and len(out.text) <= 4096
+        assert out is not None
+        assert len(out.text) <= 4096
     # Preparing the next attempt moves and removes names, never what they point to.
     stepfiles.prepare(step, 1, "echo new\n", "wrapper\n")
     stepfiles.prepare(step, 0, "echo new\n", "wrapper\n")
@@ -241,7 +242,7 @@ def _plant_step_folder(af: Env, tmp_path: Path, backend: str) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     st = af.state("r1")["steps"]
-    assert {k: v["status"] for k, v in st.items()} == {k: "succeeded" for k in "abc"}
+    assert {k: v["status"] for k, v in st.items()} == dict.fromkeys("abc", "succeeded")
     for step in "bc":
         path = af.run_dir("r1") / "steps" / step
         assert stat.S_ISDIR(path.lstat().st_mode)
@@ -320,7 +321,8 @@ def test_the_home_is_hidden_by_identity_and_its_files_are_never_outputs(
     assert res.returncode == 1, res.stdout + res.stderr
     st = af.state("peek")["steps"]["look"]
     assert st["status"] == "failed"
-    assert "leak.txt" in st["message"] and "symbolic link" in st["message"]
+    assert "leak.txt" in st["message"]
+    assert "symbolic link" in st["message"]
     shown = (af.run_dir("peek") / "steps" / "look" / "output.log").read_text()
     assert "runs" not in shown  # the container saw an empty folder
     for path in af.run_dir("peek").rglob("*"):
