@@ -21,6 +21,8 @@ import docker
 import pytest
 
 from agentflow import safefs, stepfiles
+from agentflow.sandbox import EXEC_OUTPUT_MAX
+from agentflow.sandbox.local import LocalSandbox
 from agentflow.verify import Where, read_outputs, success_checks
 from agentflow.workflow.model import Output, Success
 
@@ -402,3 +404,38 @@ def test_run_directories_are_private(af: Env) -> None:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     for name in ("state.json", "events.jsonl"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o600, name
+
+
+def test_a_check_that_prints_without_end_costs_bounded_memory(tmp_path: Path) -> None:
+    box = LocalSandbox(tmp_path)
+    tracemalloc.start()
+    code, out = box.exec(
+        "head -c 50000000 /dev/zero | tr '\\0' x; echo; echo last; exit 3", str(tmp_path), 20
+    )
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert code == 3
+    assert out.endswith("last\n")
+    assert len(out) <= EXEC_OUTPUT_MAX
+    assert peak < 4 << 20, peak
+    code, out = box.exec("sleep 30 & sleep 30", str(tmp_path), 1)
+    assert code == 124
+
+
+@pytest.mark.docker
+def test_a_check_in_docker_streams_its_output(af: Env, docker_client: docker.DockerClient) -> None:
+    wf = af.write(
+        f"""\
+        version: 1
+        name: loud
+        {BOX}
+        steps:
+          - id: s
+            run: "true"
+            success: {{command: "head -c 30000000 /dev/zero|tr '\\\\0' x;echo;echo the-end;exit 1"}}
+        """
+    )
+    res = af.cli("run", str(wf), "--ci", timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    message = af.state(run_id_of(res.stdout))["steps"]["s"]["message"]
+    assert message.endswith("exit 1 (the-end)"), message

@@ -9,6 +9,12 @@ sandbox in one container per run. A sandbox whose steps are jobs of a batch sche
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -146,6 +152,59 @@ def _describe_slurm(config: SandboxConfig) -> list[str]:
     if slurm and slurm.options:
         facts.append("options " + " ".join(slurm.options))
     return facts
+
+
+EXEC_OUTPUT_MAX = 64 * 1024
+"""The most output of a probe or check command the host keeps (its end): the command
+runs what a step made, which may print without end."""
+
+
+def keep_tail(kept: bytearray, chunk: bytes) -> None:
+    """Append ``chunk``, keeping only the last ``EXEC_OUTPUT_MAX`` bytes."""
+    kept += chunk
+    if len(kept) > EXEC_OUTPUT_MAX:
+        del kept[: len(kept) - EXEC_OUTPUT_MAX]
+
+
+def run_bounded(
+    argv: list[str], timeout: float, env: dict[str, str], cwd: str | None = None
+) -> tuple[int, str]:
+    """Run a short command on this machine: its exit code and the end of its output
+    (stdout and stderr together), memory bounded whatever it prints; the whole process
+    group is killed at ``timeout`` (124)."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as e:
+        return 127, str(e)
+    assert proc.stdout is not None
+    kept = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        with proc.stdout:
+            fd = proc.stdout.fileno()
+            while (left := deadline - time.monotonic()) > 0:
+                if select.select([fd], [], [], left)[0]:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        break
+                    keep_tail(kept, chunk)
+        code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        code = None
+    if code is None or proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return 124, f"timed out after {timeout:g}s"
+    return code, kept.decode("utf-8", errors="replace")
 
 
 def bounded(script: str, timeout: float) -> list[str]:

@@ -34,7 +34,7 @@ from docker.types import DeviceRequest, Mount
 
 from agentflow import safefs
 from agentflow.errors import EnvironmentProblem, UsageError
-from agentflow.sandbox import DEFAULT_PIDS, Launch, bounded
+from agentflow.sandbox import DEFAULT_PIDS, Launch, bounded, keep_tail
 from agentflow.workflow.model import Sandbox as SandboxConfig
 
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -362,17 +362,23 @@ class DockerSandbox:
     def exec(
         self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
     ) -> tuple[int, str]:
+        """Run a probe or check inside the container; only the end of its output is kept
+        (streamed, so a command that prints without end costs bounded memory)."""
         try:
             container = self._container or self._find()
             if container is None:
                 return 125, "the sandbox container is gone"
-            code, out = container.exec_run(
-                bounded(script, timeout), workdir=workdir, environment=env or None
-            )
+            api = self.client.api
+            exec_id = api.exec_create(
+                container.id, bounded(script, timeout), workdir=workdir, environment=env or None
+            )["Id"]
+            kept = bytearray()
+            for chunk in api.exec_start(exec_id, stream=True):
+                keep_tail(kept, chunk)
+            code = api.exec_inspect(exec_id).get("ExitCode")
         except DOCKER_ERRORS as e:
             return 125, _first_line(e)
-        text = out.decode("utf-8", errors="replace") if isinstance(out, bytes) else ""
-        return int(code or 0), text
+        return int(code or 0), kept.decode("utf-8", errors="replace")
 
     def close(self) -> None:
         """Remove the run's container (unless asked to keep it)."""

@@ -6,11 +6,10 @@ It isolates nothing; it is for trusted workflows and for machines without Docker
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from agentflow.sandbox import Launch, bounded
+from agentflow.sandbox import Launch, bounded, run_bounded
 
 # The caller's tmux variables would point the step at the wrong server.
 _DROP = {"TMUX", "TMUX_PANE"}
@@ -51,24 +50,12 @@ class LocalSandbox:
     def exec(
         self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
     ) -> tuple[int, str]:
-        try:
-            done = subprocess.run(
-                bounded(script, timeout),
-                cwd=workdir,
-                env={
-                    **{k: v for k, v in os.environ.items() if k not in self.secrets},
-                    **(env or {}),
-                },
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout + 5,
-            )
-        except subprocess.TimeoutExpired:
-            return 124, f"timed out after {timeout:g}s"
-        except OSError as e:
-            return 127, str(e)
-        out = (done.stdout + done.stderr).decode("utf-8", errors="replace")
-        return done.returncode, out
+        env = {
+            **{k: v for k, v in os.environ.items() if k not in self.secrets},
+            **(env or {}),
+        }
+        # Past the command's own `timeout`: the group is killed a little later.
+        return run_bounded(bounded(script, timeout), timeout + 5, env, cwd=workdir)
 
     def close(self) -> None:
         return None

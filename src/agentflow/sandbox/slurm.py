@@ -28,7 +28,7 @@ import subprocess
 from pathlib import Path
 
 from agentflow.errors import EnvironmentProblem
-from agentflow.sandbox import Job, Launch, Verdict, bounded
+from agentflow.sandbox import Job, Launch, Verdict, bounded, run_bounded
 from agentflow.sandbox.local import LocalSandbox
 from agentflow.verify import Executor
 from agentflow.workflow.model import Resources, Workflow
@@ -290,20 +290,7 @@ class _InJob:
 
 
 def _run(argv: list[str], timeout: float, env: dict[str, str] | None) -> tuple[int, str]:
-    try:
-        done = subprocess.run(
-            argv,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return 124, f"timed out after {timeout:g}s"
-    except OSError as e:
-        return 127, str(e)
-    return done.returncode, (done.stdout + done.stderr).decode("utf-8", errors="replace")
+    return run_bounded(argv, timeout, {**os.environ, **(env or {})})
 
 
 def _newer(a: str, b: str) -> bool:
