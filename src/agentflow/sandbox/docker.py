@@ -175,7 +175,7 @@ class DockerSandbox:
     def _build(self) -> str:
         build = self.config.build
         assert build is not None
-        context = (self.workspace / build.context).resolve()
+        context = self._host_source("sandbox.build.context", build.context)
         dockerfile = context / build.dockerfile
         if not dockerfile.is_file():
             raise UsageError(f"sandbox.build: no Dockerfile at {dockerfile}")
@@ -273,14 +273,17 @@ class DockerSandbox:
         for i, m in enumerate(self.config.mounts):
             if not posixpath.isabs(m.target):
                 raise UsageError(f"sandbox.mounts[{i}]: target {m.target!r} must be absolute")
-            source = self._mount_source(i, m.source)
+            source = self._host_source(f"sandbox.mounts[{i}]", m.source)
             mounts.append(
                 Mount(target=m.target, source=str(source), type="bind", read_only=m.read_only)
             )
         return mounts
 
-    def _mount_source(self, i: int, given: str) -> Path:
-        where = f"sandbox.mounts[{i}]: {given}"
+    def _host_source(self, key: str, given: str) -> Path:
+        """A host folder the workflow names (a mount's source, the build context). One in
+        the workspace is taken only as a real folder reached without a link: a step may
+        have replaced it with a link to any host folder (``safefs``)."""
+        where = f"{key}: {given}"
         lexical = Path(os.path.normpath(self.workspace.absolute() / given))
         workspace = self.workspace.absolute()
         if lexical.is_relative_to(workspace):
@@ -292,9 +295,9 @@ class DockerSandbox:
                 raise UsageError(f"{where} does not exist (looked for {lexical})") from None
             except OSError as e:
                 raise UsageError(
-                    f"{where}: {Path(e.filename or given).name} {e.strerror}: a mount source in "
-                    "the workspace must be a real folder (a step could have made the link); "
-                    "give the link's target as the source"
+                    f"{where}: {Path(e.filename or given).name} {e.strerror}: a folder in the "
+                    "workspace must be a real one (a step could have made the link); give "
+                    "the link's target instead"
                 ) from None
             return lexical
         source = lexical.resolve()
