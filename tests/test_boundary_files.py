@@ -20,7 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from agentflow import safefs, stepfiles
+from agentflow import learn, runbook, safefs, stepfiles
 from agentflow.sandbox import EXEC_OUTPUT_MAX
 from agentflow.sandbox.local import LocalSandbox
 from agentflow.verify import Where, read_outputs, success_checks
@@ -439,3 +439,19 @@ def test_a_check_in_docker_streams_its_output(af: Env, docker_client: docker.Doc
     assert res.returncode == 1, res.stdout + res.stderr
     message = af.state(run_id_of(res.stdout))["steps"]["s"]["message"]
     assert message.endswith("exit 1 (the-end)"), message
+
+
+def test_runbooks_and_learn_never_follow_a_link_a_step_planted(tmp_path: Path) -> None:
+    victim = host_dir(tmp_path)
+    ws = tmp_path / "ws"
+    (ws / "docs").mkdir(parents=True)
+    os.symlink(victim / "precious.txt", ws / "docs" / "runbook.md")
+    # What would go to the model: nothing of the host file.
+    assert "keep me" not in runbook.bounded([ws / "docs" / "runbook.md"], 10_000, root=ws)
+    # `learn --apply` writes a runbook through a temporary name a step could plant.
+    (ws / "docs" / "runbook.md").unlink()
+    (ws / "docs" / "runbook.md").write_text("# Runbook\n")
+    os.symlink(victim / "run.sh", ws / "docs" / ".runbook.md.learn.tmp")
+    learn._write(ws / "docs" / "runbook.md", "# Runbook\nlearnt\n")
+    assert (ws / "docs" / "runbook.md").read_text() == "# Runbook\nlearnt\n"
+    untouched(victim)

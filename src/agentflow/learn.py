@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from agentflow.errors import AgentflowError, UsageError, WorkflowError
+from agentflow.runbook import read as runbook_text
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import Event, RunDir, Store
 from agentflow.verify import tail
@@ -742,12 +744,27 @@ class Proposal:
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace ``path`` at once (a temporary file renamed over it), keeping its mode."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    """Replace ``path`` at once (a temporary file renamed over it), keeping its mode. The
+    folder is a workspace a step could write: the temporary name is made new (``O_EXCL``,
+    never through a planted link), and the rename replaces a link, never follows it."""
+    st = path.lstat() if path.is_symlink() or path.exists() else None
+    mode = st.st_mode & 0o7777 if st and stat.S_ISREG(st.st_mode) else 0o644
     tmp = path.with_name(f".{path.name}.learn.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _runbook_text(path: Path, workspace: Path) -> str | None:
+    """A runbook's text through the guarded path (a step may have made it a link to a
+    host file, which would be copied into the patch); None when there is none."""
+    try:
+        return runbook_text(path, workspace)
+    except FileNotFoundError:
+        return None
 
 
 def _git_root(folder: Path) -> Path:
@@ -787,8 +804,8 @@ def propose(store: Store, run_id: str, workflow_file: Path | None = None) -> Pro
         )
     runbooks = [path.parent / d for d in current.docs]
     runbook = runbooks[0] if runbooks else path.parent / f"{path.stem}.md"
-    rb_old = runbook.read_text(encoding="utf-8") if runbook.is_file() else None
-    texts = [p.read_text(encoding="utf-8") for p in runbooks if p.is_file()]
+    rb_old = _runbook_text(runbook, path.parent)
+    texts = [t for t in (_runbook_text(p, path.parent) for p in runbooks) if t is not None]
     wf_text, rb_text = text, rb_old or ""
     wf_change = Change(path, text, text)
     rb_change = Change(runbook, rb_old, rb_text)

@@ -47,13 +47,13 @@ RUNBOOK_MAX = 1 << 20
 """The largest runbook read (in a workspace, a step could have made it any size)."""
 
 
-def _read(path: Path, root: Path | None) -> str:
+def read(path: Path, root: Path | None) -> str:
     """A runbook's text. One in the workspace (``root``) is read through the guarded path:
     a step could have replaced it with a link to a host file, whose text would go to the
     model."""
-    normal = Path(os.path.normpath(path))
-    if root is not None and normal.is_relative_to(root):
-        return safefs.read_text(normal, root, RUNBOOK_MAX)
+    normal = Path(os.path.normpath(path.absolute()))
+    if root is not None and normal.is_relative_to(root.absolute()):
+        return safefs.read_text(normal, root.absolute(), RUNBOOK_MAX)
     with normal.open("rb") as f:
         return f.read(RUNBOOK_MAX).decode("utf-8", errors="replace")
 
@@ -66,7 +66,7 @@ def bounded(
     chosen: list[tuple[bool, str, str]] = []  # (is a failure mode, file, section)
     for path in paths:
         try:
-            text = _read(path, root)
+            text = read(path, root)
         except OSError:
             continue
         parts = sections(text)
