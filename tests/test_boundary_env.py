@@ -156,7 +156,8 @@ def test_the_docker_client_gets_a_fixed_environment_and_the_secrets(
                 echo "inside STEP_VAR=$STEP_VAR FOO=$FOO step=$AGENTFLOW_STEP"
                 test "$MY_SECRET" = s3cr3t-in-client && echo secret-inside
             """,
-            "secrets: [MY_SECRET]\nenv: {FOO: bar}\n",
+            # An env of a secret's name: the secret wins, and only it reaches docker.
+            "secrets: [MY_SECRET]\nenv: {FOO: bar, MY_SECRET: decoy}\n",
         )
     )
     proc = af.start("run", "wf.yaml", "--ci", "--run-id", "client")
@@ -165,7 +166,11 @@ def test_the_docker_client_gets_a_fixed_environment_and_the_secrets(
         af.wait_for(lambda: "waiting" in log.read_text(), message="the step runs")
         window = af.state("client")["steps"]["hold"]["window"]
         pane = tmux_of(af).cmd("display-message", "-p", "-t", window, "#{pane_pid}").stdout[0]
-        envs = [environ_of(pid) for pid in process_tree(int(pane))]
+        tree = process_tree(int(pane))
+        envs = [environ_of(pid) for pid in tree]
+        argv = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in tree]
+        assert any(b"\0FOO=bar\0" in a for a in argv), argv  # docker exec -e FOO=bar
+        assert not any(b"decoy" in a for a in argv), argv
         assert any(e.get("MY_SECRET") == "s3cr3t-in-client" for e in envs), "docker -e NAME"
         allowed = {*CLIENT_ENV, *SERVER_ENV, *TMUX_OWN, *SHELL_OWN, "MY_SECRET"}
         for env in envs:
