@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,17 @@ from agentflow.settings import settings
 
 _MAX_SOCKET_PATH = 100
 HISTORY_LIMIT = 50000
+SERVER_ENV = ("HOME", "PATH", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "XDG_CONFIG_HOME")
+"""All the tmux server gets of the environment of the process that starts it: what tmux
+and the user's tmux.conf need. The server's environment is the base of every window's, and
+the server outlives the run that started it: nothing of a run (a secret, the workflow's
+variables) may be in it."""
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def server_env() -> dict[str, str]:
+    """The environment the tmux server is started with (``SERVER_ENV`` of this process's)."""
+    return {k: os.environ[k] for k in SERVER_ENV if k in os.environ}
 
 
 def tmux_binary() -> str:
@@ -92,7 +104,10 @@ class Tmux:
         ``remain-on-exit`` and ``history-limit`` are set on the server before any step's
         window exists: a window whose command exits at once would otherwise vanish before
         anyone looks at it. A ``pane-died`` hook signals the session's wake channel
-        (``wake_channel``) whenever a window's process ends, however it ends."""
+        (``wake_channel``) whenever a window's process ends, however it ends.
+
+        The server is started here, if it is not running, with ``server_env`` only; what
+        a server started otherwise holds in its global environment is removed."""
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.has_session(session):
             return
@@ -106,17 +121,52 @@ class Tmux:
                 wake_channel("#{session_name}"),
             ]
         )
-        self._cmd(
-            "new-session", "-d", "-s", session, "-n", "agentflow", "-x", "200", "-y", "50",
-            "-c", str(cwd), command,
+        shown = self._server_cmd(
+            # -E: the session's environment takes nothing from this client's.
+            "new-session", "-d", "-E", "-s", session, "-n", "agentflow", "-x", "200",
+            "-y", "50", "-c", str(cwd), command,
             ";", "set-option", "-g", "remain-on-exit", "on",
             ";", "set-option", "-g", "history-limit", str(HISTORY_LIMIT),
             ";", "set-option", "-g", "exit-empty", "off",
             # Windows start their command with a plain sh, whatever the user's shell: no
             # BASH_ENV or shell start-up file of the host runs before a step.
             ";", "set-option", "-g", "default-shell", "/bin/sh",
+            # Nor does a client that attaches (`agentflow attach`) hand its DISPLAY,
+            # SSH_AUTH_SOCK, ... to the session's later windows.
+            ";", "set-option", "-g", "update-environment", "",
             ";", "set-hook", "-g", "pane-died", f'run-shell -b "{signal}"',
+            ";", "show-environment", "-g",
         )  # fmt: skip
+        self._scrub_global_env(shown)
+
+    def _server_cmd(self, *args: str) -> list[str]:
+        """A tmux command that may start the server, from a client whose environment is
+        ``server_env``: the server takes its environment from the client that starts it
+        (libtmux's would be this process's, secrets and all), and keeps it for its life."""
+        done = subprocess.run(
+            [self.binary, "-S", str(self.socket_path), *args],
+            env=server_env(),
+            cwd="/",  # the server's PWD: tmux sets each window's own
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise EnvironmentProblem(f"tmux {args[0]} failed: {done.stderr.strip()}")
+        return done.stdout.splitlines()
+
+    def _scrub_global_env(self, shown: list[str]) -> None:
+        """Remove from the server's global environment (``show-environment -g``) what is
+        not ``SERVER_ENV``: left by a server started outside ``ensure_session`` (an older
+        agentflow, a tmux.conf), it would reach every later window of every run."""
+        stray = {line.split("=", 1)[0] for line in shown if "=" in line}
+        stray -= {*SERVER_ENV, "PWD"}
+        unset: list[str] = []
+        for name in sorted(n for n in stray if _NAME.fullmatch(n)):
+            unset += [*([";"] if unset else []), "set-environment", "-g", "-u", name]
+        if unset:
+            self._cmd(*unset)
 
     def new_window(
         self, session: str, name: str, command: str, cwd: Path, env: dict[str, str]
@@ -170,7 +220,8 @@ class Tmux:
 
     def attach_argv(self, session: str, window: str | None, read_only: bool) -> list[str]:
         target = f"={session}:{window}" if window else f"={session}"
-        argv = [self.binary, "-S", str(self.socket_path), "attach-session", "-t", target]
+        # -E: the attaching person's DISPLAY, SSH_AUTH_SOCK, ... stay out of the session.
+        argv = [self.binary, "-S", str(self.socket_path), "attach-session", "-E", "-t", target]
         if read_only:
             argv.append("-r")
         return argv

@@ -118,11 +118,15 @@ class Launching(RunnerBase):
             AGENTFLOW_STEP=planned.id,
             AGENTFLOW_ATTEMPT=str(attempt),
         )
-        if self.s.secrets:
+        secrets = dict(self.s.secrets)
+        if secrets:
             # Values go only to the step's environment; the wrapper masks them in its output.
-            env.update(self.s.secrets, AGENTFLOW_SECRETS=" ".join(self.s.secrets))
+            env["AGENTFLOW_SECRETS"] = " ".join(secrets)
+        # A secret wins over an `env` or `set_env` of its name (as it always has), and the
+        # two stay apart: the sandbox hands the step's variables only to the step.
+        env = {k: v for k, v in env.items() if k not in secrets}
         workdir = self._workdir(step, env)
-        launch = self.s.sandbox.launch(step_dir, workdir, env)
+        launch = self.s.sandbox.launch(step_dir, workdir, env, secrets)
         pane_command = shlex.join(launch.command)
         if st.window:
             self.s.tmux.kill_window(st.window)

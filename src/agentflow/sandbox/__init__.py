@@ -30,6 +30,8 @@ class Launch:
 
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    """The environment of the window's process, on the host (over the tmux server's
+    ``server_env``): in a sandbox that is a boundary, never the step's variables."""
 
 
 class Sandbox(Protocol):
@@ -40,8 +42,17 @@ class Sandbox(Protocol):
     def start(self) -> None:
         """Make the sandbox ready (start a container, …); idempotent, also on resume."""
 
-    def launch(self, step_dir: Path, workdir: str, env: dict[str, str]) -> Launch:
-        """The command that runs ``step_dir/wrapper.sh`` in ``workdir`` inside the sandbox."""
+    def launch(
+        self, step_dir: Path, workdir: str, env: dict[str, str], secrets: dict[str, str]
+    ) -> Launch:
+        """The command that runs ``step_dir/wrapper.sh`` in ``workdir`` inside the sandbox.
+
+        ``env`` is the step's (the workflow's and step's ``env``, what ``recover`` rules
+        and the model set, ``AGENTFLOW_*``): a sandbox that is a boundary hands it across
+        it, never to a process on the host, where ``LD_PRELOAD`` or ``BASH_ENV`` naming a
+        file a step wrote would run that file as the user. ``secrets`` (names disjoint from
+        ``env``'s) hold values from this process's own environment: they may pass through
+        the host-side client, and must stay off command lines."""
 
     def workdir(self, relative: str | None) -> str:
         """The path inside the sandbox of a folder given relative to the workspace."""

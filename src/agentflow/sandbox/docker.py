@@ -7,9 +7,11 @@ loopback, every capability dropped, ``no-new-privileges``, the caller's uid:gid,
 root with a tmpfs ``/tmp``, limits from ``resources``. Only the workspace, the run's step
 folders and the named mounts of the host are visible.
 
-Secrets never enter the container's configuration (``docker inspect`` would show them):
-``docker exec -e NAME`` forwards them from the exec client's environment, which the tmux
-window gets directly.
+The host side of a step (the window's ``sh`` and the ``docker exec`` client) gets a fixed
+environment: what the client needs (``CLIENT_ENV``) and the secrets. The step's variables
+go only into the container, as ``docker exec -e NAME=VALUE``. Secrets never enter the
+container's configuration (``docker inspect`` would show them) nor a command line:
+``docker exec -e NAME`` forwards them from the exec client's environment.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ STEPS_MOUNT = "/agentflow/steps"
 LABEL_RUN = "agentflow.run"
 LABEL_WORKFLOW = "agentflow.workflow"
 LABEL_HOME = "agentflow.home"
+CLIENT_ENV = (
+    "PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+)  # fmt: skip
+"""What the ``docker`` client of a step's window gets of this process's environment."""
 # An idle PID 2 under docker-init (PID 1 reaps orphans); exits at once on TERM.
 _IDLE = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 
@@ -332,19 +339,23 @@ class DockerSandbox:
         base = self.config.workdir
         return posixpath.normpath(posixpath.join(base, relative)) if relative else base
 
-    def launch(self, step_dir: Path, workdir: str, env: dict[str, str]) -> Launch:
+    def launch(
+        self, step_dir: Path, workdir: str, env: dict[str, str], secrets: dict[str, str]
+    ) -> Launch:
         assert self.cli is not None
         inside = f"{STEPS_MOUNT}/{step_dir.name}/wrapper.sh"
         # No `-w`: the wrapper enters the workdir itself and says so when it cannot.
         argv = [self.cli, "exec", "-it"]
-        for key in env:
+        for key, value in env.items():
+            # Into the container only: in the client's environment, LD_PRELOAD, BASH_ENV or
+            # DOCKER_HOST would steer host processes. Not secret (`${{ env.SECRET }}` is
+            # refused at validation), so the command line may show them.
+            argv += ["-e", f"{key}={value}"]
+        for key in secrets:
             argv += ["-e", key]  # the value comes from the exec client's own environment
         argv += [self.container_name, "sh", inside, workdir]
-        # The docker client needs its own environment (PATH, DOCKER_HOST, ...) too.
-        client_env = {
-            k: os.environ[k] for k in ("PATH", "DOCKER_HOST", "DOCKER_CONFIG") if k in os.environ
-        }
-        return Launch(argv, {**client_env, **env})
+        client = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
+        return Launch(argv, {**client, **secrets})
 
     def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:
         """Signal the step's process group inside the container (killing the ``docker exec``

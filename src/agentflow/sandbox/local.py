@@ -29,11 +29,14 @@ class LocalSandbox:
     def workdir(self, relative: str | None) -> str:
         return str((self.workspace / relative).resolve() if relative else self.workspace)
 
-    def launch(self, step_dir: Path, workdir: str, env: dict[str, str]) -> Launch:
-        # Passed explicitly so a step sees the environment of the agentflow process that
-        # starts it, not the one of whoever first started the tmux server.
+    def launch(
+        self, step_dir: Path, workdir: str, env: dict[str, str], secrets: dict[str, str]
+    ) -> Launch:
+        # No boundary: the step runs on the host, as the user, with the environment of the
+        # agentflow process that starts it (the tmux server's own holds nothing of it).
         full = {k: v for k, v in os.environ.items() if k not in _DROP}
         full.update(env)
+        full.update(secrets)
         return Launch(["sh", str(step_dir / "wrapper.sh"), workdir], full)
 
     def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:

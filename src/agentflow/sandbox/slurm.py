@@ -119,14 +119,18 @@ class SlurmSandbox:
         base = self.config.workdir.rstrip("/") or "/"
         return f"{base}/{relative}" if relative else base
 
-    def launch(self, step_dir: Path, workdir: str, env: dict[str, str]) -> Launch:
+    def launch(
+        self, step_dir: Path, workdir: str, env: dict[str, str], secrets: dict[str, str]
+    ) -> Launch:
         step_id = step_dir.name
-        argv = self._srun(step_id) + self._in_container(
-            ["sh", self._step_path(step_dir) + "/wrapper.sh", workdir], workdir
-        )
-        # srun hands the job this environment (--export=ALL, Slurm's default).
+        wrapper = ["sh", self._step_path(step_dir) + "/wrapper.sh", workdir]
+        argv = self._srun(step_id) + self._in_container(with_env(env, wrapper), workdir)
+        # srun hands the job its own environment (--export=ALL, Slurm's default): this
+        # process's and the secrets. Not the step's: it is set by `env` in the job (inside
+        # the container, if any), since srun on this host would obey SLURM_* and
+        # LD_PRELOAD naming a file a step wrote.
         full = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
-        full.update(env)
+        full.update(secrets)
         return Launch(argv, full)
 
     def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:
@@ -148,9 +152,9 @@ class SlurmSandbox:
         if self._container is None:
             return self.local.exec(script, workdir, timeout, env)
         argv = self._srun("check", time=timeout) + self._in_container(
-            bounded(script, timeout), workdir
+            with_env(env, bounded(script, timeout)), workdir
         )
-        return _run(argv, timeout + 60, env)
+        return _run(argv, timeout + 60)
 
     def close(self) -> None:
         """Cancel what is left of the run's jobs (a service, a step agentflow gave up on)."""
@@ -285,12 +289,18 @@ class _InJob:
     ) -> tuple[int, str]:
         argv = [_tool("srun"), f"--jobid={self.job_id}", "--overlap", "--ntasks=1",
                 "--nodes=1", "--quiet"]  # fmt: skip
-        argv += self.box._in_container(bounded(script, timeout), workdir)
-        return _run(argv, timeout + 30, env)
+        argv += self.box._in_container(with_env(env, bounded(script, timeout)), workdir)
+        return _run(argv, timeout + 30)
 
 
-def _run(argv: list[str], timeout: float, env: dict[str, str] | None) -> tuple[int, str]:
-    return run_bounded(argv, timeout, {**os.environ, **(env or {})})
+def with_env(env: dict[str, str] | None, command: list[str]) -> list[str]:
+    """``command`` run by ``env NAME=VALUE …``: the variables reach only the job's process,
+    not the srun client on this host (names are checked: none starts with ``-``)."""
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *command] if env else command
+
+
+def _run(argv: list[str], timeout: float) -> tuple[int, str]:
+    return run_bounded(argv, timeout, dict(os.environ))
 
 
 def _newer(a: str, b: str) -> bool:
