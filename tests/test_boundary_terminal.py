@@ -9,6 +9,7 @@ import base64
 import json
 import re
 import shlex
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,6 +111,11 @@ def github_commands(out: str) -> list[str]:
     return found
 
 
+def cells(line: str) -> list[str]:
+    """A Markdown table row's cells (a ``\\|`` is text, not a border)."""
+    return re.split(r"(?<!\\)\|", line.strip())[1:-1]
+
+
 # --- the one function -----------------------------------------------------------------------
 
 
@@ -191,6 +197,41 @@ def test_plain_ci_lines_carry_no_escape_either(af: Env) -> None:
     assert "# #vso[task.setvariable" in out  # the value, as text
 
 
+def test_reports_status_history_and_compare_carry_no_escape(af: Env) -> None:
+    run_id, _, _ = hostile_run(af, "--ci")
+    run = af.run_dir(run_id)
+    af.env["COLUMNS"] = "1000"  # wide enough that no note or value is cut before its end
+    for args in (["report", run_id], ["status", run_id], ["history"], ["compare", run_id, run_id]):
+        res = af.cli(*args)
+        assert res.returncode == 0, res.stderr
+        assert_printable(res.stdout + res.stderr, " ".join(args))
+    md = af.cli("report", run_id).stdout
+    assert md == (run / "report.md").read_text()
+    # Rendered, report.md shows the values as text: no link, image or HTML of theirs, and
+    # their pipes do not add cells.
+    prose = re.sub(r"^(`{3,})[^\n]*\n.*?^\1$", "", md, flags=re.M | re.S)  # not code blocks
+    assert "shown" in prose
+    assert not re.search(r"(?<!\\)\]\(http|(?<!\\)<img", prose), prose
+    outputs = md.split("## Outputs\n\n")[1].split("\n\n")[0].splitlines()
+    assert len(outputs) == 4, outputs  # header, rule, v, j
+    assert [len(cells(row)) for row in outputs] == [3, 3, 3, 3], outputs
+    html = (run / "report.html").read_text()
+    assert_printable(html, "report.html")
+    assert "<img src=x" not in html
+    xml = (run / "junit.xml").read_text()
+    assert_printable(xml.replace("\r", ""), "junit.xml")
+    ET.fromstring(xml)  # well-formed: XML 1.0 forbids the control characters
+    # report.json and status --json keep the values as data, every control escaped.
+    for name, text in (
+        ("report.json", (run / "report.json").read_text()),
+        ("status --json", af.cli("status", run_id, "--json").stdout),
+    ):
+        assert_printable(text.replace("\n", ""), name)
+    data = json.loads((run / "report.json").read_text())
+    value = next(s for s in data["steps"] if s["id"] == "values")["outputs"]["j"]
+    assert value.startswith(HOSTILE)
+
+
 # --- a person at a terminal -----------------------------------------------------------------
 
 
@@ -232,3 +273,15 @@ def test_the_live_view_sets_no_title_and_no_clipboard(af: Env, tmp_path: Path) -
         assert "EXIT=1" in _screen(server)
         assert "outputs" in _screen(server) or "check" in _screen(server)
         _unharmed(server)
+
+
+def test_logs_on_a_terminal_set_no_title_and_no_clipboard(af: Env, tmp_path: Path) -> None:
+    run_id, _, _ = hostile_run(af, "--ci")
+    with terminal(af, tmp_path, "logs", run_id, "values") as server:
+        af.wait_for(lambda: "EXIT=" in _screen(server), timeout=30, message="logs end")
+        assert "EXIT=0" in _screen(server)
+        assert "from-the-log" in _screen(server)
+        _unharmed(server)
+    # Piped, the log is every byte, as the step wrote it.
+    raw = af.cli("logs", run_id, "values").stdout
+    assert "\x1b]52;c;" in raw
