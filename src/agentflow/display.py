@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.text import Text
 
 from agentflow.state import UNSUCCESSFUL, RunState, StepState, now
 from agentflow.store import Event
+from agentflow.textsafe import MESSAGE_LIMIT, VALUE_LIMIT, one_line, printable
 from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
 
@@ -58,25 +60,33 @@ def elapsed(st: StepState, at: datetime | None = None) -> str:
 
 
 def describe(event: Event) -> str:
-    """An event as a short sentence (no time, no step id)."""
+    """An event as a short sentence (no time, no step id), printable: its message may
+    quote what a step wrote (an output value, a line of its log, a file's content)."""
     kind = event.kind
+    message = printable(event.message, MESSAGE_LIMIT).rstrip("\n")
     if kind == "step_started":
         return f"started (attempt {event.attempt})"
     if kind == "step_finished":
         text = event.status or "finished"
-        if event.status != "succeeded" and event.message:
-            text += f": {event.message}"
+        if event.status != "succeeded" and message:
+            text += f": {message}"
         return text
     if kind == "run_finished":
-        return f"{event.status}: {event.message}" if event.message else str(event.status)
+        return f"{event.status}: {message}" if message else str(event.status)
     words = kind.replace("_", " ").removeprefix("run ").removeprefix("step ")
-    return f"{words}: {event.message}" if event.message else words
+    return f"{words}: {message}" if message else words
+
+
+CONTINUED = " " * 10 + "│ "
+"""Starts each further line of an event's message (a proposed diff, a value with line
+breaks) in plain lines: no such line can pass for an event of its own."""
 
 
 def plain_line(event: Event) -> str:
     stamp = event.ts.astimezone().strftime("%H:%M:%S")
     who = event.step or "run"
-    return f"{stamp}  {who:<20} {describe(event)}"
+    first, *more = describe(event).split("\n")
+    return "\n".join([f"{stamp}  {who:<20} {first}", *(CONTINUED + x for x in more)])
 
 
 class PlainLines:
@@ -93,7 +103,7 @@ class PlainLines:
         self.steps_dir = steps_dir
 
     def event(self, event: Event, state: RunState) -> None:
-        self.stream.write(plain_line(event) + "\n")
+        self.stream.write(_ci_inert(plain_line(event)) + "\n")
         if self.github and event.kind == "step_finished" and event.step:
             self._github_group(event, state)
         if self.github and event.kind in ("run_finished", "run_stopped"):
@@ -106,21 +116,26 @@ class PlainLines:
             return
         title = f"{step}: {event.status} (attempt {event.attempt}, {elapsed(state.steps[step])})"
         output = tail(self.steps_dir / step / "output.log", GITHUB_LOG_BYTES)
-        lines = output.splitlines()
+        lines = printable(output).split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
         if len(output.encode()) >= GITHUB_LOG_BYTES:
             lines = [f"… (earlier output: agentflow logs {state.run_id} {step})", *lines[1:]]
-        # A line of the step's own that looks like a workflow command must stay text.
-        body = [f"  {x}" if x.startswith("::") else x for x in lines]
+        # The step's lines stay text, whatever they look like: GitHub ignores workflow
+        # commands between stop-commands and its token, which the step cannot know.
+        token = secrets.token_hex(16)
+        body = [f"::stop-commands::{token}", *lines, f"::{token}::"]
         self.stream.write("\n".join([f"::group::{title}", *body, "::endgroup::"]) + "\n")
 
     def _github_annotations(self, state: RunState) -> None:
         for step, st in state.steps.items():
             title = _gh_escape(f"step {step}", True)
+            note = printable(st.message, VALUE_LIMIT)
             if st.status in UNSUCCESSFUL:
-                why = _gh_escape(f"{st.status}: {st.message or ''}".strip(": "))
+                why = _gh_escape(f"{st.status}: {note}".strip(": "))
                 self.stream.write(f"::error title={title}::{why}\n")
             elif st.status == "blocked":
-                self.stream.write(f"::warning title={title}::{_gh_escape(st.message or '')}\n")
+                self.stream.write(f"::warning title={title}::{_gh_escape(note)}\n")
 
     def update(self, state: RunState) -> None:
         return None
@@ -135,8 +150,16 @@ def _gh_escape(text: str, in_property: bool = False) -> str:
     text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
     return text.replace(":", "%3A").replace(",", "%2C") if in_property else text
 
-    def update(self, state: RunState) -> None:
-        return None
+
+def _ci_inert(lines: str) -> str:
+    """Plain lines that CI systems read as text: GitHub Actions takes ``##[command]``
+    anywhere in a line for a workflow command (its older form; ``::`` starts one only at
+    a line's start, which ``plain_line`` never leaves to a message), Azure Pipelines
+    ``##vso[command]``."""
+    return _CI_COMMAND.sub("# #", lines)
+
+
+_CI_COMMAND = re.compile(r"##(?=\[|vso\[)")
 
 
 class LogFile:
@@ -196,7 +219,7 @@ def steps_table(
         status = f"{STATUS_MARK.get(st.status, ' ')} {st.status}"
         if narrow and st.attempts > 1:
             status += f" #{st.attempts}"
-        note = st.message or ("" if st.exit_code in (None, 0) else f"exit {st.exit_code}")
+        note = one_line(st.message) or ("" if st.exit_code in (None, 0) else f"exit {st.exit_code}")
         last = (last_lines or {}).get(step_id, "") if st.status == "running" else ""
         cells: list[RenderableType] = [step_id, Text(status, style=style)]
         if not narrow:
@@ -281,16 +304,11 @@ def progress_text(st: StepState, *, with_counts: bool = True) -> str:
 def last_line(log: Path) -> str:
     """The last line a step printed, as a terminal would show it: after the last carriage
     return (progress bars redraw a line), without escape sequences or control characters."""
-    text = tail(log, 2048)
-    for line in reversed(text.splitlines()):
-        shown = _CONTROL.sub("", _ANSI.sub("", line.rsplit("\r", 1)[-1])).strip()
+    for line in reversed(printable(tail(log, 2048)).split("\n")):
+        shown = line.replace("\t", " ").strip()
         if shown:
             return shown
     return ""
-
-
-_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class _LiveView:

@@ -39,6 +39,7 @@ from agentflow.errors import AgentflowError, UsageError, WorkflowError
 from agentflow.runbook import read as runbook_text
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import Event, RunDir, Store
+from agentflow.textsafe import printable
 from agentflow.verify import tail
 from agentflow.workflow import Workflow, format_duration, parse_workflow
 from agentflow.workflow.model import RecoverRule
@@ -53,7 +54,6 @@ _ERROR = re.compile(
     r"out of memory|oom\b|nan\b|panic|segmentation|timed? ?out|unavailable|no space",
     re.IGNORECASE,
 )
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _DIAGNOSIS = re.compile(
     r"(?P<action>\w+): (?P<diagnosis>.*) \[(?P<category>[^\[\]]*); \d+ tokens\]", re.DOTALL
 )
@@ -242,7 +242,7 @@ def attempt_log(run: RunDir, state: RunState, step: str, attempt: int) -> Path:
 
 
 def _clean(line: str) -> str:
-    return _ANSI.sub("", line).strip()
+    return printable(line).strip()
 
 
 def symptom_line(

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from agentflow.errors import AgentflowError, WorkflowError
 from agentflow.settings import settings
+from agentflow.textsafe import printable
 
 app = typer.Typer(
     name="agentflow",
@@ -42,7 +43,8 @@ def command(name: str | None = None, *, hidden: bool = False) -> Callable[[F], F
             except AgentflowError as e:
                 lines = e.problems if isinstance(e, WorkflowError) else [str(e)]
                 for line in lines:
-                    err_console.print(f"[bold red]error:[/] {escape(str(line))}", soft_wrap=True)
+                    shown = escape(printable(str(line)))  # it may quote what a step wrote
+                    err_console.print(f"[bold red]error:[/] {shown}", soft_wrap=True)
                 raise typer.Exit(e.exit_code) from None
             except OSError as e:
                 # A full disk or a permission problem: say what and where, no traceback.

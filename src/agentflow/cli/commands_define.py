@@ -15,6 +15,7 @@ from agentflow.plan import Plan
 from agentflow.planner import make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.sandbox import describe
+from agentflow.textsafe import revealed
 from agentflow.workflow import Workflow, format_duration, load_workflow
 
 PlannerOption = Annotated[
@@ -91,11 +92,12 @@ def print_plan(the_plan: Plan) -> None:
             "[magenta]✎[/]" if s.source == "planner" else "",
             ", ".join(s.needs),
             format_duration(s.duration) if s.duration else "",
-            f"[magenta]{escape(s.run.strip())}[/]"
+            # A command the model wrote may hold control characters: shown, not obeyed.
+            f"[magenta]{escape(revealed(s.run.strip()))}[/]"
             if s.source == "planner"
-            else escape(s.run.strip()),
+            else escape(revealed(s.run.strip())),
         )
-    inputs = ", ".join(f"{k}={v}" for k, v in the_plan.inputs.items())
+    inputs = escape(revealed(", ".join(f"{k}={v}" for k, v in the_plan.inputs.items())))
     console.print(
         f"[bold]{the_plan.workflow}[/]: {len(the_plan.steps)} steps, planner {the_plan.planner}"
         + (f", inputs {inputs}" if inputs else "")

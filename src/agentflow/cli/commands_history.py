@@ -20,6 +20,7 @@ from agentflow.history import Comparison, Row, RunSummary
 from agentflow.report import build_report
 from agentflow.report.text import human_duration
 from agentflow.store import Store
+from agentflow.textsafe import one_line
 from agentflow.workflow import load_workflow
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -74,7 +75,7 @@ def history_command(
             f"{sum(s.status == 'succeeded' for s in r.steps)}/{len(r.steps)}",
             str(r.attempts),
             *([str(r.tokens_used)] if tokens else []),
-            " ".join(f"{k}={v}" for k, v in r.inputs.items()),
+            Text(one_line(" ".join(f"{k}={v}" for k, v in r.inputs.items()))),
         )
     console.print(table)
 
@@ -191,12 +192,13 @@ def _values_table(title: str, what: str, rows: Sequence[Row]) -> None:
     console.print(table)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any) -> Text:
+    """A value as a table cell: printable, its first line, never read as markup."""
     if value is None:
-        return "—"
+        return Text("—")
     if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+        return Text(f"{value:g}")
+    return Text(one_line(str(value)))
 
 
 def _change(diff: float | None, pct: float | None, *, seconds: bool = False) -> str:

@@ -18,6 +18,7 @@ from agentflow.display import STATUS_STYLE, last_line, steps_table
 from agentflow.errors import StateError, UsageError
 from agentflow.state import RunState, now
 from agentflow.store import RunDir, Store
+from agentflow.textsafe import json_text, one_line, printable
 from agentflow.tmux import Tmux, socket_path_for
 from agentflow.workflow import format_duration
 
@@ -39,7 +40,7 @@ def status(
     if run_id is not None:
         run = store.open(run_id)
         if as_json:
-            sys.stdout.write(run.state_path.read_text(encoding="utf-8"))
+            sys.stdout.write(json_text(run.state_path.read_text(encoding="utf-8")))
             return
         state = run.read_state()
         shown = _run_status(run, state)
@@ -48,7 +49,7 @@ def status(
                 (state.run_id, "bold"),
                 f"  {state.workflow}  ",
                 (shown, STATUS_STYLE.get(shown, "yellow")),
-                f"  {state.message or ''}",
+                f"  {one_line(state.message)}",
             )
         )
         lines = {
@@ -112,7 +113,9 @@ def logs(
         int | None, typer.Option("--attempt", help="An earlier attempt's log.")
     ] = None,
 ) -> None:
-    """Print a step's complete output (every byte, not a screen capture)."""
+    """Print a step's complete output (every byte, not a screen capture). On a terminal,
+    escape sequences (colours aside) and control characters are left out; piped or
+    redirected, every byte."""
     run = Store().open(run_id)
     state = run.read_state()
     if step not in state.steps:
@@ -140,7 +143,7 @@ def _exists(path: Path, root: Path) -> bool:
 def _print_log(log: Path, exit_code: Path, root: Path, follow: bool) -> None:
     """Print the log from the run's steps/ folder, which the sandbox can write: read
     through the guarded path (a planted link or FIFO is refused, with one line)."""
-    out = sys.stdout.buffer
+    out = _LogOut(sys.stdout.isatty())
     pos = 0
     while True:
         size = pos
@@ -156,8 +159,49 @@ def _print_log(log: Path, exit_code: Path, root: Path, follow: bool) -> None:
                 raise UsageError(f"cannot show {log}: {e.strerror}") from None
             out.flush()
         if not follow or (_exists(exit_code, root) and size <= pos):
+            out.close()
             return
         time.sleep(0.2)
+
+
+class _LogOut:
+    """A log's bytes to stdout: as they are to a pipe or a file (the person asked for the
+    log); to a terminal, whole lines made printable with their colours kept (a step's output
+    must not set the clipboard or the title, clear the screen or move the cursor)."""
+
+    HELD = 1 << 20
+    """A line longer than this is shown in parts (a step may write no newline at all)."""
+
+    def __init__(self, terminal: bool) -> None:
+        self.out = sys.stdout.buffer
+        self.terminal = terminal
+        self.held = b""
+
+    def write(self, chunk: bytes) -> None:
+        if not self.terminal:
+            self.out.write(chunk)
+            return
+        self.held += chunk
+        # Whole lines only: an escape sequence or a character may be split between reads.
+        lines, newline, self.held = self.held.rpartition(b"\n")
+        if newline:
+            self._show(lines + newline)
+        if len(self.held) > self.HELD:
+            self._show(self.held)
+            self.held = b""
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.held:
+            self._show(self.held)
+            self.held = b""
+        self.out.flush()
+
+    def _show(self, data: bytes) -> None:
+        text = data.decode("utf-8", errors="replace")
+        self.out.write(printable(text, colours=True).encode("utf-8"))
 
 
 @command()

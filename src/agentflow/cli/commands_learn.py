@@ -15,6 +15,13 @@ from agentflow.cli.app import command, console, err_console
 from agentflow.errors import UsageError
 from agentflow.learn import propose
 from agentflow.store import Store
+from agentflow.textsafe import printable
+
+
+def _write(text: str) -> None:
+    """The proposal to stdout: as it is to a pipe or a file (a patch to apply), printable
+    on a terminal (it quotes a step's log and the model's diagnosis)."""
+    sys.stdout.write(printable(text) if sys.stdout.isatty() else text)
 
 
 def _shown(path: Path) -> str:
@@ -57,7 +64,7 @@ def learn(
     for warning in proposal.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if not proposal.changes:
-        sys.stdout.write(proposal.header())
+        _write(proposal.header())
         console.print(
             f"nothing to propose: the workflow and its runbook have all that run "
             f"{proposal.run_id} recovered from"
@@ -75,7 +82,7 @@ def learn(
         return
     text = proposal.header() + proposal.patch()
     if output is None:
-        sys.stdout.write(text)
+        _write(text)
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")

@@ -34,6 +34,7 @@ from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
 from agentflow.sweep import parse_matrix_options
+from agentflow.textsafe import one_line, printable
 from agentflow.workflow import load_workflow
 
 EXIT_INTERRUPTED = 130
@@ -77,7 +78,7 @@ def _observer_factory(ci: bool) -> tuple[ObserverFactory, list[LiveTable]]:
 
 def _sandbox_log(line: str) -> None:
     """The sandbox's own output (an image build), shown as it comes."""
-    err_console.print(line, style="dim", markup=False, highlight=False)
+    err_console.print(printable(line), style="dim", markup=False, highlight=False)
 
 
 def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
@@ -110,10 +111,12 @@ def _conclude(state: RunState, run: RunDir) -> None:
     if state.status == "blocked":
         for step_id, st in state.steps.items():
             if st.status == "blocked":
-                console.print(f"[magenta]step {step_id} is blocked:[/] {escape(st.message or '')}")
+                why = escape(one_line(st.message))
+                console.print(f"[magenta]step {step_id} is blocked:[/] {why}")
         console.print(f"run {rid} is blocked; when it is sorted out: agentflow resume {rid}")
         raise typer.Exit(EXIT_BLOCKED)
-    console.print(f"[red]✘ run {rid} failed[/] ({', '.join(failed) or state.message}){where}")
+    why = ", ".join(failed) or escape(one_line(state.message))
+    console.print(f"[red]✘ run {rid} failed[/] ({why}){where}")
     console.print(f"  report: {run.path / 'report.md'}   resume: agentflow resume {rid}")
     raise typer.Exit(EXIT_FAILED)
 

@@ -17,6 +17,7 @@ from agentflow.cli.app import console, plain_output
 from agentflow.display import LiveTable
 from agentflow.orchestrator import Approve
 from agentflow.runner import InterruptChoice
+from agentflow.textsafe import revealed
 
 
 def someone_answers(ci: bool) -> bool:
@@ -48,7 +49,8 @@ def approver(yes: bool, ci: bool, lives: list[LiveTable]) -> Approve | None:
             diff = difflib.unified_diff(
                 old.splitlines(True), new.splitlines(True), "planned", "proposed"
             )
-            console.print(Syntax("".join(diff), "diff"))
+            # Control characters shown, not stripped: the person approves what will run.
+            console.print(Syntax(revealed("".join(diff)), "diff"))
             try:
                 return bool(Confirm.ask("Run the changed command?", default=False))
             except (KeyboardInterrupt, EOFError):

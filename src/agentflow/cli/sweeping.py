@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from agentflow.cli.app import console
@@ -28,6 +29,7 @@ from agentflow.sweep import (
     new_sweep_id,
     set_line,
 )
+from agentflow.textsafe import one_line
 from agentflow.workflow.load import WorkflowFile
 
 EXIT_INTERRUPTED = 130
@@ -93,7 +95,8 @@ def run_sweep(
 
     def say(member: Member, text: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
-        console.print(f"{stamp}  [{member.index}/{total}] {label(member.values)}  {text}")
+        shown = escape(f"{label(member.values)}  {one_line(text)}")
+        console.print(f"{stamp}  [{member.index}/{total}] {shown}")
 
     parallel = workflow.max_parallel_runs
     console.print(

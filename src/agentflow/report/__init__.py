@@ -17,6 +17,7 @@ from agentflow.report.markdown import markdown
 from agentflow.report.model import Report, StepReport
 from agentflow.state import RunState
 from agentflow.store import RunDir
+from agentflow.textsafe import json_text
 
 __all__ = [
     "Report",
@@ -32,7 +33,8 @@ __all__ = [
 def write_reports(run: RunDir, state: RunState, junit: Path | None = None) -> Report:
     """Write the reports into the run directory (and the JUnit file to ``junit``)."""
     report = build_report(run, state)
-    run.write_text("report.json", report.model_dump_json(indent=2))
+    # The values as written (JSON escapes C0 controls; json_text the rest a terminal heeds).
+    run.write_text("report.json", json_text(report.model_dump_json(indent=2)))
     run.write_text("report.md", markdown(report))
     run.write_text("report.html", html_page(report))
     xml = junit_xml(report)

@@ -15,6 +15,7 @@ from html import escape
 from agentflow.report.model import Attempt, Report, StepReport
 from agentflow.report.palette import READY, colour
 from agentflow.report.text import clock, human_duration
+from agentflow.textsafe import VALUE_LIMIT, printable
 from agentflow.workflow.types import format_duration
 
 LABEL_W = 230
@@ -145,7 +146,7 @@ def _bar(step: StepReport, a: Attempt, mid: float, scale: Scale, end: datetime) 
         detail += f", exit {a.exit_code}"
     detail += f"\n{clock(a.started_at)} – {clock(a.finished_at) or 'now'} ({took})"
     if a.message:
-        detail += f"\n{a.message}"
+        detail += f"\n{printable(a.message, VALUE_LIMIT)}"
     parts = [
         f'<rect class="bar" data-step="{escape(step.id)}" data-attempt="{a.number}" '
         f'data-status="{escape(a.status)}" x="{x1:.1f}" y="{top:.1f}" width="{width:.1f}" '

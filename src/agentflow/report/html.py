@@ -16,10 +16,10 @@ from agentflow.report.text import (
     clock,
     event_sentence,
     human_duration,
-    one_line,
     split_message,
 )
 from agentflow.store import Event
+from agentflow.textsafe import VALUE_LIMIT, one_line, printable
 
 _SERVICE = ' <span class="muted">service</span>'
 OPEN_FAILURES = 5
@@ -130,6 +130,11 @@ def html_page(report: Report) -> str:
     )
 
 
+def _text(text: str | None) -> str:
+    """What a step or the model wrote, printable and escaped."""
+    return escape(printable(text, VALUE_LIMIT))
+
+
 def _pill(status: str, cls: str = "pill", text: str | None = None) -> str:
     label = text or status  # no marks: fonts without the symbols draw boxes
     return f'<span class="{cls}" style="background:{colour(status)}">{escape(label)}</span>'
@@ -153,7 +158,7 @@ def _summary(report: Report) -> str:
         else f"not yet ({took} so far, as of {clock(report.generated_at)})"
     )
     facts: list[tuple[str, str]] = [
-        ("status", _pill(report.status) + (f" {escape(report.reason)}" if report.reason else "")),
+        ("status", _pill(report.status) + (f" {_text(report.reason)}" if report.reason else "")),
         (
             "workflow",
             escape(report.workflow)
@@ -164,7 +169,7 @@ def _summary(report: Report) -> str:
         ("steps", str(len(report.steps))),
     ]
     if report.inputs:
-        shown = " ".join(f"<code>{escape(f'{k}={v}')}</code>" for k, v in report.inputs.items())
+        shown = " ".join(f"<code>{_text(f'{k}={v}')}</code>" for k, v in report.inputs.items())
         facts.append(("inputs", shown))
     if report.status == "orphaned":
         facts.append(("note", "its orchestrator is gone: the steps may still be running in tmux"))
@@ -237,7 +242,7 @@ def _since(report: Report, e: Event) -> str:
 def _outputs(report: Report) -> str:
     rows = [
         f'<tr><td class="id">{escape(s.id)}</td><td>{escape(name)}</td>'
-        f"<td><code>{escape(value)}</code></td></tr>"
+        f"<td><code>{_text(value)}</code></td></tr>"
         for s in report.steps
         for name, value in s.outputs.items()
     ]
@@ -251,7 +256,7 @@ def _metrics(report: Report) -> str:
     for s in report.steps:
         for m in s.metrics:
             status = {"passed": "succeeded", "failed": "failed"}.get(m.result, "pending")
-            detail = f" {escape(m.detail)}" if m.detail else ""
+            detail = f" {_text(m.detail)}" if m.detail else ""
             rows.append(
                 f'<tr><td class="id">{escape(s.id)}</td><td>{escape(m.name)}</td>'
                 f"<td><code>{escape(m.file)}</code>: {escape(m.key)}</td>"
@@ -267,12 +272,12 @@ def _artifacts(report: Report) -> str:
     rows = []
     for step, a in report.artifacts:
         kept = (
-            f"<code>{escape(a.stored)}</code>"
+            f"<code>{_text(a.stored)}</code>"
             if a.stored
             else '<span class="muted">recorded only (over the copy limit)</span>'
         )
         rows.append(
-            f'<tr><td class="id">{escape(step)}</td><td><code>{escape(a.path)}</code></td>'
+            f'<tr><td class="id">{escape(step)}</td><td><code>{_text(a.path)}</code></td>'
             f'<td class="num">{escape(human_size(a.size))}</td>'
             f'<td><code title="{escape(a.sha256)}">{escape(a.sha256[:HASH_SHOWN])}</code></td>'
             f"<td>{kept}</td></tr>"
@@ -342,7 +347,7 @@ def _failures(report: Report) -> str:
         parts.append(
             f'<details class="failure"{opened}><summary><h3>{escape(s.id)}</h3> '
             f"{_pill(s.status)}{escape(exit_code)}</summary>"
-            f'<p class="why">{escape(s.message or s.status)}</p>'
+            f'<p class="why">{_text(s.message) or escape(s.status)}</p>'
             f'<p class="muted">log: <code>{escape(s.log)}</code> (its last lines)</p>'
             f"{tail}</details>"
         )

@@ -9,8 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from agentflow.report.model import Attempt, Report, StepReport
-from agentflow.report.text import clean, human_duration, log_tail
+from agentflow.report.text import human_duration, log_tail
 from agentflow.state import UNSUCCESSFUL
+from agentflow.textsafe import VALUE_LIMIT, printable
 
 LOG_LINES = 60
 """Lines of the log in each case (whole logs stay in the run directory)."""
@@ -44,7 +45,7 @@ def junit_xml(report: Report) -> str:
         ("status", report.status),
         *((f"input.{k}", str(v)) for k, v in report.inputs.items()),
     ]:
-        ET.SubElement(props, "property", name=name, value=value)
+        ET.SubElement(props, "property", name=name, value=printable(value, VALUE_LIMIT))
     for step, kind in zip(report.steps, kinds, strict=True):
         suite.append(_case(report, step, kind))
     ET.indent(suites)
@@ -67,13 +68,13 @@ def _case(report: Report, s: StepReport, kind: str) -> ET.Element:
     case = ET.Element("testcase", classname=report.workflow, name=s.id, time=f"{s.time_s or 0:.3f}")
     log = log_tail(Path(s.log), LOG_LINES)
     if kind in ("failure", "error"):
-        message = f"{s.status}: {clean(s.message or '')}".rstrip(": ")
+        message = f"{s.status}: {printable(s.message, VALUE_LIMIT)}".rstrip(": ")
         if s.exit_code is not None and "exit code" not in message:
             message += f" (exit code {s.exit_code})"
         ET.SubElement(case, kind, message=message, type=s.status).text = log
     elif kind == "skipped":
         why = s.message or ("still running" if s.status == "running" else "not run")
-        ET.SubElement(case, "skipped", message=clean(why))
+        ET.SubElement(case, "skipped", message=printable(why, VALUE_LIMIT))
     attempts = [_attempt_line(a) for a in s.history]
     out = "\n".join([*attempts, f"log: {s.log}", "", log]) if attempts else log
     ET.SubElement(case, "system-out").text = out
@@ -89,5 +90,5 @@ def _attempt_line(a: Attempt) -> str:
         parts.append(human_duration((a.finished_at - a.started_at).total_seconds()))
     line = ", ".join(parts)
     if a.message and "exit code" not in a.message:
-        line += f" ({clean(a.message)})"
+        line += f" ({printable(a.message, VALUE_LIMIT)})"
     return line

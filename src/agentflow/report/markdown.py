@@ -1,8 +1,13 @@
 """``report.md``: the run for a person, readable rendered or as plain text in a terminal
-(aligned tables, times in the reader's zone, long text in code blocks)."""
+(aligned tables, times in the reader's zone, long text in code blocks).
+
+Text a step or the model wrote is printable (``textsafe``) and, where it stands in
+Markdown rather than in a code block, escaped (``inline``): it cannot add a link, an
+image, HTML or a table cell of its own to the rendered page."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from agentflow.artifacts import human_size
@@ -14,10 +19,10 @@ from agentflow.report.text import (
     event_sentence,
     human_duration,
     last_lines,
-    one_line,
     split_message,
 )
 from agentflow.store import Event
+from agentflow.textsafe import VALUE_LIMIT, one_line, printable
 
 NOTE_WIDTH = 70
 """Notes in tables are cut here; the whole text is in the sections below."""
@@ -47,7 +52,7 @@ def _summary(report: Report) -> str:
         f"- workflow: {report.workflow}"
         + (f" (`{report.workflow_file}`)" if report.workflow_file else ""),
         f"- status: **{report.status}**"
-        + (f": {one_line(report.reason)}" if report.reason else ""),
+        + (f": {inline(one_line(report.reason))}" if report.reason else ""),
         f"- started: {clock(report.created_at, with_date=True)}",
     ]
     took = human_duration(report.duration_s)
@@ -58,7 +63,7 @@ def _summary(report: Report) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
     lines.append(f"- steps: {len(report.steps)}" + (f" ({counts})" if counts else ""))
     if report.inputs:
-        lines.append("- inputs: " + ", ".join(f"`{k}={v}`" for k, v in report.inputs.items()))
+        lines.append("- inputs: " + ", ".join(code(f"{k}={v}") for k, v in report.inputs.items()))
     if report.status == "orphaned":
         lines.append("- its orchestrator is gone: the steps may still be running in tmux")
     if report.resume:
@@ -83,7 +88,7 @@ def _steps(report: Report) -> str:
 
 
 def _note(s: StepReport) -> str:
-    note = one_line(s.message, NOTE_WIDTH)
+    note = inline(one_line(s.message, NOTE_WIDTH))
     if s.ready_after_s is not None:
         note = f"ready after {human_duration(s.ready_after_s)}" + (f"; {note}" if note else "")
     return note
@@ -91,7 +96,7 @@ def _note(s: StepReport) -> str:
 
 def _outputs(report: Report) -> str:
     rows = [
-        [s.id, name, one_line(value, NOTE_WIDTH)]
+        [s.id, name, inline(one_line(value, NOTE_WIDTH))]
         for s in report.steps
         for name, value in s.outputs.items()
     ]
@@ -107,7 +112,7 @@ def _metrics(report: Report) -> str:
             m.name,
             f"{m.file}: {m.key}",
             m.bounds,
-            m.result + (f": {m.detail}" if m.detail else ""),
+            m.result + (f": {inline(printable(m.detail, VALUE_LIMIT))}" if m.detail else ""),
         ]
         for s in report.steps
         for m in s.metrics
@@ -121,10 +126,10 @@ def _artifacts(report: Report) -> str:
     rows = [
         [
             step,
-            a.path,
+            inline(printable(a.path, VALUE_LIMIT)),
             human_size(a.size),
             a.sha256[:HASH_SHOWN],
-            a.stored if a.stored else "recorded only (over the copy limit)",
+            inline(printable(a.stored, VALUE_LIMIT)) or "recorded only (over the copy limit)",
         ]
         for step, a in report.artifacts
     ]
@@ -144,7 +149,9 @@ def _decisions(report: Report) -> str:
         attempt = f" (attempt {e.attempt})" if e.attempt else ""
         head, block = split_message(e.message)
         words = e.kind.replace("_", " ")
-        lines.append(f"- {clock(e.ts)} **{e.step or 'run'}**{attempt} {words}: {head}".rstrip(": "))
+        lines.append(
+            f"- {clock(e.ts)} **{e.step or 'run'}**{attempt} {words}: {inline(head)}".rstrip(": ")
+        )
         if block:
             lines += ["", *_indented(fenced(block, "diff" if "\n@@" in block else ""))]
     return "\n".join(lines)
@@ -156,7 +163,7 @@ def _failures(report: Report) -> str:
         return ""
     lines = ["## Failed steps"]
     for s in troubled:
-        why = one_line(s.message) or s.status
+        why = paragraph(one_line(s.message)) or s.status
         exit_code = f", exit code {s.exit_code}" if s.exit_code is not None else ""
         lines += ["", f"### {s.id}: {s.status}{exit_code}", "", why, "", f"log: `{s.log}`"]
         if s.log_tail:
@@ -206,6 +213,33 @@ def table(
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+_INLINE = re.compile(r"([\\\[\]<&])")
+"""What starts a link, an image, HTML or an entity (or escapes one of those); ``|`` is
+escaped by each table cell. A code span may stay: what is in one is shown as text."""
+_BLOCK_START = re.compile(r"^(\s*\d*)([#>+*-]|(?<=\d)[.)])")
+"""A heading, a quote, or a list item's marker (``-``, ``1.``) at the start of a line."""
+
+
+def inline(text: str) -> str:
+    """Printable text as Markdown that shows it as text: no link, image, HTML or entity."""
+    return _INLINE.sub(r"\\\1", text)
+
+
+def paragraph(text: str) -> str:
+    """``inline``, and a first character that would make a heading, a quote or a list
+    escaped too."""
+    return _BLOCK_START.sub(r"\1\\\2", inline(text), count=1)
+
+
+def code(text: str) -> str:
+    """Printable text as a code span that no backtick in it can end."""
+    shown = one_line(text)
+    longest = max((len(run) for run in _backtick_runs(shown)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if shown.startswith("`") or shown.endswith("`") else ""
+    return f"{ticks}{pad}{shown}{pad}{ticks}"
 
 
 def fenced(text: str, info: str = "") -> str:

@@ -1,23 +1,23 @@
-"""Small text helpers every report format shares: durations, clock times, log tails."""
+"""Small text helpers every report format shares: durations, clock times, log tails.
+
+Whatever a step or the model wrote goes into a report through ``textsafe`` (``printable``,
+``one_line``): no escape sequence or control character reaches a report, and so none
+reaches a terminal that shows one (XML 1.0 forbids most of them too)."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 
 from agentflow.display import describe
+from agentflow.report.model import DECISION_KINDS
 from agentflow.store import Event
+from agentflow.textsafe import MESSAGE_LIMIT, one_line, printable
 from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
 
 HASH_SHOWN = 16
 """Characters of an artifact's sha256 in the reports' tables (report.json has all 64)."""
-
-# Colour codes and terminal control sequences (CSI, OSC, two-byte escapes).
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-# Characters XML 1.0 forbids (JUnit viewers reject the file) and nobody can read anyway.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 
 
 def human_duration(seconds: float | None) -> str:
@@ -48,15 +48,6 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
     return round(max(0.0, (end - start).total_seconds()), 3)
 
 
-def clean(text: str) -> str:
-    """Text as a reader (and an XML parser) can take it: no colour codes, no control
-    characters, and of a line redrawn with carriage returns (a progress bar) only what was
-    shown last."""
-    text = _ANSI.sub("", text).replace("\r\n", "\n")
-    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-    return _CONTROL.sub("", "\n".join(lines))
-
-
 def log_tail(path: Path, max_lines: int, max_bytes: int = 16 * 1024) -> str:
     """The last lines of a log, cleaned; '' when there is no log."""
     raw = tail(path, max_bytes)
@@ -66,7 +57,7 @@ def log_tail(path: Path, max_lines: int, max_bytes: int = 16 * 1024) -> str:
         cut = path.stat().st_size > max_bytes
     except OSError:
         cut = False
-    lines = clean(raw).rstrip("\n").split("\n")
+    lines = printable(raw).rstrip("\n").split("\n")
     if cut and len(lines) > 1:
         lines = lines[1:]  # the first line read is most likely a fragment
     return "\n".join(lines[-max_lines:])
@@ -76,26 +67,16 @@ def last_lines(text: str, count: int) -> str:
     return "\n".join(text.split("\n")[-count:])
 
 
-def one_line(text: str | None, limit: int = 0) -> str:
-    """The first line of ``text``, cut to ``limit`` characters (0: no cut)."""
-    if not text:
-        return ""
-    lines = text.strip().split("\n")
-    first = lines[0] + (" …" if len(lines) > 1 else "")
-    if limit and len(first) > limit:
-        first = first[: limit - 1].rstrip() + "…"
-    return first
-
-
 def split_message(message: str | None) -> tuple[str, str]:
-    """A message as (one line, block): a message of several lines (a proposed diff) is
-    all block, so it is shown whole and as written."""
-    text = (message or "").rstrip("\n")
+    """A message as (one line, block), printable: a message of several lines (a proposed
+    diff) is all block, so it is shown whole and as written."""
+    text = printable(message, MESSAGE_LIMIT).rstrip("\n")
     return ("", text) if "\n" in text else (text, "")
 
 
 def event_sentence(e: Event) -> str:
-    """An event in one line; a message of several lines is left to the decisions."""
-    if e.message and "\n" in e.message.strip():
+    """An event in one line; a decision's message of several lines (a proposed diff) is
+    left to the decisions."""
+    if e.kind in DECISION_KINDS and e.message and "\n" in e.message.strip():
         return describe(e.model_copy(update={"message": None})) + " (see the decisions)"
     return one_line(describe(e))
