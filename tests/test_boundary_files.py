@@ -455,3 +455,14 @@ def test_runbooks_and_learn_never_follow_a_link_a_step_planted(tmp_path: Path) -
     learn._write(ws / "docs" / "runbook.md", "# Runbook\nlearnt\n")
     assert (ws / "docs" / "runbook.md").read_text() == "# Runbook\nlearnt\n"
     untouched(victim)
+
+
+def test_an_output_with_a_lone_surrogate_is_saved(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "r.json").write_text('{"x": "a\\ud800b"}')
+    values = read_outputs(
+        {"v": Output.model_validate({"json": "r.json", "key": "x"})}, where(ws, tmp_path)
+    )
+    assert values == {"v": "a?b"}
+    values["v"].encode("utf-8")  # what the checkpoint does with it

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentflow.textsafe import CUT_MARK, json_text, one_line, printable, revealed
+from agentflow.tmux import socket_path_for
 
 from conftest import AGENTFLOW, Env, run_id_of
 
@@ -285,3 +286,29 @@ def test_logs_on_a_terminal_set_no_title_and_no_clipboard(af: Env, tmp_path: Pat
     # Piped, the log is every byte, as the step wrote it.
     raw = af.cli("logs", run_id, "values").stdout
     assert "\x1b]52;c;" in raw
+
+
+def test_a_steps_clipboard_write_reaches_no_one_attached_whatever_their_tmux_conf(
+    af: Env, tmp_path: Path
+) -> None:
+    # A person's tmux.conf that lets programs set the clipboard (a common setting).
+    conf = tmp_path / "config"
+    (conf / "tmux").mkdir(parents=True)
+    (conf / "tmux" / "tmux.conf").write_text("set -g set-clipboard on\n")
+    af.env["XDG_CONFIG_HOME"] = str(conf)
+    wf = af.write(
+        """\
+        version: 1
+        name: clip
+        steps:
+          - id: s
+            run: printf '\\033]52;c;cHduZWQ=\\a'; sleep 1
+        """
+    )
+    res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 0, res.stdout + res.stderr
+    server = libtmux.Server(socket_path=str(socket_path_for(af.home)))
+    # With set-clipboard on, tmux would have made a paste buffer of it (and forwarded it
+    # to the terminal of anyone attached).
+    assert server.cmd("list-buffers").stdout == []
+    assert server.cmd("show-options", "-g", "set-clipboard").stdout == ["set-clipboard off"]

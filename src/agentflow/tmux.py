@@ -134,6 +134,10 @@ class Tmux:
             # Nor does a client that attaches (`agentflow attach`) hand its DISPLAY,
             # SSH_AUTH_SOCK, ... to the session's later windows.
             ";", "set-option", "-g", "update-environment", "",
+            # A step's OSC 52 or passthrough sequences reach no clipboard or terminal of a
+            # person attached, whatever their tmux.conf says.
+            ";", "set-option", "-g", "set-clipboard", "off",
+            ";", "set-option", "-g", "allow-passthrough", "off",
             ";", "set-hook", "-g", "pane-died", f'run-shell -b "{signal}"',
             ";", "show-environment", "-g",
         )  # fmt: skip

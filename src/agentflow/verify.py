@@ -271,6 +271,8 @@ def read_outputs(outputs: dict[str, Output], at: Where) -> dict[str, str]:
                 raise OutputError(f"output {name}: no line of the output matches /{out.log}/")
             last = matches[-1]
             values[name] = last[0] if isinstance(last, tuple) else last
+        # A lone surrogate (JSON's "\ud800") cannot be saved as UTF-8: replaced.
+        values[name] = values[name].encode("utf-8", errors="replace").decode("utf-8")
         if len(values[name]) > VALUE_MAX:
             raise OutputError(
                 f"output {name} is {len(values[name])} characters long, more than the "
