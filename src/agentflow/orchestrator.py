@@ -114,7 +114,7 @@ def make_sandbox(
             build_log=run.path / "build.log",
             keep=keep,
         )
-    return LocalSandbox(workspace, workflow.secrets)
+    return LocalSandbox(workspace, workflow.secrets, run.path / "steps")
 
 
 def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:

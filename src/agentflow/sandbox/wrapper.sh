@@ -1,11 +1,16 @@
 # agentflow step wrapper (POSIX sh: works in images with no bash).
-# Usage: sh wrapper.sh WORKDIR
+# Usage: sh wrapper.sh WORKDIR [MARKER]
 # Runs run.sh (next to this file) with bash where there is one, else sh, in its own process
 # group, stdin from /dev/null, every byte of output to output.log and to the terminal.
 # Records pid (= the process group to kill), started_at, and exit_code (written last,
-# atomically: its presence means the step is over and output.log is complete), then
-# writes the step's id to the run's wake FIFO.
+# atomically: its presence means the step is over, its processes gone and output.log
+# complete), then writes the step's id to the run's wake FIFO.
 d=$(cd "$(dirname "$0")" && pwd)
+# Every process of the step carries AGENTFLOW_PROC=MARKER in its environment (given to
+# run.sh alone, not to this shell or tee): it survives setsid and a daemon's double fork,
+# which a process group does not, so the step's leftovers can be found and killed. The
+# host gives the marker (it looks for the same one); the step's folder by default.
+m=${2:-$d/}
 cd "$1" || { echo "agentflow: cannot enter $1" | tee -a "$d/output.log"; echo 127 >"$d/exit_code.tmp"; mv "$d/exit_code.tmp" "$d/exit_code"; exit 127; }
 shell=sh
 command -v bash >/dev/null 2>&1 && shell=bash
@@ -14,10 +19,13 @@ rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup"
 # (no new block) and renamed, so that even a disk the step filled up records it.
 echo "    " >"$d/exit_code.tmp"
 mkfifo "$d/fifo"
+# The log's readers carry AGENTFLOW_LOG=MARKER: if a process that is not the step's (it
+# cleared its environment) holds the output open after the step, the host's last kill
+# ends them, so that the step ends.
 if [ -n "${AGENTFLOW_SECRETS:-}" ]; then
   # Mask the values of the named secrets (read from the environment, never from argv)
   # before a byte reaches the log or the screen.
-  awk 'BEGIN { n = split(ENVIRON["AGENTFLOW_SECRETS"], names, " ") }
+  AGENTFLOW_LOG=$m awk 'BEGIN { n = split(ENVIRON["AGENTFLOW_SECRETS"], names, " ") }
     { line = $0
       for (i = 1; i <= n; i++) {
         s = ENVIRON[names[i]]; if (s == "") continue
@@ -25,9 +33,9 @@ if [ -n "${AGENTFLOW_SECRETS:-}" ]; then
         while ((j = index(rest, s)) > 0) { out = out substr(rest, 1, j - 1) "***"; rest = substr(rest, j + length(s)) }
         line = out rest
       }
-      print line; fflush() }' <"$d/fifo" | tee -a "$d/output.log" &
+      print line; fflush() }' <"$d/fifo" | AGENTFLOW_LOG=$m tee -a "$d/output.log" &
 else
-  tee -a "$d/output.log" <"$d/fifo" &
+  AGENTFLOW_LOG=$m tee -a "$d/output.log" <"$d/fifo" &
 fi
 tee_pid=$!
 date +%s >"$d/started_at"
@@ -37,11 +45,11 @@ date +%s >"$d/started_at"
 # fork, and $! leads the new group).
 if [ -t 1 ] || ! command -v setsid >/dev/null 2>&1; then
   set -m
-  $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
+  AGENTFLOW_PROC=$m $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
   pid=$!
   set +m
 else
-  setsid $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
+  AGENTFLOW_PROC=$m setsid $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
   pid=$!
 fi
 echo "$pid" >"$d/pid"
@@ -56,8 +64,26 @@ while :; do
   # wait returns early (>128) when a trapped signal arrives; the step may still run.
   kill -0 "$pid" 2>/dev/null || break
 done
-# What the step left running in its group goes with it (use `service: true` for servers).
+# The step's processes that are still there (one grep over /proc: a fork per process
+# would cost every step): $left, their pids.
+marked() {
+  left=
+  for f in $(grep -lszxF "AGENTFLOW_PROC=$m" /proc/[0-9]*/environ 2>/dev/null); do
+    f=${f#/proc/}
+    [ "${f%/environ}" = "$$" ] || left="$left ${f%/environ}"
+  done
+  [ -n "$left" ]
+}
+# What the step left running goes with it, in its group or out of it (setsid, a daemon):
+# TERM, and KILL to what is left after a short grace (use `service: true` for servers).
 kill -TERM -"$pid" 2>/dev/null
+if marked; then
+  kill -TERM $left 2>/dev/null
+  n=0
+  while [ "$n" -lt 20 ] && marked; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+  n=0
+  while [ "$n" -lt 20 ] && marked; do kill -KILL $left 2>/dev/null; n=$((n + 1)); done
+fi
 wait "$tee_pid"
 rm -f "$d/fifo"
 [ -z "${hup:-}" ] || : >"$d/hangup"
