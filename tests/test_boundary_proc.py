@@ -1,6 +1,7 @@
-"""The sandbox boundary, process lifetime: every process a step starts ends with the step
-(at its end, its timeout, a crash, `agentflow stop`), also after `setsid` or a daemon's
-double fork.
+"""The sandbox boundary, process lifetime and the log: every process a step starts ends
+with the step (at its end, its timeout, a crash, `agentflow stop`), also after `setsid` or
+a daemon's double fork; and output lost on the way to output.log (a full disk) is
+recorded and shown, not silent.
 
 Each test's processes sleep for numbers of seconds made for the test (its tag), so that
 they are found by their command line, whatever the mechanism that should have ended them.
@@ -9,14 +10,18 @@ they are found by their command line, whatever the mechanism that should have en
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from agentflow.store import RunDir
 
 from conftest import TEST_IMAGE, Env
 
@@ -213,3 +218,86 @@ def test_stop_of_a_detached_run_in_docker_ends_the_setsid_child(
 ) -> None:
     stopped(af, tag, DOCKER)
     assert in_container(docker_client, "st", tag) == []
+
+
+# --- a full disk loses output: recorded, shown ----------------------------------------------
+
+
+@pytest.fixture
+def small_home(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs where the `af` fixture puts the agentflow home (ask for it before
+    `af`: it is unmounted after af's clean-up)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "home"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path, leave: int) -> None:
+    """A file at ``path`` that takes every free byte of its file system but ``leave``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 16, 1 << 12, 1 << 9, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+        os.ftruncate(fd, os.fstat(fd).st_size - leave)
+    finally:
+        os.close(fd)
+
+
+def disk_filled_by_output(af: Env, sandbox: str, ballast_inside: str) -> None:
+    """The step prints 600 kB where 16 kB are free; then it frees the space (removes the
+    ballast) and ends well: the loss is an event and the step's note, in the checkpoint
+    and the report, and the run's files are whole."""
+    wf = af.write(
+        f"""\
+version: 1
+name: full
+{sandbox}steps:
+  - id: big
+    run: |
+      while [ ! -e go ]; do sleep 0.05; done
+      head -c 600000 /dev/zero | tr '\\0' x
+      echo
+      rm -f {ballast_inside}
+      echo after
+"""
+    )
+    proc = af.start("run", str(wf), "--run-id", "full", "--ci")
+    steps = af.run_dir("full") / "steps"
+    af.wait_for(lambda: (steps / "big" / "pid").exists(), message="big started")
+    fill(steps / "ballast", leave=16384)
+    (af.workspace / "go").touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    note = "output.log is incomplete: a write failed (disk full?)"
+    run = RunDir(af.run_dir("full"))
+    state = run.read_state()
+    assert state.status == "succeeded"
+    assert (state.steps["big"].status, state.steps["big"].message) == ("succeeded", note)
+    lost = [e for e in run.read_events() if e.kind == "output_incomplete"]
+    assert [(e.step, e.attempt, e.message) for e in lost] == [("big", 1, note)]
+    assert 0 < (steps / "big" / "output.log").stat().st_size < 600000
+    assert note in (run.path / "report.md").read_text()
+    af.env["COLUMNS"] = "200"
+    assert note in af.cli("status", "full").stdout
+    for line in (run.path / "events.jsonl").read_text().splitlines():
+        json.loads(line)  # whole lines, every one
+
+
+def test_output_lost_on_a_full_disk_is_recorded(small_home: Path, af: Env) -> None:
+    assert af.home == small_home
+    disk_filled_by_output(af, LOCAL, str(af.run_dir("full") / "steps" / "ballast"))
+
+
+@pytest.mark.docker
+def test_output_lost_on_a_full_disk_in_docker_is_recorded(
+    small_home: Path, af: Env, docker_client: Any
+) -> None:
+    disk_filled_by_output(af, DOCKER, "/agentflow/steps/ballast")

@@ -87,3 +87,21 @@ def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) ->
     safefs.ensure_dir(step_dir)
     safefs.write_text(step_dir / "run.sh", script)
     safefs.write_text(step_dir / "wrapper.sh", wrapper)
+
+
+def output_incomplete(step_dir: Path) -> int | None:
+    """The wrapper's record that output.log lost output: the exit status of its writer
+    (tee: 1 when a write failed, a full disk; above 128 when a signal ended it), or None
+    when nothing was lost. Whatever the file holds (a step can write it), a number is
+    read from its first bytes; unreadable, it still says output was lost."""
+    try:
+        with safefs.open_read(step_dir / "output_incomplete") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a symlink or a folder in its place
+        return 1
+    try:
+        return int(head.strip() or b"1")
+    except ValueError:
+        return 1

@@ -4,7 +4,8 @@
 # group, stdin from /dev/null, every byte of output to output.log and to the terminal.
 # Records pid (= the process group to kill), started_at, and exit_code (written last,
 # atomically: its presence means the step is over, its processes gone and output.log
-# complete), then writes the step's id to the run's wake FIFO.
+# complete, or output_incomplete says what was lost), then writes the step's id to the
+# run's wake FIFO.
 d=$(cd "$(dirname "$0")" && pwd)
 # Every process of the step carries AGENTFLOW_PROC=MARKER in its environment (given to
 # run.sh alone, not to this shell or tee): it survives setsid and a daemon's double fork,
@@ -14,10 +15,12 @@ m=${2:-$d/}
 cd "$1" || { echo "agentflow: cannot enter $1" | tee -a "$d/output.log"; echo 127 >"$d/exit_code.tmp"; mv "$d/exit_code.tmp" "$d/exit_code"; exit 127; }
 shell=sh
 command -v bash >/dev/null 2>&1 && shell=bash
-rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup"
+rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup" "$d/output_incomplete" "$d/output_incomplete.tmp"
 # The exit code's file is made now, while there is room: at the end it is written in place
-# (no new block) and renamed, so that even a disk the step filled up records it.
+# (no new block) and renamed, so that even a disk the step filled up records it. So is the
+# file that records output lost on the way to output.log (a full disk).
 echo "    " >"$d/exit_code.tmp"
+echo "    " >"$d/output_incomplete.tmp"
 mkfifo "$d/fifo"
 # The log's readers carry AGENTFLOW_LOG=MARKER: if a process that is not the step's (it
 # cleared its environment) holds the output open after the step, the host's last kill
@@ -54,10 +57,11 @@ else
 fi
 echo "$pid" >"$d/pid"
 # Ctrl-C or a hangup in the window is passed on to the step.
-trap 'kill -INT -"$pid" 2>/dev/null' INT
+# ($sig: a trapped signal came, which makes `wait` return early.)
+trap 'sig=1; kill -INT -"$pid" 2>/dev/null' INT
 # A hangup is the window going away (a killed tmux server): the step is lost, not failed.
-trap 'hup=1; kill -HUP -"$pid" 2>/dev/null' HUP
-trap 'kill -TERM -"$pid" 2>/dev/null' TERM
+trap 'sig=1; hup=1; kill -HUP -"$pid" 2>/dev/null' HUP
+trap 'sig=1; kill -TERM -"$pid" 2>/dev/null' TERM
 while :; do
   wait "$pid"
   code=$?
@@ -84,8 +88,19 @@ if marked; then
   n=0
   while [ "$n" -lt 20 ] && marked; do kill -KILL $left 2>/dev/null; n=$((n + 1)); done
 fi
-wait "$tee_pid"
-rm -f "$d/fifo"
+while :; do
+  sig=
+  wait "$tee_pid"
+  tee_code=$?
+  [ -n "$sig" ] && [ "$tee_code" -gt 128 ] && kill -0 "$tee_pid" 2>/dev/null || break
+done
+# tee goes on to the screen after a write to output.log failed, and says so by its status:
+# the loss is recorded in the file reserved for it (a signal's status: it was killed).
+if [ "$tee_code" -ne 0 ]; then
+  printf '%4d\n' "$tee_code" 1<>"$d/output_incomplete.tmp"
+  mv "$d/output_incomplete.tmp" "$d/output_incomplete"
+fi
+rm -f "$d/fifo" "$d/output_incomplete.tmp"
 [ -z "${hup:-}" ] || : >"$d/hangup"
 printf '%4d\n' "$code" 1<>"$d/exit_code.tmp"
 mv "$d/exit_code.tmp" "$d/exit_code"
