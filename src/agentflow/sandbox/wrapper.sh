@@ -72,7 +72,7 @@ done
 # would cost every step): $left, their pids.
 marked() {
   left=
-  for f in $(grep -lszxF "AGENTFLOW_PROC=$m" /proc/[0-9]*/environ 2>/dev/null); do
+  for f in $(LC_ALL=C grep -lszxF "AGENTFLOW_PROC=$m" /proc/[0-9]*/environ 2>/dev/null); do
     f=${f#/proc/}
     [ "${f%/environ}" = "$$" ] || left="$left ${f%/environ}"
   done
