@@ -115,7 +115,7 @@ def make_sandbox(
             keep=keep,
             socket_dir=socket_path_for(home).parent,
         )
-    return LocalSandbox(workspace, workflow.secrets)
+    return LocalSandbox(workspace, workflow.secrets, run.path / "steps")
 
 
 def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:

@@ -118,3 +118,17 @@ def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) ->
                         os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=keep)
     safefs.write_text(step_dir / "run.sh", root, script)
     safefs.write_text(step_dir / "wrapper.sh", root, wrapper)
+
+
+def output_incomplete(step_dir: Path) -> int | None:
+    """The wrapper's record that output.log lost output: the exit status of its writer
+    (tee: 1 when a write failed, a full disk; above 128 when a signal ended it), or None
+    when nothing was lost. A step can write the file: what is not a small number in a
+    regular file still says that output was lost."""
+    try:
+        safefs.lstat(step_dir / "output_incomplete", step_dir.parent)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+    code = _number(step_dir, "output_incomplete")
+    return 1 if code is None else code

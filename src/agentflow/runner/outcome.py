@@ -8,7 +8,7 @@ import re
 import signal
 from datetime import datetime, timedelta
 
-from agentflow import artifacts
+from agentflow import artifacts, stepfiles
 from agentflow.artifacts import ArtifactError, Collector
 from agentflow.diagnose import Decision as ModelDecision
 from agentflow.diagnose import Failure, build_context
@@ -33,6 +33,9 @@ class Outcomes(RunnerBase):
         step = self.s.workflow.step(step_id)
         self._look_at_output(step_id)  # the last lines: final progress
         status, message = self._judge(step, st, code)
+        lost = self._output_lost(step_id)
+        if lost:
+            message = f"{message}; {lost}" if message else lost
         self.clocks.pop(step_id, None)
         self.next_probe.pop(step_id, None)
         self._update(
@@ -57,6 +60,19 @@ class Outcomes(RunnerBase):
             self._requeue(step_id, f"{status} while agentflow was away")
             return
         self._after_failure(step_id, status, code)
+
+    def _output_lost(self, step_id: str) -> str | None:
+        """Whether the wrapper recorded that output.log lost output: then an event and a
+        note say so (the step's status is what it is; its log is not all it printed)."""
+        writer = stepfiles.output_incomplete(self.s.run.step_dir(step_id))
+        if writer is None:
+            return None
+        if writer > 128:
+            note = f"output.log may be incomplete: its writer was stopped (signal {writer - 128})"
+        else:
+            note = "output.log is incomplete: a write failed (disk full?)"
+        self._emit("output_incomplete", step_id, message=note)
+        return note
 
     def _judge(self, step: Step, st: StepState, code: int) -> tuple[StepStatus, str | None]:
         """The status of an attempt that ended with ``code``, with its checks run."""

@@ -106,6 +106,23 @@ class Scheduler(Protocol):
         """The host a running step's job is on (what its dependents connect to)."""
 
 
+PROC_VAR = "AGENTFLOW_PROC"
+"""The variable every process of a step carries (the wrapper gives it to ``run.sh``), with
+the step's marker as its value: it survives ``setsid`` and a daemon's double fork, which
+a process group does not, so a step's leftovers are found in ``/proc/PID/environ``."""
+LOG_VAR = "AGENTFLOW_LOG"
+"""The same for the wrapper's log readers (tee, awk): killed last, when a process that
+is not the step's (it cleared its environment) holds the step's output open."""
+SWEEP_PASSES = 20
+"""How often a sweep looks again for processes forked while it killed their parents."""
+
+
+def marker(step_dir: str) -> str:
+    """The marker of the step whose folder is ``step_dir`` as the sandbox sees it (one per
+    home, run and step; what the wrapper uses when given none)."""
+    return step_dir.rstrip("/") + "/"
+
+
 DEFAULT_PIDS = 4096
 """The process limit of a Docker sandbox when ``resources.pids`` gives none."""
 

@@ -36,7 +36,16 @@ from docker.types import DeviceRequest, Mount
 
 from agentflow import safefs
 from agentflow.errors import EnvironmentProblem, UsageError
-from agentflow.sandbox import DEFAULT_PIDS, Launch, bounded, keep_tail
+from agentflow.sandbox import (
+    DEFAULT_PIDS,
+    LOG_VAR,
+    PROC_VAR,
+    SWEEP_PASSES,
+    Launch,
+    bounded,
+    keep_tail,
+    marker,
+)
 from agentflow.workflow.model import Sandbox as SandboxConfig
 
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -55,6 +64,32 @@ CLIENT_ENV = (
 """What the ``docker`` client of a step's window gets of this process's environment."""
 # An idle PID 2 under docker-init (PID 1 reaps orphans); exits at once on TERM.
 _IDLE = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+# KILL, inside the container: the step's group ($1, 0 for none), then every process with
+# the step's marker ($3: what left the group, by setsid or a daemon's double fork), again
+# for children forked meanwhile; then, if the wrapper does not end within a second (its
+# log drained), the log's readers that hold it up. One `docker exec`, as the container's
+# user; its status says whether the group was there.
+_KILL = f"""
+d=$2; m=$3; g=1
+[ "$1" = 0 ] || {{ kill -KILL -"$1" 2>/dev/null && g=0; }}
+marked() {{
+  left=
+  for f in $(grep -lszxF "$1=$m" /proc/[0-9]*/environ 2>/dev/null); do
+    f=${{f#/proc/}}; left="$left ${{f%/environ}}"
+  done
+  [ -n "$left" ]
+}}
+n=0
+while [ "$n" -lt {SWEEP_PASSES} ] && marked {PROC_VAR}; do
+  kill -KILL $left 2>/dev/null; n=$((n + 1))
+done
+n=0
+while [ "$n" -lt 10 ] && [ ! -e "$d/exit_code" ]; do
+  sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1))
+done
+[ -e "$d/exit_code" ] || ! marked {LOG_VAR} || kill -KILL $left 2>/dev/null
+exit "$g"
+"""
 
 
 def connect(timeout: int = 5) -> docker.DockerClient:
@@ -343,7 +378,6 @@ class DockerSandbox:
         self, step_dir: Path, workdir: str, env: dict[str, str], secrets: dict[str, str]
     ) -> Launch:
         assert self.cli is not None
-        inside = f"{STEPS_MOUNT}/{step_dir.name}/wrapper.sh"
         # No `-w`: the wrapper enters the workdir itself and says so when it cannot.
         argv = [self.cli, "exec", "-it"]
         for key, value in env.items():
@@ -353,22 +387,29 @@ class DockerSandbox:
             argv += ["-e", f"{key}={value}"]
         for key in secrets:
             argv += ["-e", key]  # the value comes from the exec client's own environment
-        argv += [self.container_name, "sh", inside, workdir]
+        step = f"{STEPS_MOUNT}/{step_dir.name}"
+        argv += [self.container_name, "sh", f"{step}/wrapper.sh", workdir, marker(step)]
         client = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
         return Launch(argv, {**client, **secrets})
 
     def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:
         """Signal the step's process group inside the container (killing the ``docker exec``
-        client alone would leave the process running)."""
-        if pgid is None:
+        client alone would leave the process running); KILL also sweeps what left it."""
+        kill = signum == signals.SIGKILL
+        if pgid is None and not kill:
             return False
         name = signals.Signals(signum).name.removeprefix("SIG")
+        if kill:
+            step = f"{STEPS_MOUNT}/{step_id}"
+            argv = ["sh", "-c", _KILL, "sh", str(pgid or 0), step, marker(step)]
+        else:
+            argv = ["sh", "-c", f"kill -{name} -{pgid}"]
         try:
             container = self._container or self._find()
             if container is None:
                 return False
             # As the container's user: the step's own uid may signal it without capabilities.
-            code, _ = container.exec_run(["sh", "-c", f"kill -{name} -{pgid}"])
+            code, _ = container.exec_run(argv)
         except DOCKER_ERRORS:
             return False
         return code == 0

@@ -1,23 +1,34 @@
 # agentflow step wrapper (POSIX sh: works in images with no bash).
-# Usage: sh wrapper.sh WORKDIR
+# Usage: sh wrapper.sh WORKDIR [MARKER]
 # Runs run.sh (next to this file) with bash where there is one, else sh, in its own process
 # group, stdin from /dev/null, every byte of output to output.log and to the terminal.
 # Records pid (= the process group to kill), started_at, and exit_code (written last,
-# atomically: its presence means the step is over and output.log is complete), then
-# writes the step's id to the run's wake FIFO.
+# atomically: its presence means the step is over, its processes gone and output.log
+# complete, or output_incomplete says what was lost), then writes the step's id to the
+# run's wake FIFO.
 d=$(cd "$(dirname "$0")" && pwd)
+# Every process of the step carries AGENTFLOW_PROC=MARKER in its environment (given to
+# run.sh alone, not to this shell or tee): it survives setsid and a daemon's double fork,
+# which a process group does not, so the step's leftovers can be found and killed. The
+# host gives the marker (it looks for the same one); the step's folder by default.
+m=${2:-$d/}
 cd "$1" || { echo "agentflow: cannot enter $1" | tee -a "$d/output.log"; echo 127 >"$d/exit_code.tmp"; mv "$d/exit_code.tmp" "$d/exit_code"; exit 127; }
 shell=sh
 command -v bash >/dev/null 2>&1 && shell=bash
-rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup"
+rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup" "$d/output_incomplete" "$d/output_incomplete.tmp"
 # The exit code's file is made now, while there is room: at the end it is written in place
-# (no new block) and renamed, so that even a disk the step filled up records it.
+# (no new block) and renamed, so that even a disk the step filled up records it. So is the
+# file that records output lost on the way to output.log (a full disk).
 echo "    " >"$d/exit_code.tmp"
+echo "    " >"$d/output_incomplete.tmp"
 mkfifo "$d/fifo"
+# The log's readers carry AGENTFLOW_LOG=MARKER: if a process that is not the step's (it
+# cleared its environment) holds the output open after the step, the host's last kill
+# ends them, so that the step ends.
 if [ -n "${AGENTFLOW_SECRETS:-}" ]; then
   # Mask the values of the named secrets (read from the environment, never from argv)
   # before a byte reaches the log or the screen.
-  awk 'BEGIN { n = split(ENVIRON["AGENTFLOW_SECRETS"], names, " ") }
+  AGENTFLOW_LOG=$m awk 'BEGIN { n = split(ENVIRON["AGENTFLOW_SECRETS"], names, " ") }
     { line = $0
       for (i = 1; i <= n; i++) {
         s = ENVIRON[names[i]]; if (s == "") continue
@@ -25,9 +36,9 @@ if [ -n "${AGENTFLOW_SECRETS:-}" ]; then
         while ((j = index(rest, s)) > 0) { out = out substr(rest, 1, j - 1) "***"; rest = substr(rest, j + length(s)) }
         line = out rest
       }
-      print line; fflush() }' <"$d/fifo" | tee -a "$d/output.log" &
+      print line; fflush() }' <"$d/fifo" | AGENTFLOW_LOG=$m tee -a "$d/output.log" &
 else
-  tee -a "$d/output.log" <"$d/fifo" &
+  AGENTFLOW_LOG=$m tee -a "$d/output.log" <"$d/fifo" &
 fi
 tee_pid=$!
 date +%s >"$d/started_at"
@@ -37,29 +48,59 @@ date +%s >"$d/started_at"
 # fork, and $! leads the new group).
 if [ -t 1 ] || ! command -v setsid >/dev/null 2>&1; then
   set -m
-  $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
+  AGENTFLOW_PROC=$m $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
   pid=$!
   set +m
 else
-  setsid $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
+  AGENTFLOW_PROC=$m setsid $shell "$d/run.sh" >"$d/fifo" 2>&1 </dev/null &
   pid=$!
 fi
 echo "$pid" >"$d/pid"
 # Ctrl-C or a hangup in the window is passed on to the step.
-trap 'kill -INT -"$pid" 2>/dev/null' INT
+# ($sig: a trapped signal came, which makes `wait` return early.)
+trap 'sig=1; kill -INT -"$pid" 2>/dev/null' INT
 # A hangup is the window going away (a killed tmux server): the step is lost, not failed.
-trap 'hup=1; kill -HUP -"$pid" 2>/dev/null' HUP
-trap 'kill -TERM -"$pid" 2>/dev/null' TERM
+trap 'sig=1; hup=1; kill -HUP -"$pid" 2>/dev/null' HUP
+trap 'sig=1; kill -TERM -"$pid" 2>/dev/null' TERM
 while :; do
   wait "$pid"
   code=$?
   # wait returns early (>128) when a trapped signal arrives; the step may still run.
   kill -0 "$pid" 2>/dev/null || break
 done
-# What the step left running in its group goes with it (use `service: true` for servers).
+# The step's processes that are still there (one grep over /proc: a fork per process
+# would cost every step): $left, their pids.
+marked() {
+  left=
+  for f in $(LC_ALL=C grep -lszxF "AGENTFLOW_PROC=$m" /proc/[0-9]*/environ 2>/dev/null); do
+    f=${f#/proc/}
+    [ "${f%/environ}" = "$$" ] || left="$left ${f%/environ}"
+  done
+  [ -n "$left" ]
+}
+# What the step left running goes with it, in its group or out of it (setsid, a daemon):
+# TERM, and KILL to what is left after a short grace (use `service: true` for servers).
 kill -TERM -"$pid" 2>/dev/null
-wait "$tee_pid"
-rm -f "$d/fifo"
+if marked; then
+  kill -TERM $left 2>/dev/null
+  n=0
+  while [ "$n" -lt 20 ] && marked; do sleep 0.1 2>/dev/null || sleep 1; n=$((n + 1)); done
+  n=0
+  while [ "$n" -lt 20 ] && marked; do kill -KILL $left 2>/dev/null; n=$((n + 1)); done
+fi
+while :; do
+  sig=
+  wait "$tee_pid"
+  tee_code=$?
+  [ -n "$sig" ] && [ "$tee_code" -gt 128 ] && kill -0 "$tee_pid" 2>/dev/null || break
+done
+# tee goes on to the screen after a write to output.log failed, and says so by its status:
+# the loss is recorded in the file reserved for it (a signal's status: it was killed).
+if [ "$tee_code" -ne 0 ]; then
+  printf '%4d\n' "$tee_code" 1<>"$d/output_incomplete.tmp"
+  mv "$d/output_incomplete.tmp" "$d/output_incomplete"
+fi
+rm -f "$d/fifo" "$d/output_incomplete.tmp"
 [ -z "${hup:-}" ] || : >"$d/hangup"
 printf '%4d\n' "$code" 1<>"$d/exit_code.tmp"
 mv "$d/exit_code.tmp" "$d/exit_code"
