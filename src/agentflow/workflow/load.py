@@ -68,7 +68,7 @@ def parse_workflow(text: str, filename: str, base_dir: Path | None = None) -> Wo
     try:
         workflow = Workflow.model_validate(data)
     except ValidationError as e:
-        found = {located.pydantic(err) for err in e.errors()}
+        found = {located.pydantic(err) for err in _one_per_number(e.errors())}
         raise WorkflowError(
             sorted(found, key=lambda p: (p.line or 0, p.column or 0, p.message))
         ) from None
@@ -201,7 +201,7 @@ class _Locator:
         return Problem(self.filename, line, col, f"{where}{message}")
 
     def pydantic(self, err: Mapping[str, Any]) -> Problem:
-        loc: Loc = tuple(x for x in err["loc"] if not _is_internal(x))
+        loc = _loc_of(err)
         kind = err["type"]
         msg = str(err["msg"]).removeprefix("Value error, ")
         if kind == "extra_forbidden":
@@ -225,9 +225,19 @@ class _Locator:
             msg = "a workflow needs at least one step"
         else:
             msg = f"{msg[0].lower()}{msg[1:]}" if msg else msg
-            if "input" in err and kind.endswith("_type"):
+            if "input" in err and (kind.endswith("_type") or kind == "finite_number"):
                 msg += f", got {_short(err['input'])}"
         return self.at(loc, msg)
+
+
+def _one_per_number(errors: list[Any]) -> list[Any]:
+    """A NaN or infinity where a scalar goes is one problem, not one per type it is not."""
+    finite = {_loc_of(err) for err in errors if err["type"] == "finite_number"}
+    return [e for e in errors if e["type"] == "finite_number" or _loc_of(e) not in finite]
+
+
+def _loc_of(err: Mapping[str, Any]) -> Loc:
+    return tuple(x for x in err["loc"] if not _is_internal(x))
 
 
 def _is_internal(part: Any) -> bool:
