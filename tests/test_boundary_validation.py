@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import subprocess
 
 import pytest
 
 from agentflow.errors import WorkflowError
 from agentflow.workflow import parse_workflow
+from fake_anthropic import FakeAnthropic, Reply
 
-from conftest import Env
+from conftest import AGENTFLOW, Env
 
 HEADER = "version: 1\nname: t\n"
 
@@ -134,3 +136,83 @@ def test_a_saved_plan_with_an_infinite_duration_is_refused(af: Env) -> None:
     (af.workspace / "plan.json").write_text(json.dumps(plan))  # Infinity
     line = one_line_error(af.cli("run", str(wf), "--plan", "plan.json", "--ci"))
     assert "plan.json: not a valid plan (steps.0.duration" in line, line
+
+
+# --- item 9: hostile YAML ---------------------------------------------------------------------
+
+
+def _limit_memory() -> None:
+    # Without the limits, the alias bomb below takes gigabytes: fail fast instead.
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(af: Env) -> None:
+    lines = [HEADER.strip(), "sandbox: {backend: local}", 'a: &a ["lol","lol","lol","lol"]']
+    prev = "a"
+    for name in "bcdefghijklmnop":  # 4^16 values once expanded
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 4)}]")
+        prev = name
+    wf = af.write("\n".join(lines) + "\n" + STEP)
+    res = subprocess.run(
+        [AGENTFLOW, "validate", str(wf)],
+        cwd=af.workspace,
+        env=af.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_limit_memory,
+    )
+    line = one_line_error(res)
+    assert line == (
+        f"error: {wf}:12:16: YAML: aliases (*name) expand the file by more than 1,000,000 "
+        "characters: write the values out, or use fewer aliases"
+    )
+
+
+def test_aliases_are_limited_in_number() -> None:
+    def with_aliases(n: int) -> str:
+        choices = ", ".join(["*one"] * n)
+        return HEADER + f"inputs: {{x: {{default: &one 1, choices: [{choices}]}}}}\n" + STEP
+
+    parse_workflow(with_aliases(1000), "wf.yaml")  # anchors for shared values still work
+    text = with_aliases(1001)
+    col = [m.start() for m in re.finditer(r"\*one", text)][-1] - text.index("inputs") + 1
+    assert problems(text) == [f"wf.yaml:3:{col}: YAML: more than 1000 aliases (*name)"]
+
+
+def test_deep_nesting_is_one_error_not_a_recursion_error(af: Env) -> None:
+    wf = af.write(HEADER + "x: " + "[" * 20_000 + "]" * 20_000 + "\n" + STEP)
+    line = one_line_error(af.cli("validate", str(wf)))
+    assert line == f"error: {wf}:3:67: YAML: values nested more than 64 levels deep"
+
+
+def test_nesting_as_deep_as_a_workflow_needs_is_fine() -> None:
+    def nested(depth: int) -> str:
+        value = "[" * depth + "1" + "]" * depth
+        return HEADER + f"inputs: {{x: 1}}\nmatrix: {{x: [{value}]}}\n" + STEP
+
+    parse_workflow(nested(20), "wf.yaml")
+    assert problems(nested(70)) == ["wf.yaml:4:75: YAML: values nested more than 64 levels deep"]
+
+
+def test_a_model_answer_nested_too_deep_is_a_clear_error(af: Env) -> None:
+    depth = 100_000
+    plan = '{"steps": [{"id": "a", "run": "x", "notes": ' + "[" * depth + "]" * depth + "}]}"
+    body = (
+        '{"id": "m", "type": "message", "role": "assistant", "model": "m", "content": '
+        '[{"type": "tool_use", "id": "t", "name": "submit_plan", "input": ' + plan + "}], "
+        '"stop_reason": "tool_use", "stop_sequence": null, '
+        '"usage": {"input_tokens": 1, "output_tokens": 1}}'
+    )
+    wf = af.write(
+        HEADER + "planner: {type: anthropic, model: m}\nsandbox: {backend: local}\n"
+        "steps:\n  - id: a\n    task: say hello\n"
+    )
+    with FakeAnthropic([Reply(raw=body.encode())]) as fake:
+        af.env["ANTHROPIC_API_KEY"] = "test-key"
+        af.env["ANTHROPIC_BASE_URL"] = fake.url
+        line = one_line_error(af.cli("plan", str(wf)), code=1)
+    assert line == (
+        "error: the model's answer is nested too deeply to read: try again, or run a saved "
+        "plan with --plan"
+    )
