@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import re
 import resource
+import shutil
 import subprocess
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from agentflow.errors import WorkflowError
 from agentflow.workflow import parse_workflow
@@ -216,3 +220,170 @@ def test_a_model_answer_nested_too_deep_is_a_clear_error(af: Env) -> None:
         "error: the model's answer is nested too deeply to read: try again, or run a saved "
         "plan with --plan"
     )
+
+
+# --- item 12: checkpoints of odd shapes -------------------------------------------------------
+
+TWO_STEPS = HEADER + (
+    "sandbox: {backend: local}\n"
+    "steps:\n"
+    "  - id: a\n    run: 'true'\n"
+    "  - id: b\n    needs: [a]\n    run: exit 3\n"
+)
+
+
+@pytest.fixture
+def two_runs(af: Env) -> Env:
+    """Two failed runs, ``one`` and ``two``, in the test's home; 9 hours east of UTC, so
+    that a time near the end of the calendar overflows when shown."""
+    af.env["TZ"] = "Asia/Tokyo"
+    wf = af.write(TWO_STEPS)
+    for run_id in ("one", "two"):
+        res = af.cli("run", str(wf), "--ci", "--run-id", run_id)
+        assert res.returncode == 1, res.stdout + res.stderr
+    return af
+
+
+def test_a_checkpoint_without_the_plans_steps_is_damaged_and_resume_rebuilds_it(
+    two_runs: Env,
+) -> None:
+    af = two_runs
+    for name in ("state.json", "state.json.prev"):
+        path = af.run_dir("one") / name
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"steps": {}}))
+    line = one_line_error(af.cli("status", "one"), code=1)
+    assert "state.json: damaged checkpoint (steps: 'a', 'b' of the plan missing); " in line
+    assert "`agentflow resume one` rebuilds it from events.jsonl" in line
+    res = af.cli("resume", "one", "--ci")
+    assert res.returncode == 1, res.stdout + res.stderr  # b fails again
+    assert "rebuilt from plan.json and" in res.stderr, res.stderr
+    state = af.state("one")
+    assert sorted(state["steps"]) == ["a", "b"]
+    assert state["steps"]["a"]["status"] == "succeeded", "the events said so: not run again"
+    assert state["steps"]["b"]["attempts"] == 2
+
+
+ODD_TIMES = [
+    "2026-01-02T03:04:05",  # no time zone
+    "9999-12-31T23:59:59Z",
+    "9999-12-31T23:59:59-23:59",
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:00:00+23:59",
+    "2026-01-02T03:04:05+14:00",
+]
+ODD_VALUES = st.one_of(
+    st.sampled_from(ODD_TIMES),
+    st.sampled_from([None, -1, 0, 2**70, -(2**70), "", "x", [], {}, True, 1e308]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+RUN_FIELDS = [
+    "created_at", "updated_at", "finished_at", "status", "consecutive_failures",
+    "tokens_used", "decisions", "run_id", "inputs", "message", "steps",
+]  # fmt: skip
+STEP_FIELDS = [
+    "status", "attempts", "retries", "exit_code", "started_at", "finished_at", "kill_reason",
+    "kill_sent_at", "not_before", "ready_at", "last_output_at", "output_bytes", "progress",
+    "decisions", "rule_uses", "outputs", "window", "env_overrides",
+]  # fmt: skip
+STEP_IDS = st.sampled_from(["a", "b", "zzz"])
+Mutation = tuple[Any, ...]
+MUTATIONS = st.one_of(
+    st.tuples(st.just("run"), st.sampled_from(RUN_FIELDS), ODD_VALUES),
+    st.tuples(st.just("step"), STEP_IDS, st.sampled_from(STEP_FIELDS), ODD_VALUES),
+    st.tuples(
+        st.just("progress"), STEP_IDS, st.fixed_dictionaries(
+            {"done": ODD_VALUES, "total": ODD_VALUES, "eta_s": ODD_VALUES}
+        ),
+    ),
+    st.tuples(st.just("drop"), STEP_IDS),
+)  # fmt: skip
+ODD_EVENTS = st.lists(
+    st.fixed_dictionaries(
+        {"ts": st.sampled_from([*ODD_TIMES, "2026-06-01T00:00:00Z"]), "kind": st.sampled_from(
+            ["step_started", "step_finished", "timeout", "service_ready", "outputs",
+             "run_finished", "retry_scheduled", "x"]
+        )},
+        optional={
+            "step": STEP_IDS, "attempt": st.sampled_from([-1, 0, 1, 9, 2**70]),
+            "status": st.sampled_from(["succeeded", "failed", "running", "weird"]),
+            "exit_code": st.sampled_from([0, 3, -(2**70)]), "message": st.just("a=1, b=2"),
+        },
+    ),
+    max_size=3,
+)  # fmt: skip
+
+
+def _mutate(state: dict[str, Any], m: Mutation) -> None:
+    steps = state["steps"]
+    if m[0] == "run":
+        state[m[1]] = m[2]
+    elif m[0] == "drop":
+        steps.pop(m[1], None)
+    elif isinstance(steps, dict):
+        step = steps.setdefault(m[1], dict(next(iter(steps.values()), {})))
+        if m[0] == "step":
+            step[m[2]] = m[3]
+        else:
+            step["progress"] = m[2]
+
+
+def _run_all(af: Env, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """The commands at the same time (they only read), each as the real CLI."""
+    started = [(cmd, af.start(*cmd)) for cmd in commands]
+    done = []
+    for cmd, proc in started:
+        out, err = proc.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(list(cmd), proc.returncode, out, err))
+    return done
+
+
+def _no_crash(res: subprocess.CompletedProcess[str]) -> None:
+    text = res.stdout + res.stderr
+    assert res.returncode in {0, 1, 2, 3, 4}, (res.args, res.returncode, text[-3000:])
+    assert "Traceback" not in text, (res.args, text[-3000:])
+
+
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    mutations=st.lists(MUTATIONS, min_size=1, max_size=3),
+    also_prev=st.booleans(),
+    events=ODD_EVENTS,
+)
+@example(mutations=[("run", "created_at", "2026-01-02T03:04:05")], also_prev=False, events=[])
+@example(mutations=[("run", "steps", {})], also_prev=True, events=[])
+@example(mutations=[("run", "created_at", "9999-12-31T23:59:59Z")], also_prev=True, events=[])
+def test_a_checkpoint_of_any_shape_never_crashes_a_command(
+    two_runs: Env, mutations: list[Mutation], also_prev: bool, events: list[dict[str, Any]]
+) -> None:
+    """Whatever state.json holds (and its previous copy, and odd lines in events.jsonl):
+    status, report, compare, history and resume end with an exit code and at most a
+    message, and the other run still shows in ``status``."""
+    af = two_runs
+    run = af.run_dir("one")
+    saved = af.home / "saved-one"
+    if not saved.exists():
+        shutil.copytree(run, saved)
+    shutil.rmtree(run)
+    shutil.copytree(saved, run)
+    (af.home / "history.db").unlink(missing_ok=True)  # compare reads the run directories
+    for name in ("state.json", "state.json.prev") if also_prev else ("state.json",):
+        state = json.loads((run / name).read_text())
+        for m in mutations:
+            _mutate(state, m)
+        (run / name).write_text(json.dumps(state))
+    with (run / "events.jsonl").open("a") as f:
+        f.writelines(json.dumps(e) + "\n" for e in events)
+
+    before = _run_all(
+        af, ("status",), ("status", "one"), ("report", "one"), ("compare", "one", "two")
+    )
+    resumed = af.cli("resume", "one", "--ci")
+    after = _run_all(af, ("status",), ("history",))
+    for res in (*before, resumed, *after):
+        _no_crash(res)
+    for listing in (before[0], after[0]):
+        assert re.search(r"^two\s+t\s+failed", listing.stdout, re.M), listing.stdout
