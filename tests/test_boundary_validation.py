@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agentflow.errors import WorkflowError
+from agentflow.monitor import eta_seconds
 from agentflow.workflow import parse_workflow
 from fake_anthropic import FakeAnthropic, Reply
 
@@ -387,3 +388,40 @@ def test_a_checkpoint_of_any_shape_never_crashes_a_command(
         _no_crash(res)
     for listing in (before[0], after[0]):
         assert re.search(r"^two\s+t\s+failed", listing.stdout, re.M), listing.stdout
+
+
+def test_progress_with_more_digits_than_a_float_keeps_the_checkpoint_readable(af: Env) -> None:
+    """A step's output is hostile: `10**400/10**400` parsed as progress was infinite, saved
+    as null, and the checkpoint could no longer be read."""
+    big = "9" * 400
+    wf = af.write(
+        HEADER + "sandbox: {backend: local}\n" + STEP.replace("run: x", f"run: echo {big}/{big} [")
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "p")
+    assert res.returncode == 0, res.stdout + res.stderr
+    shown = af.cli("status", "p")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "damaged" not in shown.stdout + shown.stderr
+
+
+def test_an_eta_beyond_a_float_is_no_eta() -> None:
+    """1 of 10^308 done after 2 s: the ETA overflowed to infinity, and showing it
+    (``round(inf)``) stopped the live view."""
+    assert eta_seconds(1 / 10**308, 2.0) is None
+    assert eta_seconds(0.5, 2.0) == 2.0
+
+
+def test_a_file_time_a_step_forged_is_not_taken(af: Env) -> None:
+    """A step can give its output.log any time: one before it started (or far in the
+    future) is not when it printed."""
+    touch = 'touch -d 1960-01-01 "$AGENTFLOW_HOME/runs/$AGENTFLOW_RUN_ID/steps/a/output.log"'
+    wf = af.write(
+        HEADER + "sandbox: {backend: local}\n" + STEP.replace(
+            "run: x", f"run: echo hi; sleep 0.3; {touch}; sleep 0.3"
+        )
+    )  # fmt: skip
+    res = af.cli("run", str(wf), "--ci", "--run-id", "f")
+    assert res.returncode == 0, res.stdout + res.stderr
+    step = af.state("f")["steps"]["a"]
+    assert step["last_output_at"] >= step["started_at"], step
+    assert af.cli("status", "f").returncode == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
         code = int(text)
     except ValueError:
         code = 255
-    return code, datetime.fromtimestamp(mtime).astimezone()
+    return code, _written(mtime)
 
 
 def hung_up(step_dir: Path) -> bool:
@@ -64,7 +65,14 @@ def new_output(step_dir: Path, offset: int, limit: int) -> NewOutput | None:
             text = f.read(st.st_size - f.tell()).decode("utf-8", errors="replace")
     except OSError:
         return None
-    return NewOutput(text, st.st_size, datetime.fromtimestamp(st.st_mtime).astimezone())
+    return NewOutput(text, st.st_size, _written(st.st_mtime))
+
+
+def _written(mtime: float) -> datetime:
+    """When a step's file was written: its mtime, unless that is not in the past (a step
+    can give its files any time, the year 9999 included): then now."""
+    at = time.time()
+    return datetime.fromtimestamp(mtime if 0 <= mtime <= at else at).astimezone()
 
 
 def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) -> None:
