@@ -16,6 +16,8 @@ class Reply:
     status: int = 200
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    """Sent instead of ``body`` as JSON: an answer ``json.dumps`` cannot make."""
 
 
 def tool_use(name: str, payload: dict[str, Any], tokens: tuple[int, int] = (900, 120)) -> Reply:
@@ -64,7 +66,7 @@ class FakeAnthropic:
                         if fake.replies
                         else error(500, "api_error", "the fake has no scripted reply left")
                     )
-                data = json.dumps(reply.body).encode()
+                data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))

@@ -42,6 +42,7 @@ from agentflow.store import Event, RunDir, Store
 from agentflow.textsafe import printable
 from agentflow.verify import tail
 from agentflow.workflow import Workflow, format_duration, parse_workflow
+from agentflow.workflow.load import BoundedLoader
 from agentflow.workflow.model import RecoverRule
 
 MATCH_BYTES = 64 * 1024
@@ -439,7 +440,7 @@ def _get(node: yaml.Node, key: str) -> tuple[yaml.Node, yaml.Node] | None:
 
 def _root(text: str) -> yaml.MappingNode:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=BoundedLoader)
     except yaml.YAMLError as e:
         raise EditFailed(f"YAML: {e}") from None
     if not isinstance(node, yaml.MappingNode) or node.flow_style:

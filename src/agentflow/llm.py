@@ -112,6 +112,12 @@ class LLM:
                 f"cannot reach {where} ({type(e).__name__}) after {MAX_RETRIES} retries: "
                 "check the network, or run a saved plan with --plan"
             ) from None
+        except RecursionError:
+            # JSON nested thousands deep: the SDK's parser recurses once per level.
+            raise LLMError(
+                "the model's answer is nested too deeply to read: try again, or run a saved "
+                "plan with --plan"
+            ) from None
         usage = response.usage
         self.used += usage.input_tokens + usage.output_tokens
         for block in response.content:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import select
@@ -45,6 +46,8 @@ def parse_progress(text: str, pattern: str | None) -> tuple[float, float | None]
                 groups = [float(g) for g in m.groups()[:2]]
             except (TypeError, ValueError):
                 continue
+            if not all(math.isfinite(g) for g in groups):
+                continue  # "nan", "inf", or more digits than a float holds: no progress
             value = (groups[0], groups[1]) if len(groups) == 2 else (groups[0], None)
             if best is None or m.end() >= best[0]:
                 best = (m.end(), value)
@@ -55,7 +58,8 @@ def eta_seconds(fraction: float | None, elapsed: float) -> float | None:
     """Seconds left at the pace so far."""
     if not fraction or fraction <= 0 or elapsed <= 0:
         return None
-    return max(0.0, elapsed * (1 - fraction) / fraction)
+    eta = max(0.0, elapsed * (1 - fraction) / fraction)
+    return eta if math.isfinite(eta) else None  # 1/10^308 done: no ETA, not infinity
 
 
 def learned_durations(runs_dir: Path, workflow: str, exclude: str) -> dict[str, float]:

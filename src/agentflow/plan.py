@@ -12,12 +12,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentflow.state import Timestamp
 from agentflow.workflow.model import Scalar
 from agentflow.workflow.types import Duration
 
 
 class PlanModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class PlannedStep(PlanModel):
@@ -50,7 +53,7 @@ class Plan(PlanModel):
     """The input values the plan was made with."""
     steps: list[PlannedStep]
     """The steps, in run order."""
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    created_at: Timestamp = Field(default_factory=lambda: datetime.now(UTC))
 
     def step(self, step_id: str) -> PlannedStep:
         for s in self.steps:

@@ -7,9 +7,9 @@ functions here, so a state is always complete and consistent when it is written.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt
 
 from agentflow.workflow.model import Scalar
 
@@ -43,21 +43,43 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def _plausible(value: datetime) -> datetime:
+    """A time of a run, comparable with every other: one without a zone (written by hand
+    or by another tool) is taken as UTC. Outside 1970–2999 it is refused (the checkpoint is
+    damaged): adding a timeout to the year 9999, or showing the year 1 in a zone west of
+    UTC, overflows."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        value = value.replace(tzinfo=UTC)
+    if not EARLIEST <= value < LATEST:
+        raise ValueError(f"{value.isoformat()} is not a time of a run (1970 to 2999)")
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_plausible)]
+"""A point in time as the checkpoint, the events and the plan keep it."""
+
+
 class StateModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: agentflow never writes one (JSON has none; pydantic would write
+    # null), so one read back was put there by someone else.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StepState(StateModel):
     """Where one step stands."""
 
     status: StepStatus = "pending"
-    attempts: int = 0
+    attempts: NonNegativeInt = 0
     """Attempts started so far, in this run and its resumes."""
-    retries: int = 0
+    retries: NonNegativeInt = 0
     """Retries used since the run (or its latest resume) began; the retry limit counts these."""
     exit_code: int | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
     message: str | None = None
     """Why the step is in its status, for a person (e.g. which dependency failed)."""
@@ -65,24 +87,24 @@ class StepState(StateModel):
     """The tmux window id (``@12``) of the current attempt."""
     kill_reason: KillReason | None = None
     """Set when agentflow has asked the step's processes to stop, and why."""
-    kill_sent_at: datetime | None = None
-    not_before: datetime | None = None
+    kill_sent_at: Timestamp | None = None
+    not_before: Timestamp | None = None
     """A retry waits until then (back-off)."""
-    ready_at: datetime | None = None
+    ready_at: Timestamp | None = None
     """When a service's readiness probe passed (its dependents may start)."""
     progress: Progress | None = None
     """Done/total from the step's output, with an ETA."""
-    output_bytes: int = 0
+    output_bytes: NonNegativeInt = 0
     """How much of the current attempt's output.log has been looked at."""
-    last_output_at: datetime | None = None
+    last_output_at: Timestamp | None = None
     """When the current attempt last printed something (for stall detection)."""
     env_overrides: dict[str, str] = Field(default_factory=dict)
     """Environment set for later attempts by a ``recover:`` rule."""
-    rule_uses: dict[str, int] = Field(default_factory=dict)
+    rule_uses: dict[str, NonNegativeInt] = Field(default_factory=dict)
     """How often each ``recover:`` rule (by index) has retried this step."""
     run_override: str | None = None
     """A command the model wrote for later attempts (approved), instead of the plan's."""
-    decisions: int = 0
+    decisions: NonNegativeInt = 0
     """How often the model has decided about this step."""
 
 
@@ -119,15 +141,15 @@ class RunState(StateModel):
     sandbox: str = "local"
     planner: str = "static"
     inputs: dict[str, Scalar] = Field(default_factory=dict)
-    created_at: datetime = Field(default_factory=now)
-    updated_at: datetime = Field(default_factory=now)
-    finished_at: datetime | None = None
+    created_at: Timestamp = Field(default_factory=now)
+    updated_at: Timestamp = Field(default_factory=now)
+    finished_at: Timestamp | None = None
     message: str | None = None
-    consecutive_failures: int = 0
+    consecutive_failures: NonNegativeInt = 0
     """Failed attempts in a row, across steps (the breaker)."""
-    tokens_used: int = 0
+    tokens_used: NonNegativeInt = 0
     """Tokens the model has used for this run (diagnoses; the plan's are not counted)."""
-    decisions: int = 0
+    decisions: NonNegativeInt = 0
     """How often the model has decided about a failure in this run."""
     steps: dict[str, StepState]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,9 +60,9 @@ def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
     except OSError as e:
         if e.errno == errno.ENOENT:
             return None, None
-        mtime = datetime.now().timestamp()  # a planted link or folder: a failure
+        mtime = time.time()  # a planted link or folder: a failure
     code = _number(step_dir, "exit_code")
-    return (255 if code is None else code), datetime.fromtimestamp(mtime).astimezone()
+    return (255 if code is None else code), _written(mtime)
 
 
 def hung_up(step_dir: Path) -> bool:
@@ -90,7 +91,14 @@ def new_output(step_dir: Path, offset: int, limit: int) -> NewOutput | None:
             text = f.read(min(limit, st.st_size - f.tell())).decode("utf-8", errors="replace")
     except OSError:
         return None
-    return NewOutput(text, st.st_size, datetime.fromtimestamp(st.st_mtime).astimezone())
+    return NewOutput(text, st.st_size, _written(st.st_mtime))
+
+
+def _written(mtime: float) -> datetime:
+    """When a step's file was written: its mtime, unless that is not in the past (a step
+    can give its files any time, the year 9999 included): then now."""
+    at = time.time()
+    return datetime.fromtimestamp(mtime if 0 <= mtime <= at else at).astimezone()
 
 
 def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) -> None:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agentflow.errors import RunLockedError, StateError, UsageError
 from agentflow.plan import Plan
 from agentflow.settings import settings
-from agentflow.state import FINAL, RunState, RunStatus, StepState
+from agentflow.state import EARLIEST, FINAL, RunState, RunStatus, StepState, Timestamp
 
 
 class Event(BaseModel):
@@ -41,7 +41,7 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ts: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    ts: Timestamp = Field(default_factory=lambda: datetime.now(UTC))
     kind: str
     """``run_started``, ``step_started``, ``step_finished``, ``retry_scheduled``, …"""
     step: str | None = None
@@ -246,7 +246,7 @@ class RunDir:
 
     def read_state(self) -> RunState:
         """The checkpoint; StateError (one line, with the way out) when it is damaged."""
-        state, problem = _read_checkpoint(self.state_path)
+        state, problem = self._checkpoint_of(self.state_path)
         if state is not None:
             return state
         if not self.state_path.exists() and not self.prev_state_path.exists():
@@ -257,8 +257,29 @@ class RunDir:
             f"damaged file as {self.damaged_state_path.name}"
         )
 
+    def _checkpoint_of(self, path: Path) -> tuple[RunState | None, str]:
+        """The state saved in ``path`` if it is this run's, or None and what is wrong.
+        Valid JSON of the wrong shape is damage too: every reader (status, report, resume)
+        may then trust that the state has the plan's steps."""
+        state, problem = _read_checkpoint(path)
+        if state is None:
+            return None, problem
+        if state.run_id != self.run_id:
+            return None, f"run_id: {_short(state.run_id)} is not this run's"
+        try:
+            planned = [s.id for s in self.read_plan().steps]
+        except StateError:
+            return state, ""  # the plan is damaged: what needs it says so
+        missing = [k for k in planned if k not in state.steps]
+        unknown = [k for k in state.steps if k not in planned]
+        if missing or unknown:
+            what = [f"{_names(missing)} of the plan missing"] if missing else []
+            what += [f"{_names(unknown)} not in the plan"] if unknown else []
+            return None, f"steps: {'; '.join(what)}"
+        return state, ""
+
     def _recovery_sources(self) -> str:
-        prev, _ = _read_checkpoint(self.prev_state_path)
+        prev, _ = self._checkpoint_of(self.prev_state_path)
         return "state.json.prev and events.jsonl" if prev is not None else "events.jsonl"
 
     def recover_state(self) -> str | None:
@@ -271,10 +292,10 @@ class RunDir:
         stays succeeded and a step that was started is known to be running (its tmux window
         is not: unless it has ended, the resume reruns it). The damaged file is kept as
         ``state.json.damaged``. StateError when nothing usable is left."""
-        state, problem = _read_checkpoint(self.state_path)
+        state, problem = self._checkpoint_of(self.state_path)
         if state is not None:
             return None
-        base, _ = _read_checkpoint(self.prev_state_path)
+        base, _ = self._checkpoint_of(self.prev_state_path)
         source = f"{self.prev_state_path.name} (saved {_clock(base.updated_at)})" if base else ""
         if base is None:
             base = self._rebuilt_from_plan()
@@ -314,12 +335,12 @@ class RunDir:
         found: dict[str, object] = {}
         for path in (self.prev_state_path, self.state_path):
             found = _salvage(path) | found
-        header = {k: found[k] for k in _HEADER if k in found}
-        header |= {"run_id": self.run_id, "workflow": plan.workflow, "planner": plan.planner}
-        header |= {"inputs": plan.inputs, "steps": {s.id: StepState() for s in plan.steps}}
-        header.setdefault("created_at", plan.created_at)
+        salvaged = {k: found[k] for k in _HEADER if k in found}
+        header: dict[str, object] = {"created_at": plan.created_at, "run_id": self.run_id}
+        header |= {"workflow": plan.workflow, "planner": plan.planner, "inputs": plan.inputs}
+        header |= {"steps": {s.id: StepState() for s in plan.steps}}
         try:
-            state = RunState.model_validate(header)
+            state = _with_salvaged(header, salvaged)
         except ValidationError as e:
             missing = sorted({str(err["loc"][0]) for err in e.errors() if err["loc"]})
             raise StateError(
@@ -328,7 +349,7 @@ class RunDir:
                 f"(the steps' logs stay in {self.path / 'steps'})"
             ) from None
         # Older than every event: all of them are replayed.
-        return state.model_copy(update={"updated_at": datetime.min.replace(tzinfo=UTC)})
+        return state.model_copy(update={"updated_at": EARLIEST})
 
     def write_plan(self, plan: Plan) -> None:
         _atomic_write(self.plan_path, plan.model_dump_json(indent=2).encode())
@@ -470,7 +491,28 @@ def _read_checkpoint(path: Path) -> tuple[RunState | None, str]:
         if err is None:
             return None, str(e)
         where = ".".join(str(x) for x in err["loc"])
-        return None, f"{where}: {err['msg']}" if where else err["msg"]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        return None, f"{where}: {msg}" if where else msg
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
+def _names(ids: list[str]) -> str:
+    shown = ", ".join(_short(i) for i in ids[:3])
+    return shown + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+
+
+def _with_salvaged(header: dict[str, object], salvaged: dict[str, object]) -> RunState:
+    """A state of ``header`` and each ``salvaged`` field of the right shape: a default (or
+    the plan's time) is better than a created_at in the year 9999. ValidationError when a
+    field without a default is missing."""
+    try:
+        return RunState.model_validate(header | salvaged)
+    except ValidationError as e:
+        wrong = {err["loc"][0] for err in e.errors() if err["loc"]}
+    return RunState.model_validate(header | {k: v for k, v in salvaged.items() if k not in wrong})
 
 
 def _salvage(path: Path) -> dict[str, object]:

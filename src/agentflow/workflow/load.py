@@ -68,7 +68,7 @@ def parse_workflow(text: str, filename: str, base_dir: Path | None = None) -> Wo
     try:
         workflow = Workflow.model_validate(data)
     except ValidationError as e:
-        found = {located.pydantic(err) for err in e.errors()}
+        found = {located.pydantic(err) for err in _one_per_number(e.errors())}
         raise WorkflowError(
             sorted(found, key=lambda p: (p.line or 0, p.column or 0, p.message))
         ) from None
@@ -82,9 +82,86 @@ def parse_workflow(text: str, filename: str, base_dir: Path | None = None) -> Wo
 # --- YAML with positions -------------------------------------------------------------------
 
 
+MAX_DEPTH = 64
+"""The deepest nesting of lists and mappings a workflow file may have (real ones use
+fewer than 10); deeper, composing it would exhaust Python's stack."""
+MAX_ALIASES = 1000
+"""The most aliases (``*name``) one file may use."""
+MAX_EXPANSION = 1_000_000
+"""How much aliases may add to a file, in characters of the values they repeat (plus one
+per list or mapping): a few nested aliases can otherwise stand for gigabytes."""
+
+
+class YAMLLimitError(yaml.YAMLError):
+    """A file over one of the loader's limits (depth, aliases, expansion), and where."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        self.problem = problem
+        self.line: int | None = mark.line + 1 if mark is not None else None
+        self.column: int | None = mark.column + 1 if mark is not None else None
+        super().__init__(f"line {self.line}, column {self.column}: {problem}")
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, whose composer refuses a file over ``MAX_DEPTH``,
+    ``MAX_ALIASES`` or ``MAX_EXPANSION``, located at the offending value. The limits are
+    checked while the document is composed, where an alias is still only a reference to
+    its anchor's node: before anything is expanded into Python values or recursed into."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+        self._added = 0
+        self._sizes: dict[int, int] = {}
+        """The expanded size of each node composed so far, by id (the tree keeps them)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._aliases += 1
+            # An alias of a node still being composed (it contains itself) counts as 1;
+            # the builder refuses it.
+            self._added += self._sizes.get(id(node), 1)
+            if self._aliases > MAX_ALIASES:
+                raise YAMLLimitError(f"more than {MAX_ALIASES} aliases (*name)", event.start_mark)
+            if self._added > MAX_EXPANSION:
+                raise YAMLLimitError(
+                    f"aliases (*name) expand the file by more than {MAX_EXPANSION:,} "
+                    "characters: write the values out, or use fewer aliases",
+                    event.start_mark,
+                )
+            return node
+        if self._depth >= MAX_DEPTH:
+            raise YAMLLimitError(
+                f"values nested more than {MAX_DEPTH} levels deep", event.start_mark
+            )
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._sizes[id(node)] = self._size(node)
+        return node
+
+    def _size(self, node: yaml.Node | None) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            return 1 + len(node.value)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            return 1
+        return 1 + sum(self._sizes.get(id(child), 1) for child in children)
+
+
 def _parse_yaml(text: str, filename: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=BoundedLoader)
+    except YAMLLimitError as e:
+        raise WorkflowError([Problem(filename, e.line, e.column, f"YAML: {e.problem}")]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = " ".join(s for s in (e.context, e.problem) if s)
@@ -201,7 +278,7 @@ class _Locator:
         return Problem(self.filename, line, col, f"{where}{message}")
 
     def pydantic(self, err: Mapping[str, Any]) -> Problem:
-        loc: Loc = tuple(x for x in err["loc"] if not _is_internal(x))
+        loc = _loc_of(err)
         kind = err["type"]
         msg = str(err["msg"]).removeprefix("Value error, ")
         if kind == "extra_forbidden":
@@ -225,9 +302,19 @@ class _Locator:
             msg = "a workflow needs at least one step"
         else:
             msg = f"{msg[0].lower()}{msg[1:]}" if msg else msg
-            if "input" in err and kind.endswith("_type"):
+            if "input" in err and (kind.endswith("_type") or kind == "finite_number"):
                 msg += f", got {_short(err['input'])}"
         return self.at(loc, msg)
+
+
+def _one_per_number(errors: list[Any]) -> list[Any]:
+    """A NaN or infinity where a scalar goes is one problem, not one per type it is not."""
+    finite = {_loc_of(err) for err in errors if err["type"] == "finite_number"}
+    return [e for e in errors if e["type"] == "finite_number" or _loc_of(e) not in finite]
+
+
+def _loc_of(err: Mapping[str, Any]) -> Loc:
+    return tuple(x for x in err["loc"] if not _is_internal(x))
 
 
 def _is_internal(part: Any) -> bool:

@@ -19,13 +19,17 @@ from pydantic import (
 )
 
 from agentflow.template import references
-from agentflow.workflow.types import Duration, Env, EnvName, StepId
+from agentflow.workflow.types import Duration, Env, EnvName, StepId, parse_size
 
 
 class Model(BaseModel):
-    """Base of every workflow model: frozen, no unknown keys, docstrings become descriptions."""
+    """Base of every workflow model: frozen, no unknown keys, docstrings become descriptions.
+    No number may be NaN or infinite (YAML's ``.nan``, ``.inf``): a NaN bound makes a check
+    that never fails, an infinite one overflows the clock."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 Scalar = str | int | float | bool
@@ -73,12 +77,24 @@ class Mount(Model):
     """Mount it read-only."""
 
 
+def _size(text: str) -> str:
+    parse_size(text)  # a ValueError for a size no machine has (it would overflow)
+    return text
+
+
 class Resources(Model):
     """Limits for the sandbox."""
 
     cpus: float | None = Field(default=None, gt=0)
     """CPU cores the sandbox may use."""
-    memory: Annotated[str, Field(pattern=r"^\d+(\.\d+)?[kmgtKMGT]?[bB]?$")] | None = None
+    memory: (
+        Annotated[
+            str,
+            Field(pattern=r"^\d+(\.\d+)?[kmgtKMGT]?[bB]?$"),
+            AfterValidator(_size),
+        ]
+        | None
+    ) = None
     """Memory limit, like ``4g`` or ``512m``."""
     pids: int | None = Field(default=None, gt=0)
     """The most processes the sandbox may hold."""
@@ -180,7 +196,8 @@ class Backoff(Model):
 
     initial: Duration = 5.0
     """The wait before the second attempt."""
-    factor: float = Field(default=2.0, ge=1)
+    # Bounded with Retry.limit so that initial × factor^n stays a float (10^100 does).
+    factor: float = Field(default=2.0, ge=1, le=10)
     """How much the wait grows with each attempt."""
     max: Duration = 300.0
     """The longest wait."""
@@ -196,7 +213,7 @@ def _every_outcome() -> list[RetryOn]:
 class Retry(Model):
     """When and how often to run a step again."""
 
-    limit: int = Field(default=0, ge=0)
+    limit: int = Field(default=0, ge=0, le=100)
     """How many more attempts after the first."""
     backoff: Backoff = Field(default_factory=Backoff)
     """The wait between attempts."""

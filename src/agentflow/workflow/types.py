@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -13,20 +14,41 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"
 
+MAX_DURATION_S = 365 * 86400.0
+"""The longest duration a workflow (or the model) may give: a year. Longer ones are typos,
+and unbounded ones overflow the clock (``now + timeout``) and stop the orchestrator."""
+
 
 def parse_duration(value: Any) -> float:
-    """``"90s"``, ``"15m"``, ``"1h30m"`` or a number of seconds → seconds (float)."""
+    """``"90s"``, ``"15m"``, ``"1h30m"`` or a number of seconds → seconds (float), between
+    0 and a year (``MAX_DURATION_S``)."""
+    seconds = _seconds(value)
+    if math.isnan(seconds):  # YAML's .nan
+        raise ValueError(f"expected a duration like 90s, 15m or 2h, got {_shown(value)}")
+    if seconds > MAX_DURATION_S:  # also .inf, and digits too many for a float
+        raise ValueError(f"a duration can be at most 365d (a year), got {_shown(value)}")
+    return seconds
+
+
+def _seconds(value: Any) -> float:
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 90s, 15m or 2h, got {value!r}")
+        raise ValueError(f"expected a duration like 90s, 15m or 2h, got {_shown(value)}")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value}")
+        if isinstance(value, int) and value > MAX_DURATION_S:
+            return math.inf  # float() of an int with hundreds of digits would raise
         return float(value)
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
         if _DURATION_FULL.match(text):
             return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-    raise ValueError(f"expected a duration like 90s, 15m or 2h, got {value!r}")
+    raise ValueError(f"expected a duration like 90s, 15m or 2h, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def format_duration(seconds: float) -> str:
@@ -50,9 +72,10 @@ Duration = Annotated[
         {
             "anyOf": [
                 {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "number", "minimum": 0},
+                {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S},
             ],
-            "description": "A duration: 500ms, 90s, 15m, 2h, 1d, 1h30m, or a number of seconds.",
+            "description": "A duration: 500ms, 90s, 15m, 2h, 1d, 1h30m, or a number of seconds; "
+            "at most 365d.",
         }
     ),
 ]
@@ -87,4 +110,11 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)[bB]?", text.strip())
     if not m:
         raise ValueError(f"not a size: {text!r} (write it like 4g or 512m)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size >= MAX_SIZE:  # also inf: digits too many for a float
+        raise ValueError(f"{_shown(text)} is larger than any machine's memory (at most 1024t)")
+    return int(size)
+
+
+MAX_SIZE = 2**50
+"""Sizes stay below a pebibyte (``1024t``): what Docker and Slurm take as a number."""
