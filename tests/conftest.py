@@ -185,3 +185,18 @@ def _remove_containers(home: Path) -> None:
 def _pane_pids(server: libtmux.Server) -> list[int]:
     result = server.cmd("list-panes", "-a", "-F", "#{pane_pid}")
     return [int(x) for x in result.stdout if x.strip().isdigit()]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs where the `af` fixture puts the agentflow home (ask for it before `af`:
+    it is unmounted after af's clean-up), unmounted at the end whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "home"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,21 +222,6 @@ def test_stop_of_a_detached_run_in_docker_ends_the_setsid_child(
 # --- a full disk loses output: recorded, shown ----------------------------------------------
 
 
-@pytest.fixture
-def small_home(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MB tmpfs where the `af` fixture puts the agentflow home (ask for it before
-    `af`: it is unmounted after af's clean-up)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "home"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def fill(path: Path, leave: int) -> None:
     """A file at ``path`` that takes every free byte of its file system but ``leave``."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -291,13 +275,13 @@ name: full
         json.loads(line)  # whole lines, every one
 
 
-def test_output_lost_on_a_full_disk_is_recorded(small_home: Path, af: Env) -> None:
-    assert af.home == small_home
+def test_output_lost_on_a_full_disk_is_recorded(small_disk: Path, af: Env) -> None:
+    assert af.home == small_disk
     disk_filled_by_output(af, LOCAL, str(af.run_dir("full") / "steps" / "ballast"))
 
 
 @pytest.mark.docker
 def test_output_lost_on_a_full_disk_in_docker_is_recorded(
-    small_home: Path, af: Env, docker_client: Any
+    small_disk: Path, af: Env, docker_client: Any
 ) -> None:
     disk_filled_by_output(af, DOCKER, "/agentflow/steps/ballast")

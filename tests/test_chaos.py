@@ -493,21 +493,6 @@ def test_one_damaged_run_does_not_hide_the_others(af: Env) -> None:
 # --- a full disk -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MB tmpfs where the `af` fixture puts the agentflow home (ask for it before `af`:
-    it is unmounted after af's clean-up), unmounted at the end whatever happens."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "home"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def fill(folder: Path, leave: int = 0) -> Path:
     """A file that takes every free byte of ``folder``'s file system but ``leave``."""
     ballast = folder / "ballast"
