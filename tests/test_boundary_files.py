@@ -466,3 +466,35 @@ def test_an_output_with_a_lone_surrogate_is_saved(tmp_path: Path) -> None:
     )
     assert values == {"v": "a?b"}
     values["v"].encode("utf-8")  # what the checkpoint does with it
+
+
+@pytest.mark.docker
+def test_a_home_deep_in_the_workspace_cannot_be_moved_aside(
+    af: Env, docker_client: docker.DockerClient
+) -> None:
+    # The default home is ./.agentflow of wherever agentflow starts: here a subfolder.
+    af.home = af.workspace / "sub" / ".agentflow"
+    af.env["AGENTFLOW_HOME"] = str(af.home)
+    (af.workspace / "sub").mkdir()
+    (af.workspace / "sub" / "notes.txt").write_text("visible\n")
+    wf = af.write(
+        f"""\
+        version: 1
+        name: aside
+        {BOX}
+        steps:
+          - id: move
+            run: |
+              cat sub/notes.txt
+              mv sub sub2 && echo MOVED || echo kept
+              mkdir -p sub/.agentflow/runs 2>/dev/null; ls -a sub/.agentflow
+        """
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "aside", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (af.run_dir("aside") / "steps" / "move" / "output.log").read_text()
+    assert "visible" in log  # the folder's own files stay visible to the step
+    assert "kept" in log
+    assert "MOVED" not in log
+    assert (af.workspace / "sub" / ".agentflow" / "runs" / "aside" / "state.json").is_file()
+    assert not (af.workspace / "sub2").exists()

@@ -8,6 +8,7 @@ redraws a table of steps in place.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
@@ -169,7 +170,8 @@ class LogFile:
         self.path = path
 
     def event(self, event: Event, state: RunState) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with open(fd, "a", encoding="utf-8") as f:
             f.write(plain_line(event) + "\n")
 
     def update(self, state: RunState) -> None:

@@ -368,7 +368,9 @@ class RunDir:
     def append_event(self, event: Event) -> None:
         line = (event.model_dump_json(exclude_none=True) + "\n").encode()
         try:
-            fd = os.open(self.events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            # O_NOFOLLOW: never appended through a link, whoever made it.
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            fd = os.open(self.events_path, flags, 0o600)
             try:
                 # A line cut short (a full disk, a crash mid-write) is ended first, so that
                 # it costs only itself, not the event after it.
@@ -399,7 +401,7 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's lock; raises RunLockedError when another process has it."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

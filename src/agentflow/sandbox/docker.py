@@ -273,8 +273,9 @@ class DockerSandbox:
         mounts = self.mounts()
         # agentflow's own files (checkpoints, other runs, its tmux socket) inside a mounted
         # folder are hidden from the sandbox under an empty read-only tmpfs.
-        for hidden in self._hidden_targets(mounts):
-            tmpfs[hidden] = "ro,size=1k"
+        hidden, pinned = self._hiding(mounts)
+        tmpfs.update(dict.fromkeys(hidden, "ro,size=1k"))
+        mounts += pinned
         try:
             return self.client.containers.run(
                 image,
@@ -347,26 +348,39 @@ class DockerSandbox:
             raise UsageError(f"{where} does not exist (looked for {source})")
         return source
 
-    def _hidden_targets(self, mounts: list[Mount]) -> list[str]:
-        """Where agentflow's home and its tmux socket's folder appear inside the container,
-        found by identity (device and inode), whatever path leads to them."""
-        hidden = [self.home, self.socket_dir] if self.socket_dir else [self.home]
-        targets = []
+    def _hiding(self, mounts: list[Mount]) -> tuple[list[str], list[Mount]]:
+        """Where agentflow's home and its tmux socket's folder appear inside the container
+        (found by identity, device and inode, whatever path leads to them), to be covered
+        by an empty tmpfs; and the folders between a mount's root and them, each bound
+        onto itself: a mount point cannot be renamed, so a step cannot move the covered
+        folder away and put one of its own where the host looks for its home."""
+        folders = [self.home, self.socket_dir] if self.socket_dir else [self.home]
+        targets: list[str] = []
+        pinned: dict[str, Mount] = {}
         for m in mounts:
             if m["Target"] == STEPS_MOUNT:
                 continue
             source = safefs.identity(Path(m["Source"]))
-            for folder in hidden:
-                rel = _below(folder, source)
-                if rel is None:
+            for folder in folders:
+                found = _below(folder, source)
+                if found is None:
                     continue
+                base, rel = found
                 if not rel.parts:
                     raise UsageError(
                         f"agentflow's own folder {folder} is mounted into the sandbox as "
                         f"{m['Target']}: set AGENTFLOW_HOME (or AGENTFLOW_TMUX_SOCKET) elsewhere"
                     )
                 targets.append(posixpath.join(m["Target"], *rel.parts))
-        return targets
+                for depth in range(1, len(rel.parts)):
+                    inside = posixpath.join(m["Target"], *rel.parts[:depth])
+                    pinned[inside] = Mount(
+                        target=inside,
+                        source=str(base.joinpath(*rel.parts[:depth])),
+                        type="bind",
+                        read_only=bool(m.get("ReadOnly")),
+                    )
+        return targets, list(pinned.values())
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -447,15 +461,15 @@ class DockerSandbox:
         self._container = None
 
 
-def _below(folder: Path, ancestor: safefs.Identity | None) -> Path | None:
-    """``folder``'s path relative to the folder whose identity is ``ancestor``, when it
-    lies inside it (or is it); None otherwise."""
+def _below(folder: Path, ancestor: safefs.Identity | None) -> tuple[Path, Path] | None:
+    """When ``folder`` lies inside the folder whose identity is ``ancestor`` (or is it):
+    that folder's real path and ``folder``'s path relative to it; None otherwise."""
     if ancestor is None:
         return None
     real = folder.resolve()
     for parent in [real, *real.parents]:
         if safefs.identity(parent) == ancestor:
-            return real.relative_to(parent)
+            return parent, real.relative_to(parent)
     return None
 
 
