@@ -21,9 +21,10 @@ import docker
 import pytest
 
 from agentflow import learn, runbook, safefs, stepfiles
+from agentflow.artifacts import Collector
 from agentflow.sandbox import EXEC_OUTPUT_MAX
 from agentflow.sandbox.local import LocalSandbox
-from agentflow.verify import Where, read_outputs, success_checks
+from agentflow.verify import OutputError, Where, read_outputs, success_checks
 from agentflow.workflow.model import Output, Success
 
 from conftest import TEST_IMAGE, Env, run_id_of
@@ -498,3 +499,38 @@ def test_a_home_deep_in_the_workspace_cannot_be_moved_aside(
     assert "MOVED" not in log
     assert (af.workspace / "sub" / ".agentflow" / "runs" / "aside" / "state.json").is_file()
     assert not (af.workspace / "sub2").exists()
+
+
+def test_what_a_step_writes_fails_its_step_never_the_orchestrator(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    at = where(ws, tmp_path)
+    (ws / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(OutputError, match="nested too deeply"):
+        read_outputs({"v": Output.model_validate({"json": "deep.json", "key": "0"})}, at)
+    (ws / "nul.txt").write_bytes(b"ok\0x")
+    with pytest.raises(OutputError, match="holds a NUL character"):
+        read_outputs({"v": Output(file="nul.txt")}, at)
+    # A link loop among the artifacts is passed over, not a crash.
+    (ws / "out").mkdir()
+    (ws / "out" / "a.txt").write_text("a")
+    os.symlink("loop", ws / "out" / "loop")
+    collector = Collector(root=ws, step_dir=ws, dest=tmp_path / "dest", copy_max=1 << 20)
+    files, skipped = collector.collect(["out"])
+    assert [f.path for f in files] == ["out/a.txt"]
+    assert [s.path for s in skipped] == ["out/loop"]
+
+
+def test_a_step_folder_nested_past_the_stack_is_moved_aside(tmp_path: Path) -> None:
+    step = tmp_path / "steps" / "s"
+    deep = step / "run.sh"
+    deep.mkdir(parents=True)
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(1500):  # deeper than Python's recursion limit
+        os.mkdir("a", dir_fd=fd)
+        sub = os.open("a", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = sub
+    os.close(fd)
+    stepfiles.prepare(step, 0, "echo ok\n", "wrapper\n")
+    assert (step / "run.sh").read_text() == "echo ok\n"

@@ -128,6 +128,12 @@ class Collector:
     def collect(self, patterns: list[str]) -> tuple[list[Artifact], list[Skipped]]:
         """Match, then copy (or hash) every file; ArtifactError when a pattern yields no
         file or a file cannot be read or copied. On error nothing is left half-copied."""
+        try:
+            return self._collect(patterns)
+        except (RecursionError, RuntimeError) as e:  # folders nested past the stack; a loop
+            raise ArtifactError(f"artifacts: cannot walk the workspace ({e})") from None
+
+    def _collect(self, patterns: list[str]) -> tuple[list[Artifact], list[Skipped]]:
         root = self.root.resolve()
         exclude = safefs.identities(self.exclude)
         chosen: dict[str, Path] = {}  # workspace-relative path -> the real file
@@ -280,7 +286,7 @@ def _files(
         info = path.lstat()
     except OSError:
         return
-    real = path.resolve()
+    real = Path(os.path.realpath(path))  # a link loop is a path too, not an error
     if not real.is_relative_to(root):
         yield rel, real, "leads outside the workspace"
         return

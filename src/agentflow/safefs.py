@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Iterable, Iterator
@@ -259,16 +260,21 @@ def write_text(path: Path | str, root: Path, text: str, mode: int = 0o644) -> No
 
 def remove(dfd: int, name: str) -> None:
     """Remove ``name`` from the folder ``dfd``, whatever it is (a folder with everything in
-    it); links are removed, never followed."""
+    it); links are removed, never followed. A folder too deep to remove (nested past the
+    stack or the open-file limit, as a step can make it) is renamed out of the way."""
     try:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dfd)  # fd-based on Linux: safe against link swaps
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dfd)
+        return
+    try:
+        shutil.rmtree(name, dir_fd=dfd)  # fd-based on Linux: safe against link swaps
+    except (RecursionError, OSError):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(name, f".removed-{secrets.token_hex(8)}", src_dir_fd=dfd, dst_dir_fd=dfd)
 
 
 def entries(dfd: int) -> list[os.DirEntry[str]]:

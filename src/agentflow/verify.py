@@ -244,6 +244,8 @@ def json_value(text: str, key: str, path: str) -> Any:
         value: Any = json.loads(text)
     except json.JSONDecodeError as e:
         raise OutputError(f"{path} is not JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # `[[[[…` a step wrote: the parser's own limit
+        raise OutputError(f"{path} is JSON nested too deeply to read") from None
     for part in key.split("."):
         if isinstance(value, dict) and part in value:
             value = value[part]
@@ -273,6 +275,8 @@ def read_outputs(outputs: dict[str, Output], at: Where) -> dict[str, str]:
             values[name] = last[0] if isinstance(last, tuple) else last
         # A lone surrogate (JSON's "\ud800") cannot be saved as UTF-8: replaced.
         values[name] = values[name].encode("utf-8", errors="replace").decode("utf-8")
+        if "\0" in values[name]:  # no environment, argument or path can hold one
+            raise OutputError(f"output {name} holds a NUL character: it cannot be passed on")
         if len(values[name]) > VALUE_MAX:
             raise OutputError(
                 f"output {name} is {len(values[name])} characters long, more than the "
