@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from agentflow import learn, runbook, safefs, stepfiles
 from agentflow.artifacts import Collector
+from agentflow.monitor import parse_progress
 from agentflow.sandbox import EXEC_OUTPUT_MAX
 from agentflow.sandbox.local import LocalSandbox
 from agentflow.verify import OutputError, Where, read_outputs, success_checks
@@ -534,3 +536,14 @@ def test_a_step_folder_nested_past_the_stack_is_moved_aside(tmp_path: Path) -> N
     os.close(fd)
     stepfiles.prepare(step, 0, "echo ok\n", "wrapper\n")
     assert (step / "run.sh").read_text() == "echo ok\n"
+
+
+def test_a_long_run_of_digits_does_not_freeze_the_progress_scan() -> None:
+    # Quadratic before: 64 KiB of digits held the orchestrator 84 s on every check.
+    text = "1" * 65536 + "\n12/40 [=====]"
+    done: list[object] = []
+    worker = threading.Thread(target=lambda: done.append(parse_progress(text, None)))
+    worker.start()
+    worker.join(timeout=10)
+    assert done == [(12.0, 40.0)], "the progress scan did not finish within 10 s"
+    assert parse_progress("5" * 65536, None) is None

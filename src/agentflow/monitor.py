@@ -30,18 +30,40 @@ from agentflow import history
 from agentflow.state import now
 
 # tqdm's bars, recognised without a pattern: "  45/100 [00:12<00:15" and " 45%|####".
-_TQDM = (re.compile(r"(\d+)/(\d+) \["), re.compile(r"(\d+(?:\.\d+)?)%\|"))
+# Bounded digits, not after a digit: a step that prints a long run of digits costs a
+# linear scan, not a quadratic one (a 64 KiB run took 84 s with `(\d+)/(\d+)`).
+_TQDM = (
+    re.compile(r"(?<!\d)(\d{1,18})/(\d{1,18}) \["),
+    re.compile(r"(?<![\d.])(\d{1,18}(?:\.\d{1,9})?)%\|"),
+)
+PROGRESS_LINES = 50
+"""How many of the latest lines (or progress-bar redraws) are searched for progress."""
+PROGRESS_LINE_BYTES = 1024
+"""How much of the end of each of them: a pattern is searched in bounded text only."""
 READ_LIMIT = 64 * 1024
 """The most new output one check reads (the end of it): a check stays cheap however
 much a step prints."""
 
 
 def parse_progress(text: str, pattern: str | None) -> tuple[float, float | None] | None:
-    """The last progress in ``text``: (done, total), or (percent, None) for a percentage."""
+    """The last progress in ``text``: (done, total), or (percent, None) for a percentage.
+    Only the end of the latest lines is searched (``PROGRESS_LINES``, ``PROGRESS_LINE_BYTES``),
+    the latest first, so a step's output costs a bounded search whatever it prints."""
     patterns = (re.compile(pattern),) if pattern else _TQDM
+    lines = [x for x in re.split(r"[\r\n]", text[-PROGRESS_LINES * PROGRESS_LINE_BYTES :]) if x]
+    for line in reversed(lines[-PROGRESS_LINES:]):
+        found = _progress_in(line[-PROGRESS_LINE_BYTES:], patterns)
+        if found is not None:
+            return found
+    return None
+
+
+def _progress_in(
+    line: str, patterns: tuple[re.Pattern[str], ...]
+) -> tuple[float, float | None] | None:
     best: tuple[int, tuple[float, float | None]] | None = None
     for regex in patterns:
-        for m in regex.finditer(text):
+        for m in regex.finditer(line):
             try:
                 groups = [float(g) for g in m.groups()[:2]]
             except (TypeError, ValueError):
