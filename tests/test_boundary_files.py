@@ -542,8 +542,32 @@ def test_a_long_run_of_digits_does_not_freeze_the_progress_scan() -> None:
     # Quadratic before: 64 KiB of digits held the orchestrator 84 s on every check.
     text = "1" * 65536 + "\n12/40 [=====]"
     done: list[object] = []
-    worker = threading.Thread(target=lambda: done.append(parse_progress(text, None)))
+    worker = threading.Thread(target=lambda: done.append(parse_progress(text, None)), daemon=True)
     worker.start()
     worker.join(timeout=10)
     assert done == [(12.0, 40.0)], "the progress scan did not finish within 10 s"
     assert parse_progress("5" * 65536, None) is None
+
+
+def test_a_flooded_or_replaced_wake_fifo_neither_holds_nor_ends_the_run(af: Env) -> None:
+    steps = af.home / "runs" / "wake" / "steps"
+    wf = af.write(
+        f"""\
+        version: 1
+        name: wake
+        steps:
+          - id: flood
+            run: timeout 3 sh -c 'cat /dev/zero > {steps}/.wake' || true
+          - id: plant
+            needs: [flood]
+            run: rm -f {steps}/.wake && mkdir {steps}/.wake
+          - id: after
+            needs: [plant]
+            run: echo done
+        """
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "wake", timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert af.state("wake")["steps"]["after"]["status"] == "succeeded"
+    assert not (steps / ".wake").exists()  # removed at the end, folder and all

@@ -21,12 +21,13 @@ import stat
 import statistics
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
-from agentflow import history
+from agentflow import history, safefs
 from agentflow.state import now
 
 # tqdm's bars, recognised without a pattern: "  45/100 [00:12<00:15" and " 45%|####".
@@ -167,6 +168,10 @@ class CheckSchedule:
         self.interval = min(self.longest, self.interval * self.factor)
 
 
+FIFO_GAP = 0.005
+"""The shortest time between two wake-ups by the steps' FIFO (at most 200 a second)."""
+
+
 class Waker:
     """Sleeps until a deadline, a step's end (tmux channel) or a signal, whichever is first."""
 
@@ -176,15 +181,18 @@ class Waker:
         self._start_waiter = start_waiter
         self._waiter = start_waiter()
         # The steps folder is writable from the sandbox: whatever stands at this name that
-        # is not our FIFO (a planted symlink, say) is replaced, never followed.
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISFIFO(wake_fifo.lstat().st_mode):
-                wake_fifo.unlink()
-        if not wake_fifo.exists():
-            os.mkfifo(wake_fifo, 0o600)
+        # is not our FIFO (a planted symlink, a folder) is removed, never followed.
+        with safefs.open_dir(wake_fifo.parent, []) as folder:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(wake_fifo.name, dir_fd=folder, follow_symlinks=False)
+                if not stat.S_ISFIFO(st.st_mode):
+                    safefs.remove(folder, wake_fifo.name)
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(wake_fifo.name, 0o600, dir_fd=folder)
         # Read-write, so that the FIFO never reports end-of-file between two writers.
         self._fifo = os.open(wake_fifo, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW)
         self._fifo_path = wake_fifo
+        self._fifo_woke = 0.0
         self._signal_r, self._signal_w = os.pipe()
         os.set_blocking(self._signal_r, False)
         os.set_blocking(self._signal_w, False)
@@ -198,9 +206,16 @@ class Waker:
         fds = [self._fifo, channel, self._signal_r]
         ready, _, _ = select.select(fds, [], [], max(0, seconds))
         if self._fifo in ready:
+            # Drained a bounded amount, and acted on at most every FIFO_GAP seconds: a
+            # step writing to the FIFO without end neither holds nor spins the runner.
             with contextlib.suppress(BlockingIOError):
-                while os.read(self._fifo, 65536):
-                    pass
+                for _ in range(16):
+                    if not os.read(self._fifo, 65536):
+                        break
+            gap = self._fifo_woke + FIFO_GAP - time.monotonic()
+            if gap > 0:
+                time.sleep(gap)
+            self._fifo_woke = time.monotonic()
         if channel in ready:  # the channel was signalled: the waiter exited
             self._waiter.wait()
             self._waiter.stdout.close()
@@ -240,5 +255,5 @@ class Waker:
         os.close(self._signal_w)
         os.close(self._fifo)
         # Nobody listens any more: wrappers that end from now on skip the wake-up.
-        with contextlib.suppress(FileNotFoundError):
-            self._fifo_path.unlink()
+        with contextlib.suppress(OSError), safefs.open_dir(self._fifo_path.parent, []) as folder:
+            safefs.remove(folder, self._fifo_path.name)
