@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import stat
+import sys
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +27,11 @@ from agentflow import learn, runbook, safefs, stepfiles
 from agentflow.artifacts import Collector
 from agentflow.monitor import parse_progress
 from agentflow.sandbox import EXEC_OUTPUT_MAX
+from agentflow.sandbox.docker import DockerSandbox
 from agentflow.sandbox.local import LocalSandbox
 from agentflow.verify import OutputError, Where, read_outputs, success_checks
 from agentflow.workflow.model import Output, Success
+from agentflow.workflow.model import Sandbox as SandboxConfig
 
 from conftest import TEST_IMAGE, Env, run_id_of
 
@@ -528,14 +532,21 @@ def test_a_step_folder_nested_past_the_stack_is_moved_aside(tmp_path: Path) -> N
     deep = step / "run.sh"
     deep.mkdir(parents=True)
     fd = os.open(deep, os.O_RDONLY)
-    for _ in range(1500):  # deeper than Python's recursion limit
+    for _ in range(300):  # deeper than the recursion limit below
         os.mkdir("a", dir_fd=fd)
         sub = os.open("a", os.O_RDONLY, dir_fd=fd)
         os.close(fd)
         fd = sub
     os.close(fd)
-    stepfiles.prepare(step, 0, "echo ok\n", "wrapper\n")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)  # a step can nest folders past any limit; this one is cheap
+    try:
+        stepfiles.prepare(step, 0, "echo ok\n", "wrapper\n")
+    finally:
+        sys.setrecursionlimit(limit)
     assert (step / "run.sh").read_text() == "echo ok\n"
+    aside = [p.name for p in step.iterdir() if p.name.startswith(".removed-")]
+    assert len(aside) == 1
 
 
 def test_a_long_run_of_digits_does_not_freeze_the_progress_scan() -> None:
@@ -571,3 +582,28 @@ def test_a_flooded_or_replaced_wake_fifo_neither_holds_nor_ends_the_run(af: Env)
     assert "Traceback" not in res.stderr
     assert af.state("wake")["steps"]["after"]["status"] == "succeeded"
     assert not (steps / ".wake").exists()  # removed at the end, folder and all
+
+
+@pytest.mark.docker
+def test_a_check_that_ignores_its_timeout_does_not_hold_the_host(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    (tmp_path / "steps").mkdir()
+    box = DockerSandbox(
+        SandboxConfig.model_validate({"backend": "docker", "image": TEST_IMAGE}),
+        run_id=f"deadline-{os.getpid()}",
+        workflow="deadline",
+        workspace=tmp_path,
+        steps_dir=tmp_path / "steps",
+        home=tmp_path / "home",
+    )
+    box.start()
+    try:
+        began = time.monotonic()
+        # Ignores TERM, and a child keeps the output open past any KILL of the script.
+        code, _ = box.exec("trap '' TERM; sleep 60 & wait; sleep 60", "/workspace", 1)
+        waited = time.monotonic() - began
+    finally:
+        box.close()
+    assert code in (124, 137), code
+    assert waited < 30, f"the host waited {waited:.0f}s for a 1 s check"

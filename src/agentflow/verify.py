@@ -27,6 +27,9 @@ LOG_TAIL_BYTES = 256 * 1024
 FILE_MAX = 1 << 20
 """The largest file read for an output or a metric (a step controls its size)."""
 VALUE_MAX = 4096
+EXEC_OUTPUT_MAX = 64 * 1024
+"""The most output of a probe or check command the host keeps (its end): the command
+runs what a step made, which may print without end."""
 """The longest output value: values are pasted into later steps and shown in reports."""
 
 _HTTP = """\
@@ -229,7 +232,10 @@ def _read(path: str, at: Where, limit: int = FILE_MAX) -> str:
     absolute path, inside the sandbox; at most ``limit`` bytes either way."""
     if not Path(path).is_absolute():
         return at.read(path, limit)
-    script = f"head -c {limit + 1} {shlex.quote(path)}"
+    # What comes back is the end of the command's output (EXEC_OUTPUT_MAX): no more is
+    # asked for, so that a larger file is an error, never silently cut.
+    limit = min(limit, EXEC_OUTPUT_MAX - 1)
+    script = f"head -c {limit + 1} {shlex.quote(path)} 2>/dev/null"
     code, out = at.box.exec(script, at.workdir, PROBE_TIMEOUT)
     if code != 0:
         raise OutputError(f"{path} cannot be read in the sandbox")

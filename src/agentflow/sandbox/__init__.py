@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from agentflow.verify import Executor
+from agentflow.verify import EXEC_OUTPUT_MAX, Executor
 from agentflow.workflow.model import Sandbox as SandboxConfig
 
 
@@ -182,11 +182,6 @@ def _describe_slurm(config: SandboxConfig) -> list[str]:
     return facts
 
 
-EXEC_OUTPUT_MAX = 64 * 1024
-"""The most output of a probe or check command the host keeps (its end): the command
-runs what a step made, which may print without end."""
-
-
 def keep_tail(kept: bytearray, chunk: bytes) -> None:
     """Append ``chunk``, keeping only the last ``EXEC_OUTPUT_MAX`` bytes."""
     kept += chunk
@@ -236,8 +231,11 @@ def run_bounded(
 
 
 def bounded(script: str, timeout: float) -> list[str]:
-    """argv running ``script`` with sh, under coreutils/busybox ``timeout`` where present."""
+    """argv running ``script`` with sh, under coreutils/busybox ``timeout`` where present:
+    TERM at the time, KILL 5 s later for a script that ignores TERM (where ``timeout``
+    knows ``-k``)."""
     runner = (
+        'if timeout -k 5 "$0" true 2>/dev/null; then exec timeout -k 5 "$0" sh -c "$1"; fi; '
         'if command -v timeout >/dev/null 2>&1; then exec timeout "$0" sh -c "$1"; fi; '
         'exec sh -c "$1"'
     )

@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal as signals
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -432,7 +433,9 @@ class DockerSandbox:
         self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
     ) -> tuple[int, str]:
         """Run a probe or check inside the container; only the end of its output is kept
-        (streamed, so a command that prints without end costs bounded memory)."""
+        (streamed, so a command that prints without end costs bounded memory). The host
+        waits at most ``timeout`` and a little: a command whose children hold its output
+        open past the sandbox's own ``timeout`` is left behind, not waited for."""
         try:
             container = self._container or self._find()
             if container is None:
@@ -441,13 +444,31 @@ class DockerSandbox:
             exec_id = api.exec_create(
                 container.id, bounded(script, timeout), workdir=workdir, environment=env or None
             )["Id"]
-            kept = bytearray()
-            for chunk in api.exec_start(exec_id, stream=True):
-                keep_tail(kept, chunk)
+            stream = api.exec_start(exec_id, stream=True)
+        except DOCKER_ERRORS as e:
+            return 125, _first_line(e)
+        kept = bytearray()
+        failed: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                for chunk in stream:
+                    keep_tail(kept, chunk)
+            except DOCKER_ERRORS as e:
+                failed.append(e)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        reader.join(timeout + 10)
+        if reader.is_alive():
+            return 124, f"timed out after {timeout:g}s"
+        try:
+            if failed:
+                raise failed[0]
             code = api.exec_inspect(exec_id).get("ExitCode")
         except DOCKER_ERRORS as e:
             return 125, _first_line(e)
-        return int(code or 0), kept.decode("utf-8", errors="replace")
+        return int(code or 0), bytes(kept).decode("utf-8", errors="replace")
 
     def close(self) -> None:
         """Remove the run's container (unless asked to keep it)."""
