@@ -607,3 +607,26 @@ def test_a_check_that_ignores_its_timeout_does_not_hold_the_host(
         box.close()
     assert code in (124, 137), code
     assert waited < 30, f"the host waited {waited:.0f}s for a 1 s check"
+
+
+def test_a_command_too_long_for_tmux_fails_its_step_not_the_run(af: Env) -> None:
+    big = "x" * 20_000
+    wf = af.write(
+        f"""\
+        version: 1
+        name: long
+        steps:
+          - id: big
+            env: {{BIG: "{big}"}}
+            run: echo never
+          - id: other
+            run: echo fine
+        """
+    )
+    res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    steps = af.state(run_id_of(res.stdout))["steps"]
+    assert steps["other"]["status"] == "succeeded"
+    assert steps["big"]["status"] == "failed"
+    assert "more than tmux passes to a window" in steps["big"]["message"]

@@ -24,6 +24,9 @@ from agentflow.settings import settings
 
 _MAX_SOCKET_PATH = 100
 HISTORY_LIMIT = 50000
+COMMAND_MAX = 16000
+"""The most bytes of a window's command and environment agentflow gives tmux: its client
+sends a command in one message of at most 16 KiB."""
 SERVER_ENV = ("HOME", "PATH", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "XDG_CONFIG_HOME")
 """All the tmux server gets of the environment of the process that starts it: what tmux
 and the user's tmux.conf need. The server's environment is the base of every window's, and
@@ -171,6 +174,12 @@ class Tmux:
             unset += [*([";"] if unset else []), "set-environment", "-g", "-u", name]
         if unset:
             self._cmd(*unset)
+
+    @staticmethod
+    def command_size(command: str, env: dict[str, str]) -> int:
+        """The bytes a window's command and environment take in tmux's message to its
+        server (which refuses one over ``COMMAND_MAX``)."""
+        return len(command.encode()) + sum(len(f"{k}={v}".encode()) + 4 for k, v in env.items())
 
     def new_window(
         self, session: str, name: str, command: str, cwd: Path, env: dict[str, str]

@@ -16,6 +16,7 @@ from agentflow.plan import PlannedStep
 from agentflow.runner.base import RunnerBase
 from agentflow.sandbox import wrapper_script
 from agentflow.state import FINAL, now
+from agentflow.tmux import COMMAND_MAX
 
 SANDBOX_RETRY = 5.0
 """Seconds between tries to bring back a sandbox that went away."""
@@ -128,6 +129,20 @@ class Launching(RunnerBase):
         workdir = self._workdir(step, env)
         launch = self.s.sandbox.launch(step_dir, workdir, env, secrets)
         pane_command = shlex.join(launch.command)
+        size = self.s.tmux.command_size(pane_command, launch.env)
+        if size > COMMAND_MAX:
+            # Values (outputs of earlier steps) made the command too long for tmux: this
+            # step fails, saying what to do; the run goes on with what does not need it.
+            why = (
+                f"its command and environment take {size} bytes, more than tmux passes to a "
+                f"window ({COMMAND_MAX}): pass large values through files"
+            )
+            self._update(
+                planned.id, status="failed", attempts=attempt, started_at=now(),
+                finished_at=now(), exit_code=None, message=why,
+            )  # fmt: skip
+            self._emit("step_finished", planned.id, status="failed", message=why)
+            return
         if st.window:
             self.s.tmux.kill_window(st.window)
         # Saved before the window exists: killed in between, a resume finds the attempt
