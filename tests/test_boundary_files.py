@@ -630,3 +630,44 @@ def test_a_command_too_long_for_tmux_fails_its_step_not_the_run(af: Env) -> None
     assert steps["other"]["status"] == "succeeded"
     assert steps["big"]["status"] == "failed"
     assert "more than tmux passes to a window" in steps["big"]["message"]
+
+
+@pytest.mark.docker
+def test_an_image_built_from_the_workspace_carries_no_home_and_takes_no_fifo(
+    af: Env, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    victim = host_dir(tmp_path)
+    af.home = af.workspace / ".agentflow"
+    af.env["AGENTFLOW_HOME"] = str(af.home)
+    first = af.write("version: 1\nname: first\nsteps:\n  - {id: s, run: echo first-runs-log}\n")
+    assert af.cli("run", str(first), "--ci", "--run-id", "first").returncode == 0
+    (af.workspace / "Dockerfile").write_text(f"FROM {TEST_IMAGE}\nCOPY . /ctx\n")
+    os.mkfifo(af.workspace / "pipe")  # archived, it would hold the build
+    os.symlink(victim / "precious.txt", af.workspace / "link.txt")  # kept as a link
+    (af.workspace / "data").mkdir()
+    (af.workspace / "data" / "ok.txt").write_text("ok\n")
+    wf = af.write(
+        """\
+        version: 1
+        name: ctx
+        sandbox: {backend: docker, build: {context: .}}
+        steps:
+          - id: look
+            run: find /ctx | sort; cat /ctx/data/ok.txt; readlink /ctx/link.txt
+        """,
+        "ctx.yaml",
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "ctx", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (af.run_dir("ctx") / "steps" / "look" / "output.log").read_text()
+    assert "/ctx/data/ok.txt" in log
+    assert f"{victim}/precious.txt" in log  # the link, not what it points to
+    assert "keep me" not in log
+    assert "/ctx/pipe" not in log
+    assert ".agentflow" not in log
+    docker_client.images.remove("agentflow/ctx:latest", force=True)
+    # A FIFO at .dockerignore: a one-line error, not a build that waits forever.
+    os.mkfifo(af.workspace / ".dockerignore")
+    res = af.cli("run", str(wf), "--ci", "--run-id", "ctx2", timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert ".dockerignore: is not a regular file" in res.stderr

@@ -61,6 +61,18 @@ def identities(paths: Iterable[Path]) -> frozenset[Identity]:
     return frozenset(i for i in map(identity, paths) if i is not None)
 
 
+def locate(folder: Path, ancestor: Identity | None) -> tuple[Path, Path] | None:
+    """When ``folder`` lies inside the folder whose identity is ``ancestor`` (or is it):
+    that folder's real path and ``folder``'s path relative to it; None otherwise."""
+    if ancestor is None:
+        return None
+    real = folder.resolve()
+    for parent in [real, *real.parents]:
+        if identity(parent) == ancestor:
+            return parent, real.relative_to(parent)
+    return None
+
+
 def under_hidden(real: Path, root: Path, hidden: frozenset[Identity]) -> bool:
     """Whether the real path ``real`` (no links left in it) lies in a hidden folder, by
     the identity of each folder between it and ``root``."""

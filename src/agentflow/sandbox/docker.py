@@ -17,13 +17,11 @@ container's configuration (``docker inspect`` would show them) nor a command lin
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import posixpath
 import secrets
 import shutil
 import signal as signals
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +29,6 @@ from typing import Any
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
@@ -47,16 +44,14 @@ from agentflow.sandbox import (
     keep_tail,
     marker,
 )
+from agentflow.sandbox import image as images
+from agentflow.sandbox.image import DOCKER_ERRORS, LABEL_WORKFLOW
+from agentflow.sandbox.image import first_line as _first_line
 from agentflow.workflow.model import Sandbox as SandboxConfig
-
-DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
-"""What docker-py raises when the daemon is gone: its own errors, and some of requests'
-(a connection aborted mid-call) that it does not wrap."""
 
 STEPS_MOUNT = "/agentflow/steps"
 """Where the run's ``steps/`` folder appears inside the container."""
 LABEL_RUN = "agentflow.run"
-LABEL_WORKFLOW = "agentflow.workflow"
 LABEL_HOME = "agentflow.home"
 CLIENT_ENV = (
     "PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_CONTEXT", "DOCKER_CERT_PATH",
@@ -112,11 +107,6 @@ def daemon_answers() -> bool:
     except EnvironmentProblem:
         return False
     return True
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 class DockerSandbox:
@@ -183,8 +173,7 @@ class DockerSandbox:
                     existing.remove(force=True)
                 except DOCKER_ERRORS:  # it keeps its name: the new one takes another
                     self.container_name = f"agentflow-{self.run_id}-{secrets.token_hex(2)}"
-        image = self.image()
-        self._container = self._create(image)
+        self._container = self._create(self.image())
 
     def _find(self) -> Container | None:
         found = self.client.containers.list(
@@ -195,67 +184,15 @@ class DockerSandbox:
 
     def image(self) -> str:
         """The image to run: ``image`` (pulled if missing), or built from ``build``."""
-        if self.config.build is not None:
-            return self._build()
-        if not self.config.image:
-            raise UsageError(
-                "the docker sandbox needs `sandbox.image` or `sandbox.build` in the workflow"
-            )
-        try:
-            self.client.images.get(self.config.image)
-        except docker.errors.ImageNotFound:
-            self.log(f"pulling {self.config.image}")
-            try:
-                self.client.images.pull(self.config.image)
-            except DOCKER_ERRORS as e:
-                raise EnvironmentProblem(
-                    f"image {self.config.image} is not on this machine and cannot be pulled "
-                    f"({_first_line(e)}): build it (`docker build -t {self.config.image} .`) "
-                    "or give `sandbox.build` in the workflow"
-                ) from None
-        return self.config.image
-
-    def _build(self) -> str:
-        build = self.config.build
-        assert build is not None
-        context = self._host_source("sandbox.build.context", build.context)
-        dockerfile = context / build.dockerfile
-        if not dockerfile.is_file():
-            raise UsageError(f"sandbox.build: no Dockerfile at {dockerfile}")
-        tag = f"agentflow/{self.workflow.lower()}:latest"
-        self.log(f"building {tag} from {dockerfile}")
-        lines: list[str] = []
-        out = self.build_log.open("a", encoding="utf-8") if self.build_log else None
-        try:
-            stream = self.client.api.build(
-                path=str(context),
-                dockerfile=str(dockerfile.relative_to(context)),
-                tag=tag,
-                buildargs=dict(build.args),
-                rm=True,
-                forcerm=True,  # no stopped build containers left behind by a failed build
-                decode=True,
-                labels={LABEL_WORKFLOW: self.workflow},
-            )
-            for chunk in stream:
-                text = chunk.get("stream") or chunk.get("status") or ""
-                if "error" in chunk:
-                    text = f"ERROR: {chunk['error']}\n"
-                for line in text.splitlines():
-                    if line.strip():
-                        lines.append(line)
-                        self.log(line)
-                        if out:
-                            out.write(line + "\n")
-                if "error" in chunk:
-                    tail = "\n".join(lines[-8:])
-                    raise EnvironmentProblem(f"building {tag} failed:\n{tail}")
-        except DOCKER_ERRORS as e:
-            raise EnvironmentProblem(f"building {tag} failed: {_first_line(e)}") from None
-        finally:
-            if out:
-                out.close()
-        return tag
+        return images.resolve(
+            self.client,
+            self.config,
+            workspace=self.workspace,
+            workflow=self.workflow,
+            hidden=[self.home, *([self.socket_dir] if self.socket_dir else [])],
+            log=self.log,
+            build_log=self.build_log,
+        )
 
     def _create(self, image: str) -> Container:
         cfg = self.config
@@ -317,37 +254,11 @@ class DockerSandbox:
         for i, m in enumerate(self.config.mounts):
             if not posixpath.isabs(m.target):
                 raise UsageError(f"sandbox.mounts[{i}]: target {m.target!r} must be absolute")
-            source = self._host_source(f"sandbox.mounts[{i}]", m.source)
+            source = images.host_source(self.workspace, f"sandbox.mounts[{i}]", m.source)
             mounts.append(
                 Mount(target=m.target, source=str(source), type="bind", read_only=m.read_only)
             )
         return mounts
-
-    def _host_source(self, key: str, given: str) -> Path:
-        """A host folder the workflow names (a mount's source, the build context). One in
-        the workspace is taken only as a real folder reached without a link: a step may
-        have replaced it with a link to any host folder (``safefs``)."""
-        where = f"{key}: {given}"
-        lexical = Path(os.path.normpath(self.workspace.absolute() / given))
-        workspace = self.workspace.absolute()
-        if lexical.is_relative_to(workspace):
-            try:
-                st = safefs.lstat(lexical, workspace)
-                if stat.S_ISLNK(st.st_mode):
-                    raise safefs.UnsafePath(errno.ELOOP, "is a symbolic link", str(lexical))
-            except FileNotFoundError:
-                raise UsageError(f"{where} does not exist (looked for {lexical})") from None
-            except OSError as e:
-                raise UsageError(
-                    f"{where}: {Path(e.filename or given).name} {e.strerror}: a folder in the "
-                    "workspace must be a real one (a step could have made the link); give "
-                    "the link's target instead"
-                ) from None
-            return lexical
-        source = lexical.resolve()
-        if not source.exists():
-            raise UsageError(f"{where} does not exist (looked for {source})")
-        return source
 
     def _hiding(self, mounts: list[Mount]) -> tuple[list[str], list[Mount]]:
         """Where agentflow's home and its tmux socket's folder appear inside the container
@@ -363,7 +274,7 @@ class DockerSandbox:
                 continue
             source = safefs.identity(Path(m["Source"]))
             for folder in folders:
-                found = _below(folder, source)
+                found = safefs.locate(folder, source)
                 if found is None:
                     continue
                 base, rel = found
@@ -480,18 +391,6 @@ class DockerSandbox:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
         self._container = None
-
-
-def _below(folder: Path, ancestor: safefs.Identity | None) -> tuple[Path, Path] | None:
-    """When ``folder`` lies inside the folder whose identity is ``ancestor`` (or is it):
-    that folder's real path and ``folder``'s path relative to it; None otherwise."""
-    if ancestor is None:
-        return None
-    real = folder.resolve()
-    for parent in [real, *real.parents]:
-        if safefs.identity(parent) == ancestor:
-            return parent, real.relative_to(parent)
-    return None
 
 
 def reap(home: Path, live_runs: set[str]) -> list[str]:
