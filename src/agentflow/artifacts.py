@@ -185,14 +185,17 @@ class Collector:
             copy = info.st_size <= self.copy_max
             target = partial / rel
             try:
+                # No further than the size it had when opened: a file a step keeps
+                # growing (or a FIFO swapped in) cannot hold the host in this loop.
+                chunks = iter(lambda: f.read(min(_CHUNK, info.st_size - size)), b"")
                 if not copy:
-                    while chunk := f.read(_CHUNK):
+                    for chunk in chunks:
                         digest.update(chunk)
                         size += len(chunk)
                     return Artifact(path=rel, size=size, sha256=digest.hexdigest(), copied=False)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with target.open("xb") as out:
-                    while chunk := f.read(_CHUNK):
+                    for chunk in chunks:
                         digest.update(chunk)
                         out.write(chunk)
                         size += len(chunk)

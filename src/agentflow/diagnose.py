@@ -156,7 +156,7 @@ def _read_log(path: Path) -> tuple[str, str, str, int]:
             f.seek(0)
             head = f.read(4096).decode("utf-8", errors="replace")
             f.seek(max(0, size - _SCAN_BYTES))
-            end = f.read().decode("utf-8", errors="replace")
+            end = f.read(_SCAN_BYTES).decode("utf-8", errors="replace")
     except OSError:
         return "", "", "", 0
     lines = end.splitlines()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from agentflow import safefs, stepfiles
 from agentflow.display import describe
 from agentflow.report.model import DECISION_KINDS
 from agentflow.store import Event
@@ -54,7 +55,7 @@ def log_tail(path: Path, max_lines: int, max_bytes: int = 16 * 1024) -> str:
     if not raw:
         return ""
     try:
-        cut = path.stat().st_size > max_bytes
+        cut = safefs.lstat(path, stepfiles.steps_root(path)).st_size > max_bytes
     except OSError:
         cut = False
     lines = printable(raw).rstrip("\n").split("\n")
