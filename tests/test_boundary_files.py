@@ -671,3 +671,45 @@ def test_an_image_built_from_the_workspace_carries_no_home_and_takes_no_fifo(
     res = af.cli("run", str(wf), "--ci", "--run-id", "ctx2", timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
     assert ".dockerignore: is not a regular file" in res.stderr
+
+
+@pytest.mark.docker
+def test_a_mount_inside_a_writable_mount_and_the_workspace_inside_one_hold(
+    af: Env, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    victim = host_dir(tmp_path)
+    outer = tmp_path / "outer"
+    (outer / "inner").mkdir(parents=True)
+    wf = af.write(
+        f"""\
+        version: 1
+        name: nested
+        sandbox:
+          backend: docker
+          image: {TEST_IMAGE}
+          mounts:
+            - {{source: {outer}, target: /outer}}
+            - {{source: {outer}/inner, target: /inner, read_only: true}}
+            - {{source: {af.workspace.parent}, target: /parent}}
+        steps:
+          - id: swap
+            run: |
+              mv /parent/{af.workspace.name} /parent/moved && echo MOVED || echo kept
+              rmdir /outer/inner && ln -s {victim} /outer/inner
+        """
+    )
+    first = af.cli("run", str(wf), "--ci", timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (
+        "kept"
+        in first.stdout
+        + (af.home / "runs")
+        .joinpath(run_id_of(first.stdout), "steps", "swap", "output.log")
+        .read_text()
+    )
+    assert af.workspace.is_dir()
+    again = af.cli("run", str(wf), "--ci", timeout=120)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "sandbox.mounts[1]" in again.stderr
+    assert "is a symbolic link" in again.stderr
+    untouched(victim)

@@ -251,10 +251,17 @@ class DockerSandbox:
             Mount(target=self.config.workdir, source=str(self.workspace), type="bind"),
             Mount(target=STEPS_MOUNT, source=str(self.steps_dir), type="bind"),
         ]
+        # A source inside a folder the sandbox can write (the workspace, a read-write mount)
+        # is checked like one inside the workspace: no link on the way.
+        writable = [self.workspace.absolute()] + [
+            Path(os.path.normpath(self.workspace.absolute() / m.source))
+            for m in self.config.mounts
+            if not m.read_only
+        ]
         for i, m in enumerate(self.config.mounts):
             if not posixpath.isabs(m.target):
                 raise UsageError(f"sandbox.mounts[{i}]: target {m.target!r} must be absolute")
-            source = images.host_source(self.workspace, f"sandbox.mounts[{i}]", m.source)
+            source = images.host_source(self.workspace, f"sandbox.mounts[{i}]", m.source, writable)
             mounts.append(
                 Mount(target=m.target, source=str(source), type="bind", read_only=m.read_only)
             )
@@ -273,6 +280,23 @@ class DockerSandbox:
             if m["Target"] == STEPS_MOUNT:
                 continue
             source = safefs.identity(Path(m["Source"]))
+            # The workspace inside another mount is pinned too, itself included: the host
+            # reads it by its path all run long, so a step must not rename it away.
+            inner = (
+                safefs.locate(self.workspace, source)
+                if m["Target"] != self.config.workdir
+                else None
+            )
+            if inner is not None:
+                base, rel = inner
+                for depth in range(1, len(rel.parts) + 1):
+                    inside = posixpath.join(m["Target"], *rel.parts[:depth])
+                    pinned[inside] = Mount(
+                        target=inside,
+                        source=str(base.joinpath(*rel.parts[:depth])),
+                        type="bind",
+                        read_only=bool(m.get("ReadOnly")),
+                    )
             for folder in folders:
                 found = safefs.locate(folder, source)
                 if found is None:

@@ -42,14 +42,16 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def host_source(workspace: Path, key: str, given: str) -> Path:
+def host_source(workspace: Path, key: str, given: str, writable: list[Path] | None = None) -> Path:
     """A host folder the workflow names (a mount's source, the build context). One in the
-    workspace is taken only as a real folder reached without a link: a step may have
+    workspace, or in another folder a step can write (``writable``: read-write mounts), is
+    taken only as a real folder reached from there without a link: a step may have
     replaced it with a link to any host folder (``safefs``)."""
     where = f"{key}: {given}"
-    root = workspace.absolute()
-    lexical = Path(os.path.normpath(root / given))
-    if not lexical.is_relative_to(root):
+    lexical = Path(os.path.normpath(workspace.absolute() / given))
+    roots = [r for r in (writable or [workspace.absolute()]) if r != lexical]
+    root = next((r for r in roots if lexical.is_relative_to(r)), None)
+    if root is None:
         source = lexical.resolve()
         if not source.exists():
             raise UsageError(f"{where} does not exist (looked for {source})")
@@ -63,8 +65,8 @@ def host_source(workspace: Path, key: str, given: str) -> Path:
     except OSError as e:
         raise UsageError(
             f"{where}: {Path(e.filename or given).name} {e.strerror}: a folder in the "
-            "workspace must be a real one (a step could have made the link); give the "
-            "link's target instead"
+            "workspace or a writable mount must be a real one (a step could have made the "
+            "link); give the link's target instead"
         ) from None
     return lexical
 
