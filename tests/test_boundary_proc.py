@@ -22,7 +22,7 @@ import pytest
 
 from agentflow.store import RunDir
 
-from conftest import TEST_IMAGE, Env
+from conftest import TEST_IMAGE, Env, fill
 
 DOCKER = f"sandbox: {{backend: docker, image: {TEST_IMAGE}}}\n"
 LOCAL = "sandbox: {backend: local}\n"
@@ -220,19 +220,6 @@ def test_stop_of_a_detached_run_in_docker_ends_the_setsid_child(
 
 
 # --- a full disk loses output: recorded, shown ----------------------------------------------
-
-
-def fill(path: Path, leave: int) -> None:
-    """A file at ``path`` that takes every free byte of its file system but ``leave``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for size in (1 << 16, 1 << 12, 1 << 9, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-        os.ftruncate(fd, os.fstat(fd).st_size - leave)
-    finally:
-        os.close(fd)
 
 
 def disk_filled_by_output(af: Env, sandbox: str, ballast_inside: str) -> None:

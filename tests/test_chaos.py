@@ -34,7 +34,7 @@ from agentflow.store import Event, RunDir
 from agentflow.tmux import socket_path_for
 from agentflow.workflow import load_workflow
 
-from conftest import TEST_IMAGE, Env
+from conftest import TEST_IMAGE, Env, fill
 
 pytestmark = pytest.mark.chaos
 
@@ -493,19 +493,10 @@ def test_one_damaged_run_does_not_hide_the_others(af: Env) -> None:
 # --- a full disk -----------------------------------------------------------------------------
 
 
-def fill(folder: Path, leave: int = 0) -> Path:
+def fill_folder(folder: Path, leave: int = 0) -> Path:
     """A file that takes every free byte of ``folder``'s file system but ``leave``."""
-    ballast = folder / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for size in (1 << 16, 1 << 12, 1 << 9, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-        os.ftruncate(fd, os.fstat(fd).st_size - leave)
-    finally:
-        os.close(fd)
-    return ballast
+    fill(folder / "ballast", leave)
+    return folder / "ballast"
 
 
 HOLD = """\
@@ -536,7 +527,7 @@ def test_a_full_disk_is_a_clear_error_and_the_checkpoint_stays_valid(
     wf = af.write(HOLD)
     proc = af.start("run", str(wf), "--run-id", "full1", "--ci")
     af.wait_for(lambda: (af.run_dir("full1") / "steps" / "hold" / "pid").exists())
-    ballast = fill(small_disk)
+    ballast = fill_folder(small_disk)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out + err
@@ -568,7 +559,7 @@ def test_a_step_ending_on_a_full_disk_keeps_its_exit_code(small_disk: Path, af: 
     wf = af.write(HOLD)
     proc = af.start("run", str(wf), "--run-id", "full2", "--ci")
     af.wait_for(lambda: (af.run_dir("full2") / "steps" / "hold" / "pid").exists())
-    ballast = fill(small_disk)
+    ballast = fill_folder(small_disk)
     (af.workspace / "release").touch()
     af.wait_for(lambda: (af.run_dir("full2") / "steps" / "hold" / "exit_code").exists())
     assert (af.run_dir("full2") / "steps" / "hold" / "exit_code").read_text().strip() == "0"
@@ -604,7 +595,7 @@ def test_a_step_that_cannot_be_written_on_a_full_disk_is_a_clear_error(
     proc = af.start("run", str(wf), "--run-id", "full3", "--ci")
     events = af.run_dir("full3") / "events.jsonl"
     af.wait_for(lambda: "retry_scheduled" in events.read_text(), message="in the back-off")
-    fill(small_disk, leave=4096)
+    fill_folder(small_disk, leave=4096)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out + err
     assert "Traceback" not in err

@@ -288,15 +288,7 @@ class DockerSandbox:
                 else None
             )
             if inner is not None:
-                base, rel = inner
-                for depth in range(1, len(rel.parts) + 1):
-                    inside = posixpath.join(m["Target"], *rel.parts[:depth])
-                    pinned[inside] = Mount(
-                        target=inside,
-                        source=str(base.joinpath(*rel.parts[:depth])),
-                        type="bind",
-                        read_only=bool(m.get("ReadOnly")),
-                    )
+                pinned.update(_pins(m, *inner, len(inner[1].parts)))
             for folder in folders:
                 found = safefs.locate(folder, source)
                 if found is None:
@@ -308,14 +300,7 @@ class DockerSandbox:
                         f"{m['Target']}: set AGENTFLOW_HOME (or AGENTFLOW_TMUX_SOCKET) elsewhere"
                     )
                 targets.append(posixpath.join(m["Target"], *rel.parts))
-                for depth in range(1, len(rel.parts)):
-                    inside = posixpath.join(m["Target"], *rel.parts[:depth])
-                    pinned[inside] = Mount(
-                        target=inside,
-                        source=str(base.joinpath(*rel.parts[:depth])),
-                        type="bind",
-                        read_only=bool(m.get("ReadOnly")),
-                    )
+                pinned.update(_pins(m, base, rel, len(rel.parts) - 1))
         return targets, list(pinned.values())
 
     # --- steps ------------------------------------------------------------------------------
@@ -415,6 +400,21 @@ class DockerSandbox:
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
         self._container = None
+
+
+def _pins(mount: Mount, base: Path, rel: Path, depth: int) -> dict[str, Mount]:
+    """The first ``depth`` folders of ``rel`` below ``mount``'s root (``base`` on the
+    host), each bound onto itself: a mount point cannot be renamed from inside."""
+    pins = {}
+    for n in range(1, depth + 1):
+        inside = posixpath.join(mount["Target"], *rel.parts[:n])
+        pins[inside] = Mount(
+            target=inside,
+            source=str(base.joinpath(*rel.parts[:n])),
+            type="bind",
+            read_only=bool(mount.get("ReadOnly")),
+        )
+    return pins
 
 
 def reap(home: Path, live_runs: set[str]) -> list[str]:
