@@ -9,14 +9,13 @@ before anything leaves the process. The model answers with one ``submit_decision
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agentflow import safefs, stepfiles
+from agentflow import logscan
 from agentflow.llm import LLM, LLMError, ToolCall
 from agentflow.redact import Redactor
 from agentflow.runbook import bounded
@@ -25,14 +24,6 @@ from agentflow.workflow.model import Step
 
 CHARS_PER_TOKEN = 4
 DEFAULT_BUDGET_TOKENS = 6000
-_ERROR = re.compile(
-    r"error|exception|traceback|fatal|failed|failure|killed|denied|no such|not found|"
-    r"out of memory|oom|nan\b|panic|segmentation",
-    re.IGNORECASE,
-)
-_SCAN_BYTES = 8 * 1024 * 1024
-"""How far back from the end of a log the error scan looks."""
-
 SYSTEM = """\
 You are the recovery engineer of agentflow. A step of an engineering workflow failed. Read \
 the account below (it is bounded: the log is cut), find the cause, and decide one action: \
@@ -110,67 +101,73 @@ def build_context(
         "message": failure.message,
         "attempts so far": failure.attempts,
     }
-    head, tail, errors, size = _read_log(failure.log)
+    log = logscan.read(failure.log)
     earlier = [
         f"{e.ts:%H:%M:%S} attempt {e.attempt}: {e.kind} {e.status or ''} {e.message or ''}".strip()
         for e in history
         if e.step == step.id and e.kind not in ("step_started",)
     ][-12:]
-    # In order of importance; each part gets a share of what is left.
+    errors = "\n---\n".join(log.errors)
+    if log.more_shapes:
+        errors += f"\n[... and {log.more_shapes} more kinds of error line]"
+    # In order of importance, each with its share of the budget and the end it keeps when
+    # cut (a log's tail its end, the rest their start); what a part leaves unused goes to
+    # the parts that need more, in this order.
     parts = [
-        ("The step", json.dumps({k: v for k, v in about.items() if v is not None}), 0.1),
-        ("Its script", failure.script, 0.12),
-        (f"End of its log ({size} bytes in all)", tail, 0.3),
-        ("Lines that look like errors (with context)", errors, 0.2),
-        ("Start of its log", head, 0.06),
-        ("Earlier attempts and decisions", "\n".join(earlier), 0.07),
-        (
+        Part("The step", json.dumps({k: v for k, v in about.items() if v is not None}), 0.1),
+        Part("Its script", failure.script, 0.12),
+        Part(f"End of its log ({log.size} bytes in all)", log.tail, 0.3, keep="end"),
+        Part("Lines that look like errors, each kind once (with context)", errors, 0.2),
+        Part("Start of its log", log.head, 0.06),
+        Part("Earlier attempts and decisions", "\n".join(earlier), 0.07, keep="end"),
+        Part(
             "Runbook failure modes",
             bounded(runbooks, budget // 4, failures_only=True, root=workspace),
             0.15,
         ),
     ]
-    out = []
-    for title, text, share in parts:
-        if not text:
-            continue
-        limit = int(budget * share)
-        text = redact(text)
-        if len(text) > limit:
-            text = (
-                "[... cut ...]\n" + text[-limit:]
-                if "log" in title
-                else text[:limit] + "\n[... cut ...]"
-            )
-        out.append(f"## {title}\n{text}")
-    context = "\n\n".join(out)
-    return context[:budget]
+    return fit([p.masked(redact) for p in parts], budget)
 
 
-def _read_log(path: Path) -> tuple[str, str, str, int]:
-    """(head, tail, error lines with context, size) of a log of any size."""
-    try:
-        with safefs.open_read(path, stepfiles.steps_root(path)) as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(0)
-            head = f.read(4096).decode("utf-8", errors="replace")
-            f.seek(max(0, size - _SCAN_BYTES))
-            end = f.read(_SCAN_BYTES).decode("utf-8", errors="replace")
-    except OSError:
-        return "", "", "", 0
-    lines = end.splitlines()
-    tail = "\n".join(lines[-150:])
-    hits: list[str] = []
-    last_shown = -1
-    for i, line in enumerate(lines[:-150] if len(lines) > 150 else []):
-        if _ERROR.search(line) and i > last_shown:
-            lo, hi = max(0, i - 2, last_shown + 1), min(len(lines), i + 3)
-            hits.append("\n".join(lines[lo:hi]))
-            last_shown = hi - 1
-            if len(hits) >= 40:
-                break
-    return head, tail, "\n---\n".join(hits), size
+CUT = "[... cut ...]"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One section of the account: a title, its text, its share of the budget, and which
+    end of the text it keeps when cut."""
+
+    title: str
+    text: str
+    share: float
+    keep: Literal["start", "end"] = "start"
+
+    def masked(self, redact: Redactor) -> Part:
+        return Part(self.title, redact(self.text), self.share, self.keep)
+
+    def cut(self, limit: int) -> str:
+        if len(self.text) <= limit:
+            return self.text
+        room = max(0, limit - len(CUT) - 1)
+        if self.keep == "end":
+            return f"{CUT}\n{self.text[len(self.text) - room :]}"
+        return f"{self.text[:room]}\n{CUT}"
+
+
+def fit(parts: list[Part], budget: int) -> str:
+    """The parts within ``budget`` characters: each gets its share, and what a part does
+    not use is given to the parts that need more, most important first."""
+    parts = [p for p in parts if p.text]
+    headers = sum(len(p.title) + 6 for p in parts)  # "## ", "\n", "\n\n" between
+    room = max(0, budget - headers)
+    limits = [min(len(p.text), int(room * p.share)) for p in parts]
+    left = room - sum(limits)
+    for i, p in enumerate(parts):
+        more = min(left, len(p.text) - limits[i])
+        limits[i] += more
+        left -= more
+    text = "\n\n".join(f"## {p.title}\n{p.cut(n)}" for p, n in zip(parts, limits, strict=True))
+    return text[:budget]
 
 
 class Diagnoser:

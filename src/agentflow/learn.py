@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
+from agentflow import logscan
 from agentflow.errors import AgentflowError, UsageError, WorkflowError
 from agentflow.runbook import read as runbook_text
 from agentflow.state import UNSUCCESSFUL, RunState
@@ -50,11 +51,6 @@ MATCH_BYTES = 64 * 1024
 LONGEST_MATCH = 100
 """A symptom line longer than this gives a ``match`` of its start only."""
 
-_ERROR = re.compile(
-    r"error|exception|traceback|fatal|failed|failure|killed|denied|refused|no such|not found|"
-    r"out of memory|oom\b|nan\b|panic|segmentation|timed? ?out|unavailable|no space",
-    re.IGNORECASE,
-)
 _DIAGNOSIS = re.compile(
     r"(?P<action>\w+): (?P<diagnosis>.*) \[(?P<category>[^\[\]]*); \d+ tokens\]", re.DOTALL
 )
@@ -265,7 +261,7 @@ def symptom_line(
     def new(line: str) -> bool:
         return not succeeded or not re.search(match_for(line, volatile), succeeded, re.MULTILINE)
 
-    errors = [x for x in lines if _ERROR.search(x)]
+    errors = [x for x in lines if logscan.ERROR.search(x)]
     for group in ([x for x in errors if new(x)], [x for x in lines if new(x)], errors):
         if group:
             return group[-1]
