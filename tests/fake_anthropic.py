@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None
     """Sent instead of ``body`` as JSON: an answer ``json.dumps`` cannot make."""
+    delay: float = 0.0
+    """Seconds the fake thinks before it answers (a slow model)."""
 
 
 def tool_use(name: str, payload: dict[str, Any], tokens: tuple[int, int] = (900, 120)) -> Reply:
@@ -66,6 +69,7 @@ class FakeAnthropic:
                         if fake.replies
                         else error(500, "api_error", "the fake has no scripted reply left")
                     )
+                time.sleep(reply.delay)
                 data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 self.send_header("content-type", "application/json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -330,3 +331,39 @@ def test_skip_and_abort_decisions(af: Env, action: str) -> None:
     st = af.state(run_id_of(res.stdout))["steps"]["count"]
     assert st["status"] == ("skipped" if action == "skip" else "failed")
     assert res.returncode == (0 if action == "skip" else 1)
+
+
+def test_a_slow_model_never_delays_another_steps_timeout(af: Env) -> None:
+    wf = af.write(
+        """\
+        version: 1
+        name: slow
+        planner: {type: static}
+        steps:
+          - id: broken
+            run: exit 3
+            on_failure: diagnose
+          - id: slow
+            run: sleep 30
+            timeout: 2s
+          - id: after-broken
+            needs: [broken]
+            run: echo never
+        """
+    )
+    slow_answer = decision("abort")
+    slow_answer.delay = 10
+    with FakeAnthropic([slow_answer]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--ci", timeout=90)
+    assert res.returncode == 1, res.stdout + res.stderr
+    state = af.state(run_id_of(res.stdout))
+    slow = state["steps"]["slow"]
+    took = datetime.fromisoformat(slow["finished_at"]) - datetime.fromisoformat(slow["started_at"])
+    assert slow["status"] == "timeout"
+    assert took.total_seconds() < 3 + 2, took  # its timeout (2 s), the kill's grace, not 10 s
+    events = [json.loads(x) for x in (af.run_dir(state["run_id"]) / "events.jsonl").open()]
+    kinds = [(e["kind"], e.get("step")) for e in events]
+    assert kinds.index(("step_finished", "slow")) < kinds.index(("diagnosis", "broken"))
+    assert state["steps"]["broken"]["status"] == "failed"
+    assert state["steps"]["after-broken"]["status"] == "skipped"

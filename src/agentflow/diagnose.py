@@ -9,6 +9,9 @@ before anything leaves the process. The model answers with one ``submit_decision
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -176,6 +179,25 @@ class Diagnoser:
     def __init__(self, llm: LLM, budget_tokens: int = DEFAULT_BUDGET_TOKENS) -> None:
         self.llm = llm
         self.budget_tokens = budget_tokens
+
+    def ask(
+        self, context: str, done: Callable[[], None] | None = None
+    ) -> Future[tuple[Decision, ToolCall]]:
+        """``decide`` on a thread of its own, so that the runner never waits for the model;
+        ``done`` is called when the answer (or the error) is there."""
+        answer: Future[tuple[Decision, ToolCall]] = Future()
+
+        def run() -> None:
+            try:
+                answer.set_result(self.decide(context))
+            except BaseException as e:  # handed to the runner, which says what it was
+                answer.set_exception(e)
+            finally:
+                if done is not None:
+                    done()
+
+        threading.Thread(target=run, name="agentflow-diagnosis", daemon=True).start()
+        return answer
 
     def decide(self, context: str) -> tuple[Decision, ToolCall]:
         messages = [{"role": "user", "content": context}]

@@ -224,6 +224,11 @@ class Waker:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._signal_r, 1024)
 
+    def wake(self) -> None:
+        """End the current sleep at once (from any thread)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._signal_w, b"\0")
+
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
         """While inside, Ctrl-C and SIGTERM set ``interrupted`` and wake the sleeper; the

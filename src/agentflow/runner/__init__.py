@@ -65,11 +65,13 @@ class Runner(Watching, Launching):
             raise
         self._ensure_session()
         waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
+        self.wake = waker.wake
         try:
             with waker.signals():
                 while True:
                     while not waker.interrupted:
                         changed_before = self.schedule.last
+                        self._collect_diagnoses()
                         self._check_running()
                         self._resuming = False
                         self._start_ready()
@@ -118,6 +120,7 @@ class Runner(Watching, Launching):
                     times.append(self.next_probe[step_id])
             elif st.status == "pending" and st.not_before is not None:
                 times.append(st.not_before)
+        times += [asked.deadline for asked in self.diagnoses.values()]
         return min(times)
 
     def _finish(self) -> RunState:
@@ -149,6 +152,8 @@ class Runner(Watching, Launching):
     def stop(self, reason: str) -> None:
         """Stop every running step (TERM, then KILL after the grace period), close the
         run's tmux session, and mark the run interrupted."""
+        for step_id in list(self.diagnoses):  # the model's answer is no longer wanted
+            self._undiagnosed(step_id)
         running = [k for k, v in self.state.steps.items() if v.status == "running"]
         for step_id in running:
             self._update(step_id, kill_reason="stop", kill_sent_at=now(), message=reason)

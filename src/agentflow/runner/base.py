@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Literal, Protocol, TypeVar
 from pydantic import BaseModel
 
 from agentflow import safefs, stepfiles
+from agentflow.diagnose import Decision as ModelDecision
 from agentflow.diagnose import Diagnoser
+from agentflow.llm import ToolCall
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -27,7 +30,7 @@ from agentflow.monitor import (
 from agentflow.plan import Plan
 from agentflow.redact import Redactor
 from agentflow.sandbox import Sandbox
-from agentflow.state import FINAL, Progress, RunState, now
+from agentflow.state import FINAL, Progress, RunState, StepStatus, now
 from agentflow.store import Event, RunDir
 from agentflow.template import Ref, scalar_text, substitute
 from agentflow.tmux import Tmux, wake_channel
@@ -83,6 +86,18 @@ class RunSetup:
 
 MAX_DECISIONS_PER_STEP = 3
 MAX_DECISIONS_PER_RUN = 10
+DIAGNOSIS_DEADLINE = 600.0
+"""Seconds a diagnosis may take before the step is escalated without the model's answer."""
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A diagnosis under way: how the attempt ended, and the model's answer to come."""
+
+    status: StepStatus
+    message: str | None
+    deadline: datetime
+    answer: Future[tuple[ModelDecision, ToolCall]]
 
 
 class RunnerBase:
@@ -101,6 +116,10 @@ class RunnerBase:
         self._sandbox_checked = True
         self._sandbox_down_since: datetime | None = None
         self.clocks: dict[str, StepClock] = {}
+        self.diagnoses: dict[str, Asked] = {}
+        """Steps whose failure the model is looking at, off the runner's thread."""
+        self.wake: Callable[[], None] = lambda: None
+        """Wakes the runner from its sleep (a diagnosis answered)."""
         # Never read from a workspace, by identity: agentflow's home (other runs' logs) and
         # its tmux socket's folder, wherever they lie and whatever path leads to them.
         self.hidden = safefs.identities(

@@ -13,16 +13,22 @@ from agentflow.artifacts import ArtifactError, Collector
 from agentflow.diagnose import Decision as ModelDecision
 from agentflow.diagnose import Failure, build_context
 from agentflow.errors import AgentflowError
-from agentflow.llm import BudgetExceeded
+from agentflow.llm import BudgetExceeded, ToolCall
 from agentflow.recovery import Decision as RecoveryDecision
 from agentflow.recovery import decide
-from agentflow.runner.base import MAX_DECISIONS_PER_RUN, MAX_DECISIONS_PER_STEP, RunnerBase
+from agentflow.runner.base import (
+    DIAGNOSIS_DEADLINE,
+    MAX_DECISIONS_PER_RUN,
+    MAX_DECISIONS_PER_STEP,
+    Asked,
+    RunnerBase,
+)
 from agentflow.settings import settings
 from agentflow.state import StepState, StepStatus, now
 from agentflow.template import TemplateSyntaxError, references
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
 from agentflow.workflow.model import Step
-from agentflow.workflow.types import ENV_PATTERN, parse_duration
+from agentflow.workflow.types import ENV_PATTERN, format_duration, parse_duration
 
 
 class Outcomes(RunnerBase):
@@ -233,14 +239,51 @@ class Outcomes(RunnerBase):
             failure, self.s.run.read_events(), self.s.runbooks, self.redactor,
             diagnoser.budget_tokens, self.s.workspace,
         )  # fmt: skip
-        try:
-            decision, call = diagnoser.decide(context)
-        except BudgetExceeded as e:
-            self._escalate(step_id, str(e))
-            return
-        except AgentflowError as e:  # the API down, the key refused, an unusable answer
-            self._escalate(step_id, f"the model could not decide: {str(e).splitlines()[0]}")
-            return
+        # The model is asked off the runner's thread: while it thinks, the runner goes on
+        # enforcing timeouts, probes and stop requests. The step waits, pending, and its
+        # dependents with it; the answer is carried out at the runner's next look.
+        self.diagnoses[step_id] = Asked(
+            status, st.message, now() + timedelta(seconds=DIAGNOSIS_DEADLINE),
+            diagnoser.ask(context, self.wake),
+        )  # fmt: skip
+        self._update(step_id, status="pending", message="diagnosing: the model is looking")
+        self._emit("diagnosis_started", step_id, status=status)
+
+    def _collect_diagnoses(self) -> None:
+        """Carry out the model's answers that have come (on the runner's thread)."""
+        for step_id, asked in list(self.diagnoses.items()):
+            late = not asked.answer.done() and now() >= asked.deadline
+            if not asked.answer.done() and not late:
+                continue
+            self._undiagnosed(step_id)
+            if self.aborting is not None:
+                continue
+            if late:
+                self._escalate(
+                    step_id,
+                    f"the model did not answer within {format_duration(DIAGNOSIS_DEADLINE)}",
+                )
+                continue
+            step = self.s.workflow.step(step_id)
+            try:
+                decision, call = asked.answer.result()
+            except BudgetExceeded as e:
+                self._escalate(step_id, str(e))
+                continue
+            except AgentflowError as e:  # the API down, the key refused, an unusable answer
+                self._escalate(step_id, f"the model could not decide: {str(e).splitlines()[0]}")
+                continue
+            self._decided(step_id, step, asked.status, decision, call)
+
+    def _undiagnosed(self, step_id: str) -> None:
+        """The step is no longer waiting for the model: back to how its attempt ended."""
+        asked = self.diagnoses.pop(step_id)
+        self._update(step_id, status=asked.status, message=asked.message)
+
+    def _decided(
+        self, step_id: str, step: Step, status: StepStatus, decision: ModelDecision, call: ToolCall
+    ) -> None:
+        st = self.state.steps[step_id]
         self.state = self.state.with_run(
             tokens_used=self.state.tokens_used + call.tokens, decisions=self.state.decisions + 1
         )
