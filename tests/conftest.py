@@ -176,7 +176,8 @@ def _remove_containers(home: Path) -> None:
         import docker
 
         client = docker.from_env(version="auto", timeout=5)
-        for c in client.containers.list(all=True, filters={"label": f"agentflow.home={home}"}):
+        label = f"agentflow.home={home.resolve()}"  # agentflow labels by the real path
+        for c in client.containers.list(all=True, filters={"label": label}):
             c.remove(force=True)
     except Exception:  # no daemon: nothing to clean
         return

@@ -713,3 +713,123 @@ def test_a_mount_inside_a_writable_mount_and_the_workspace_inside_one_hold(
     assert "sandbox.mounts[1]" in again.stderr
     assert "is a symbolic link" in again.stderr
     untouched(victim)
+
+
+def test_only_ascii_digits_make_an_exit_code(tmp_path: Path) -> None:
+    step = tmp_path / "steps" / "s"
+    step.mkdir(parents=True)
+    for text in ("²", "--5", "1e3", "0x1"):
+        (step / "exit_code").write_text(text)
+        assert stepfiles.exit_code(step)[0] == 255, text
+    (step / "exit_code").write_text("  -3\n")
+    assert stepfiles.exit_code(step)[0] == -3
+
+
+def test_progress_is_found_behind_many_later_lines() -> None:
+    text = "epoch 3/10 [####\n" + "".join(f"chatty line {i}\n" for i in range(200))
+    assert parse_progress(text, None) == (3.0, 10.0)
+    assert parse_progress(text, r"epoch (\d+)/(\d+)") == (3.0, 10.0)
+
+
+@pytest.mark.docker
+def test_a_home_reached_through_a_link_the_step_replaces_stays_put(
+    af: Env, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    victim = host_dir(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (af.workspace / ".agentflow").symlink_to(scratch)  # the home kept on a scratch disk
+    af.home = af.workspace / ".agentflow"
+    af.env["AGENTFLOW_HOME"] = str(af.home)
+    wf = af.write(
+        f"""\
+        version: 1
+        name: relink
+        {BOX}
+        steps:
+          - id: swap
+            run: |
+              rm .agentflow && mkdir -p .agentflow/runs/$AGENTFLOW_RUN_ID
+              for f in events.jsonl agentflow.log state.json report.md; do
+                ln -s {victim}/precious.txt .agentflow/runs/$AGENTFLOW_RUN_ID/$f
+              done
+          - id: after
+            needs: [swap]
+            run: echo still-recorded
+        """
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "relink", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (scratch / "runs" / "relink" / "state.json").is_file()
+    assert (
+        "still-recorded" in (scratch / "runs" / "relink" / "events.jsonl").read_text()
+        or (scratch / "runs" / "relink" / "steps" / "after" / "output.log").read_text()
+        == "still-recorded\n"
+    )
+    untouched(victim)
+
+
+@pytest.mark.docker
+def test_mounts_that_overlap_the_workspace_start_and_links_in_writable_ones_are_refused(
+    af: Env, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    # A monorepo: the workspace is a service folder, its repository mounted around it.
+    repo = tmp_path / "repo"
+    (repo / "lib").mkdir(parents=True)
+    (repo / "lib" / "shared.txt").write_text("shared\n")
+    svc = repo / "svc"
+    svc.mkdir()
+    (svc / "data").mkdir()
+    link = tmp_path / "repo-link"
+    link.symlink_to(repo)  # the writable mount named through a link
+    victim = host_dir(tmp_path)
+    wf = svc / "wf.yaml"
+    wf.write_text(
+        f"version: 1\nname: mono\nsandbox:\n  backend: docker\n  image: {TEST_IMAGE}\n"
+        "  workdir: /repo/svc\n  mounts:\n"
+        f"    - {{source: {link}, target: /repo}}\n"
+        f"    - {{source: {repo}/svc/data, target: /data, read_only: true}}\n"
+        "steps:\n  - id: s\n    run: cat /repo/lib/shared.txt && rmdir data && "
+        f"ln -s {victim} data\n"
+    )
+    first = af.cli("run", str(wf), "--ci", timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = af.cli("run", str(wf), "--ci", timeout=120)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "sandbox.mounts[1]" in again.stderr
+    assert "is a symbolic link" in again.stderr
+    untouched(victim)
+
+
+@pytest.mark.docker
+def test_linked_build_files_and_an_oddly_named_home_build_as_before(
+    af: Env, docker_client: docker.DockerClient
+) -> None:
+    af.home = af.workspace / "state[1]"  # a home whose name reads as a glob
+    af.env["AGENTFLOW_HOME"] = str(af.home)
+    first = af.write("version: 1\nname: first\nsteps:\n  - {id: s, run: echo x}\n")
+    assert af.cli("run", str(first), "--ci").returncode == 0
+    (af.workspace / "docker").mkdir()
+    (af.workspace / "docker" / "Dockerfile.dev").write_text(f"FROM {TEST_IMAGE}\nCOPY . /ctx\n")
+    (af.workspace / "Dockerfile").symlink_to("docker/Dockerfile.dev")
+    (af.workspace / ".gitignore").write_text("ignored.txt\n")
+    (af.workspace / ".dockerignore").symlink_to(".gitignore")
+    (af.workspace / "ignored.txt").write_text("no\n")
+    wf = af.write(
+        """\
+        version: 1
+        name: linked
+        sandbox: {backend: docker, build: {context: .}}
+        steps:
+          - id: look
+            run: find /ctx | sort
+        """,
+        "linked.yaml",
+    )
+    res = af.cli("run", str(wf), "--ci", "--run-id", "linked", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (af.run_dir("linked") / "steps" / "look" / "output.log").read_text()
+    assert "/ctx/docker/Dockerfile.dev" in log
+    assert "ignored.txt" not in log
+    assert "state[1]" not in log
+    docker_client.images.remove("agentflow/linked:latest", force=True)

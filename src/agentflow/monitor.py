@@ -37,10 +37,8 @@ _TQDM = (
     re.compile(r"(?<!\d)(\d{1,18})/(\d{1,18}) \["),
     re.compile(r"(?<![\d.])(\d{1,18}(?:\.\d{1,9})?)%\|"),
 )
-PROGRESS_LINES = 50
-"""How many of the latest lines (or progress-bar redraws) are searched for progress."""
 PROGRESS_LINE_BYTES = 1024
-"""How much of the end of each of them: a pattern is searched in bounded text only."""
+"""How much of the end of each line is searched: a pattern only ever sees bounded text."""
 READ_LIMIT = 64 * 1024
 """The most new output one check reads (the end of it): a check stays cheap however
 much a step prints."""
@@ -48,11 +46,11 @@ much a step prints."""
 
 def parse_progress(text: str, pattern: str | None) -> tuple[float, float | None] | None:
     """The last progress in ``text``: (done, total), or (percent, None) for a percentage.
-    Only the end of the latest lines is searched (``PROGRESS_LINES``, ``PROGRESS_LINE_BYTES``),
-    the latest first, so a step's output costs a bounded search whatever it prints."""
+    Lines (and progress-bar redraws) are searched from the latest, each only in its last
+    ``PROGRESS_LINE_BYTES``, so a step's output costs a bounded search whatever it prints."""
     patterns = (re.compile(pattern),) if pattern else _TQDM
-    lines = [x for x in re.split(r"[\r\n]", text[-PROGRESS_LINES * PROGRESS_LINE_BYTES :]) if x]
-    for line in reversed(lines[-PROGRESS_LINES:]):
+    lines = [x for x in re.split(r"[\r\n]", text) if x]
+    for line in reversed(lines):
         found = _progress_in(line[-PROGRESS_LINE_BYTES:], patterns)
         if found is not None:
             return found
@@ -168,6 +166,21 @@ class CheckSchedule:
         self.interval = min(self.longest, self.interval * self.factor)
 
 
+def _open_fifo(folder: int, name: str) -> tuple[int, int]:
+    """The wake FIFO, read-write (it never reports end-of-file between two writers), and
+    -1; or, when something else was swapped in at its name meanwhile, a pipe nobody writes
+    to and its write end (no wake-ups by FIFO; the tmux channel still wakes the runner)."""
+    flags = os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    with contextlib.suppress(OSError):
+        fd = os.open(name, flags, dir_fd=folder)
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return fd, -1
+        os.close(fd)
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    return read, write
+
+
 FIFO_GAP = 0.005
 """The shortest time between two wake-ups by the steps' FIFO (at most 200 a second)."""
 
@@ -189,8 +202,7 @@ class Waker:
                     safefs.remove(folder, wake_fifo.name)
             with contextlib.suppress(FileExistsError):
                 os.mkfifo(wake_fifo.name, 0o600, dir_fd=folder)
-        # Read-write, so that the FIFO never reports end-of-file between two writers.
-        self._fifo = os.open(wake_fifo, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW)
+            self._fifo, self._spare = _open_fifo(folder, wake_fifo.name)
         self._fifo_path = wake_fifo
         self._fifo_woke = 0.0
         self._signal_r, self._signal_w = os.pipe()
@@ -259,6 +271,8 @@ class Waker:
         os.close(self._signal_r)
         os.close(self._signal_w)
         os.close(self._fifo)
+        if self._spare >= 0:
+            os.close(self._spare)
         # Nobody listens any more: wrappers that end from now on skip the wake-up.
         with contextlib.suppress(OSError), safefs.open_dir(self._fifo_path.parent, []) as folder:
             safefs.remove(folder, self._fifo_path.name)

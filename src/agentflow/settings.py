@@ -91,7 +91,10 @@ class Settings(BaseSettings):
 
     @property
     def home_dir(self) -> Path:
-        return self.home.absolute()
+        # Resolved once, here: every later use of the home goes by its real path, so a
+        # link on the way to it (a step may replace one in a folder it can write) is
+        # never followed again.
+        return self.home.resolve()
 
 
 def settings() -> Settings:

@@ -48,7 +48,8 @@ def _number(step_dir: Path, name: str) -> int | None:
         text = safefs.read_text(step_dir / name, step_dir.parent, SMALL).strip()
     except OSError:
         return None
-    return int(text) if text.lstrip("-").isdigit() and len(text) < 12 else None
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    return int(text) if re.fullmatch(r"-?[0-9]{1,11}", text) else None
 
 
 def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:

@@ -24,9 +24,9 @@ from agentflow.settings import settings
 
 _MAX_SOCKET_PATH = 100
 HISTORY_LIMIT = 50000
-COMMAND_MAX = 16000
-"""The most bytes of a window's command and environment agentflow gives tmux: its client
-sends a command in one message of at most 16 KiB."""
+COMMAND_MAX = 16300
+"""The most bytes of a window's tmux command (its arguments, NUL-ended): tmux's client
+sends a command in one message of at most 16 KiB, its header included."""
 SERVER_ENV = ("HOME", "PATH", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "XDG_CONFIG_HOME")
 """All the tmux server gets of the environment of the process that starts it: what tmux
 and the user's tmux.conf need. The server's environment is the base of every window's, and
@@ -59,7 +59,7 @@ def socket_path_for(home: Path) -> Path:
     override = settings().tmux_socket
     if override:
         return override
-    digest = hashlib.sha256(str(home.absolute()).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:16]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) if runtime and Path(runtime).is_dir() else Path.home() / ".cache"
     folder = base / "agentflow"
@@ -176,20 +176,27 @@ class Tmux:
             self._cmd(*unset)
 
     @staticmethod
-    def command_size(command: str, env: dict[str, str]) -> int:
-        """The bytes a window's command and environment take in tmux's message to its
-        server (which refuses one over ``COMMAND_MAX``)."""
-        return len(command.encode()) + sum(len(f"{k}={v}".encode()) + 4 for k, v in env.items())
+    def window_args(
+        session: str, name: str, command: str, cwd: Path, env: dict[str, str]
+    ) -> list[str]:
+        """The tmux command that starts ``command`` in a new background window."""
+        args = ["new-window", "-d", "-P", "-F", "#{window_id}", "-t", f"={session}:"]
+        args += ["-n", name, "-c", str(cwd)]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        return [*args, command]
+
+    @staticmethod
+    def command_size(args: list[str]) -> int:
+        """The bytes ``args`` take in the message tmux's client sends its server (which
+        refuses one over ``COMMAND_MAX``)."""
+        return sum(len(a.encode()) + 1 for a in args)
 
     def new_window(
         self, session: str, name: str, command: str, cwd: Path, env: dict[str, str]
     ) -> str:
         """Start ``command`` in a new background window; returns its window id (``@N``)."""
-        args = ["new-window", "-d", "-P", "-F", "#{window_id}", "-t", f"={session}:"]
-        args += ["-n", name, "-c", str(cwd)]
-        for key, value in env.items():
-            args += ["-e", f"{key}={value}"]
-        out = self._cmd(*args, command)
+        out = self._cmd(*self.window_args(session, name, command, cwd, env))
         return out[0].strip()
 
     def panes(self, session: str) -> dict[str, Pane]:

@@ -97,6 +97,15 @@ class Launching(RunnerBase):
             self._launch(planned)
             running += 1
 
+    def _cannot_launch(self, step_id: str, attempt: int, why: str) -> None:
+        """The attempt cannot start: the step fails, saying why, and the run goes on with
+        what does not need it."""
+        self._update(
+            step_id, status="failed", attempts=attempt, started_at=now(), finished_at=now(),
+            exit_code=None, message=why,
+        )  # fmt: skip
+        self._emit("step_finished", step_id, status="failed", message=why)
+
     def _launch(self, planned: PlannedStep) -> None:
         if not self._sandbox_checked:
             try:
@@ -113,7 +122,11 @@ class Launching(RunnerBase):
         env = self._step_env(step)
         command = self._render(st.run_override or planned.run, env)
         header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
-        stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())
+        try:
+            stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())
+        except OSError as e:  # a folder a step made unwritable, a full disk: this step's
+            self._cannot_launch(planned.id, attempt, f"its folder cannot be made ready ({e})")
+            return
         env.update(
             AGENTFLOW_RUN_ID=self.state.run_id,
             AGENTFLOW_STEP=planned.id,
@@ -129,19 +142,17 @@ class Launching(RunnerBase):
         workdir = self._workdir(step, env)
         launch = self.s.sandbox.launch(step_dir, workdir, env, secrets)
         pane_command = shlex.join(launch.command)
-        size = self.s.tmux.command_size(pane_command, launch.env)
+        args = self.s.tmux.window_args(
+            self.session, planned.id, pane_command, self.s.workspace, launch.env
+        )
+        size = self.s.tmux.command_size(args)
         if size > COMMAND_MAX:
-            # Values (outputs of earlier steps) made the command too long for tmux: this
-            # step fails, saying what to do; the run goes on with what does not need it.
-            why = (
-                f"its command and environment take {size} bytes, more than tmux passes to a "
-                f"window ({COMMAND_MAX}): pass large values through files"
-            )
-            self._update(
-                planned.id, status="failed", attempts=attempt, started_at=now(),
-                finished_at=now(), exit_code=None, message=why,
+            # Values (outputs of earlier steps) made the command too long for tmux.
+            self._cannot_launch(
+                planned.id, attempt,
+                f"its command and environment take {size} bytes, more than tmux passes to "
+                f"a window ({COMMAND_MAX}): pass large values through files",
             )  # fmt: skip
-            self._emit("step_finished", planned.id, status="failed", message=why)
             return
         if st.window:
             self.s.tmux.kill_window(st.window)

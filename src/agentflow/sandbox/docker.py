@@ -190,6 +190,7 @@ class DockerSandbox:
             workspace=self.workspace,
             workflow=self.workflow,
             hidden=[self.home, *([self.socket_dir] if self.socket_dir else [])],
+            writable=self._writable(),
             log=self.log,
             build_log=self.build_log,
         )
@@ -251,13 +252,7 @@ class DockerSandbox:
             Mount(target=self.config.workdir, source=str(self.workspace), type="bind"),
             Mount(target=STEPS_MOUNT, source=str(self.steps_dir), type="bind"),
         ]
-        # A source inside a folder the sandbox can write (the workspace, a read-write mount)
-        # is checked like one inside the workspace: no link on the way.
-        writable = [self.workspace.absolute()] + [
-            Path(os.path.normpath(self.workspace.absolute() / m.source))
-            for m in self.config.mounts
-            if not m.read_only
-        ]
+        writable = self._writable()
         for i, m in enumerate(self.config.mounts):
             if not posixpath.isabs(m.target):
                 raise UsageError(f"sandbox.mounts[{i}]: target {m.target!r} must be absolute")
@@ -266,6 +261,15 @@ class DockerSandbox:
                 Mount(target=m.target, source=str(source), type="bind", read_only=m.read_only)
             )
         return mounts
+
+    def _writable(self) -> list[Path]:
+        """The host folders the sandbox can write: a source inside one of them is checked
+        like one inside the workspace (no link on the way)."""
+        return [self.workspace] + [
+            Path(os.path.normpath(self.workspace.absolute() / m.source))
+            for m in self.config.mounts
+            if not m.read_only
+        ]
 
     def _hiding(self, mounts: list[Mount]) -> tuple[list[str], list[Mount]]:
         """Where agentflow's home and its tmux socket's folder appear inside the container
@@ -301,7 +305,10 @@ class DockerSandbox:
                     )
                 targets.append(posixpath.join(m["Target"], *rel.parts))
                 pinned.update(_pins(m, base, rel, len(rel.parts) - 1))
-        return targets, list(pinned.values())
+        taken = {m["Target"] for m in mounts} | set(targets) | {"/tmp"}
+        # A target that is a mount already cannot be renamed either (and Docker refuses
+        # two mounts at one place).
+        return targets, [m for t, m in pinned.items() if t not in taken]
 
     # --- steps ------------------------------------------------------------------------------
 

@@ -43,32 +43,35 @@ def first_line(e: BaseException) -> str:
 
 
 def host_source(workspace: Path, key: str, given: str, writable: list[Path] | None = None) -> Path:
-    """A host folder the workflow names (a mount's source, the build context). One in the
-    workspace, or in another folder a step can write (``writable``: read-write mounts), is
-    taken only as a real folder reached from there without a link: a step may have
-    replaced it with a link to any host folder (``safefs``)."""
+    """A host folder the workflow names (a mount's source, the build context). Where its
+    path enters a folder a step can write (the workspace, a read-write mount: found by
+    identity, however either is spelled), the rest of it must be a real folder reached
+    without a link: a step may have replaced one with a link to any host folder."""
     where = f"{key}: {given}"
     lexical = Path(os.path.normpath(workspace.absolute() / given))
-    roots = [r for r in (writable or [workspace.absolute()]) if r != lexical]
-    root = next((r for r in roots if lexical.is_relative_to(r)), None)
-    if root is None:
-        source = lexical.resolve()
-        if not source.exists():
-            raise UsageError(f"{where} does not exist (looked for {source})")
-        return source
+    roots = safefs.identities(writable if writable is not None else [workspace])
+    for depth in range(1, len(lexical.parts)):
+        prefix = Path(*lexical.parts[:depth])
+        if safefs.identity(prefix) not in roots:
+            continue  # still outside whatever a step can write: links here are yours
+        try:
+            st = safefs.lstat(lexical, prefix)
+            if stat.S_ISLNK(st.st_mode):
+                raise safefs.UnsafePath(errno.ELOOP, "is a symbolic link", str(lexical))
+        except FileNotFoundError:
+            raise UsageError(f"{where} does not exist (looked for {lexical})") from None
+        except OSError as e:
+            raise UsageError(
+                f"{where}: {Path(e.filename or given).name} {e.strerror}: a folder in the "
+                "workspace or a writable mount must be a real one (a step could have made "
+                "the link); give the link's target instead"
+            ) from None
+        return prefix.resolve() / lexical.relative_to(prefix)
     try:
-        st = safefs.lstat(lexical, root)
-        if stat.S_ISLNK(st.st_mode):
-            raise safefs.UnsafePath(errno.ELOOP, "is a symbolic link", str(lexical))
-    except FileNotFoundError:
+        source = lexical.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a loop of links
         raise UsageError(f"{where} does not exist (looked for {lexical})") from None
-    except OSError as e:
-        raise UsageError(
-            f"{where}: {Path(e.filename or given).name} {e.strerror}: a folder in the "
-            "workspace or a writable mount must be a real one (a step could have made the "
-            "link); give the link's target instead"
-        ) from None
-    return lexical
+    return source
 
 
 def resolve(
@@ -78,12 +81,14 @@ def resolve(
     workspace: Path,
     workflow: str,
     hidden: list[Path],
+    writable: list[Path],
     log: Callable[[str], None],
     build_log: Path | None,
 ) -> str:
     """The image to run: ``image`` (pulled if missing), or built from ``build``."""
     if config.build is not None:
-        return _build(client, config, workspace, workflow, hidden, log, build_log)
+        context = host_source(workspace, "sandbox.build.context", config.build.context, writable)
+        return _build(client, config, context, workflow, hidden, log, build_log)
     if not config.image:
         raise UsageError(
             "the docker sandbox needs `sandbox.image` or `sandbox.build` in the workflow"
@@ -106,7 +111,7 @@ def resolve(
 def _build(
     client: docker.DockerClient,
     config: SandboxConfig,
-    workspace: Path,
+    context: Path,
     workflow: str,
     hidden: list[Path],
     log: Callable[[str], None],
@@ -114,13 +119,14 @@ def _build(
 ) -> str:
     build = config.build
     assert build is not None
-    context = host_source(workspace, "sandbox.build.context", build.context)
     dockerfile = Path(os.path.normpath(context / build.dockerfile))
     try:
-        if not stat.S_ISREG(safefs.lstat(dockerfile, context).st_mode):
-            raise FileNotFoundError
+        mode = safefs.lstat(dockerfile, context).st_mode
     except OSError:
-        raise UsageError(f"sandbox.build: no Dockerfile at {dockerfile}") from None
+        mode = 0
+    # A link is fine here: the daemon reads it inside the context, never beyond.
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise UsageError(f"sandbox.build: no Dockerfile at {dockerfile}")
     tag = f"agentflow/{workflow.lower()}:latest"
     log(f"building {tag} from {dockerfile}")
     lines: list[str] = []
@@ -153,7 +159,7 @@ def _build(
                     raise EnvironmentProblem(f"building {tag} failed:\n{tail}")
     except DOCKER_ERRORS as e:
         raise EnvironmentProblem(f"building {tag} failed: {first_line(e)}") from None
-    except OSError as e:
+    except (OSError, RecursionError) as e:  # folders nested past the stack, say
         raise EnvironmentProblem(
             f"building {tag} failed: cannot archive the build context ({e})"
         ) from None
@@ -166,23 +172,30 @@ def _build(
 @contextlib.contextmanager
 def archive(context: Path, dockerfile: str, hidden: list[Path]) -> Iterator[IO[bytes]]:
     """The build context as an uncompressed tar in a temporary file (see the module)."""
-    patterns = _dockerignore(context)
     root = safefs.identity(context)
-    for folder in hidden:
-        found = safefs.locate(folder, root)
-        if found is not None and found[1].parts:
-            patterns.append(found[1].as_posix())
+    left_out = [
+        found[1].as_posix()
+        for found in (safefs.locate(folder, root) for folder in hidden)
+        if found is not None and found[1].parts
+    ]
+    files = exclude_paths(str(context), _dockerignore(context), dockerfile=dockerfile)
     with tempfile.TemporaryFile() as tar_file:
         with tarfile.open(mode="w", fileobj=tar_file) as t:
-            for rel in sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile)):
-                _add(t, context, rel)
+            for rel in sorted(files):
+                # By path, not as a pattern: a home named `state[1]` is no glob.
+                if not any(rel == x or rel.startswith(f"{x}/") for x in left_out):
+                    _add(t, context, rel)
         tar_file.seek(0)
         yield tar_file
 
 
 def _dockerignore(context: Path) -> list[str]:
+    path = context / ".dockerignore"
     try:
-        text = safefs.read_text(context / ".dockerignore", context, DOCKERIGNORE_MAX)
+        if stat.S_ISLNK(safefs.lstat(path, context).st_mode):
+            # `.dockerignore -> .gitignore`: followed, but only to a file in the context.
+            path = Path(os.path.realpath(path))
+        text = safefs.read_text(path, context, DOCKERIGNORE_MAX)
     except FileNotFoundError:
         return []
     except OSError as e:
