@@ -3,6 +3,7 @@ in its tmux window through the sandbox's wrapper; ending services when nothing n
 
 from __future__ import annotations
 
+import errno
 import shlex
 import signal
 from datetime import timedelta
@@ -17,6 +18,9 @@ from agentflow.runner.base import RunnerBase
 from agentflow.sandbox import wrapper_script
 from agentflow.state import FINAL, now
 from agentflow.tmux import COMMAND_MAX
+
+_MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM})
+"""Errors of the machine, not of anything a step did: they stop the run (resumable)."""
 
 SANDBOX_RETRY = 5.0
 """Seconds between tries to bring back a sandbox that went away."""
@@ -124,7 +128,11 @@ class Launching(RunnerBase):
         header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
         try:
             stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())
-        except OSError as e:  # a folder a step made unwritable, a full disk: this step's
+        except OSError as e:
+            if e.errno in _MACHINE_ERRORS:
+                raise  # the machine's problem (a full disk): the run stops, to be resumed
+            # What a step can do to its folder (make it unwritable, plant something that
+            # will not go): this step fails, the run goes on.
             self._cannot_launch(planned.id, attempt, f"its folder cannot be made ready ({e})")
             return
         env.update(
