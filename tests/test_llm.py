@@ -217,15 +217,50 @@ def test_in_ci_a_changed_command_without_yes_escalates(af: Env) -> None:
 
 def test_a_spent_budget_escalates(af: Env) -> None:
     (af.workspace / "runbook.md").write_text(RUNBOOK)
-    wf = af.write(BROKEN.replace("defaults:", "planner: {budget: 500}\ndefaults:"))
+    wf = af.write(BROKEN.replace("defaults:", "planner: {budget: 1500}\ndefaults:"))
+    with FakeAnthropic([decision("retry"), decision("retry")]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 3, res.stdout
+    # The budget is a cap: the first request may answer in what is left of it, and the
+    # second, which would go past it, is never sent.
+    assert len(fake.requests) == 1
+    assert fake.requests[0]["body"]["max_tokens"] < 1500
+    st = af.state(run_id_of(res.stdout))["steps"]["count"]
+    assert st["status"] == "blocked"
+    assert "token budget (1500) is spent" in st["message"]
+
+
+def test_a_budget_too_small_for_one_request_sends_none(af: Env) -> None:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    wf = af.write(BROKEN.replace("defaults:", "planner: {budget: 300}\ndefaults:"))
     with FakeAnthropic([decision("retry")]) as fake:
         use_fake(af, fake)
         res = af.cli("run", str(wf), "--ci")
     assert res.returncode == 3, res.stdout
-    assert len(fake.requests) == 1  # the second diagnosis was never asked for
-    st = af.state(run_id_of(res.stdout))["steps"]["count"]
-    assert st["status"] == "blocked"
-    assert "token budget (500) is spent" in st["message"]
+    assert fake.requests == []
+    message = af.state(run_id_of(res.stdout))["steps"]["count"]["message"]
+    assert "token budget (300) is spent" in message
+    assert "the next request needs about" in message
+
+
+def test_an_answer_cut_at_max_tokens_and_a_refused_request_say_what_to_do(af: Env) -> None:
+    cut = plan_reply()
+    cut.body["stop_reason"] = "max_tokens"
+    with FakeAnthropic([cut]) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 1
+    assert "cut at" in res.stderr
+    assert "raise planner.max_tokens" in res.stderr
+    too_long = error(400, "invalid_request_error", "prompt is too long: 210000 tokens")
+    with FakeAnthropic([too_long] * 6) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(agentic(af)))
+    assert res.returncode == 1
+    assert "refused the request (400: prompt is too long" in res.stderr
+    assert "try again later" not in res.stderr
+    assert len(fake.requests) == 1  # nothing to retry
 
 
 def test_the_request_for_a_100_mb_log_is_bounded_and_has_no_secret(af: Env) -> None:

@@ -6,6 +6,7 @@ commands that never call the model must not pay.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,10 @@ DEFAULT_MODEL = "claude-sonnet-4-5"
 MAX_RETRIES = 4
 """The SDK's own retries (with back-off, honouring retry-after) for 429, 529, 5xx and
 connection errors, before the error reaches the user."""
+CHARS_PER_TOKEN = 4
+"""A request's size is estimated before it is sent (the budget is a hard cap)."""
+MIN_ANSWER_TOKENS = 256
+"""The least room for an answer worth asking for."""
 
 
 class LLMError(AgentflowError):
@@ -83,15 +88,13 @@ class LLM:
         self, system: str, messages: list[dict[str, Any]], tool: dict[str, Any]
     ) -> ToolCall:
         """One request that must answer by calling ``tool``."""
-        left = self.remaining()
-        if left is not None and left <= 0:
-            raise BudgetExceeded(f"the run's token budget ({self.budget}) is spent")
+        max_tokens = self._room(system, messages, tool)
         import anthropic
 
         try:
             response = self.client().messages.create(
                 model=self.model,
-                max_tokens=self.max_tokens,
+                max_tokens=max_tokens,
                 system=system,
                 messages=messages,
                 tools=[tool],
@@ -102,9 +105,17 @@ class LLM:
                 "the Anthropic API refused the key in ANTHROPIC_API_KEY: check it"
             ) from None
         except anthropic.APIStatusError as e:
+            if e.status_code in (408, 409, 429) or e.status_code >= 500:
+                raise LLMError(
+                    f"the Anthropic API answered {e.status_code} after {MAX_RETRIES} retries "
+                    f"({_message(e)}): try again later, or run a saved plan with --plan"
+                ) from None
+            # Refused as asked (400 "prompt is too long", 404 an unknown model): trying
+            # again would not help, so nothing was retried.
             raise LLMError(
-                f"the Anthropic API answered {e.status_code} after {MAX_RETRIES} retries "
-                f"({_message(e)}): try again later, or run a saved plan with --plan"
+                f"the Anthropic API refused the request ({e.status_code}: {_message(e)}): "
+                "check planner.model and the workflow's runbooks (their size), or run a "
+                "saved plan with --plan"
             ) from None
         except anthropic.APIConnectionError as e:
             where = settings().anthropic_base_url or "the Anthropic API"
@@ -120,12 +131,33 @@ class LLM:
             ) from None
         usage = response.usage
         self.used += usage.input_tokens + usage.output_tokens
+        if response.stop_reason == "max_tokens":
+            raise LLMError(
+                f"the model's answer was cut at {max_tokens} tokens before it finished: "
+                "raise planner.max_tokens (or planner.budget)"
+            )
         for block in response.content:
             if block.type == "tool_use" and block.name == tool["name"]:
                 return ToolCall(
                     dict(block.input), block.id, usage.input_tokens, usage.output_tokens
                 )
         raise LLMError(f"the model answered without calling {tool['name']}")
+
+    def _room(self, system: str, messages: list[dict[str, Any]], tool: dict[str, Any]) -> int:
+        """The ``max_tokens`` of the next request: the configured one, cut to what the
+        budget leaves after the request's estimated size; BudgetExceeded when too little
+        is left for an answer (the budget is a cap, not a check before each call)."""
+        left = self.remaining()
+        if left is None:
+            return self.max_tokens
+        text = system + json.dumps(messages, default=str) + json.dumps(tool)
+        room = left - len(text) // CHARS_PER_TOKEN
+        if room < min(MIN_ANSWER_TOKENS, self.max_tokens):
+            raise BudgetExceeded(
+                f"the run's token budget ({self.budget}) is spent: {max(0, left)} tokens "
+                f"are left, and the next request needs about {len(text) // CHARS_PER_TOKEN}"
+            )
+        return min(self.max_tokens, room)
 
 
 def _message(e: Any) -> str:
