@@ -86,6 +86,8 @@ class RunSetup:
 
 MAX_DECISIONS_PER_STEP = 3
 MAX_DECISIONS_PER_RUN = 10
+SANDBOX_LOSSES = 3
+"""How many times a step's attempt may go down with its sandbox without counting."""
 DIAGNOSIS_DEADLINE = 600.0
 """Seconds a diagnosis may take before the step is escalated without the model's answer."""
 
@@ -116,6 +118,8 @@ class RunnerBase:
         self._sandbox_checked = True
         self._sandbox_down_since: datetime | None = None
         self.clocks: dict[str, StepClock] = {}
+        self.sandbox_losses: dict[str, int] = {}
+        """Attempts of each step that went down with their sandbox (not counted as tries)."""
         self.diagnoses: dict[str, Asked] = {}
         """Steps whose failure the model is looking at, off the runner's thread."""
         self.wake: Callable[[], None] = lambda: None

@@ -20,6 +20,7 @@ from agentflow.runner.base import (
     DIAGNOSIS_DEADLINE,
     MAX_DECISIONS_PER_RUN,
     MAX_DECISIONS_PER_STEP,
+    SANDBOX_LOSSES,
     Asked,
     RunnerBase,
 )
@@ -64,6 +65,14 @@ class Outcomes(RunnerBase):
             return  # ("end": a service whose artifacts failed; nothing needs it any more)
         if self._resuming:
             self._requeue(step_id, f"{status} while agentflow was away")
+            return
+        gone = self.sandbox_losses.get(step_id, 0)
+        if status == "crashed" and gone < SANDBOX_LOSSES and not self.s.sandbox.healthy():
+            # It went down with its sandbox (a Docker daemon restarting): not the step's
+            # failure, so no retry is spent; it starts again once the sandbox is back. (A
+            # few times only: a step that brings its own container down is failing.)
+            self.sandbox_losses[step_id] = gone + 1
+            self._requeue(step_id, "crashed with its sandbox: it runs again, no retry spent")
             return
         self._after_failure(step_id, status, code)
 
@@ -196,6 +205,14 @@ class Outcomes(RunnerBase):
             self._fail_dependents(step_id, f"service {step_id} stopped ({why})")
         if self._resuming:
             self._requeue(step_id, f"{status} while agentflow was away")
+            return
+        gone = self.sandbox_losses.get(step_id, 0)
+        if status == "crashed" and gone < SANDBOX_LOSSES and not self.s.sandbox.healthy():
+            # It went down with its sandbox (a Docker daemon restarting): not the step's
+            # failure, so no retry is spent; it starts again once the sandbox is back. (A
+            # few times only: a step that brings its own container down is failing.)
+            self.sandbox_losses[step_id] = gone + 1
+            self._requeue(step_id, "crashed with its sandbox: it runs again, no retry spent")
             return
         self._after_failure(step_id, status, code)
 

@@ -66,6 +66,10 @@ class Sandbox(Protocol):
     ) -> tuple[int, str]:
         """Run a short shell script inside the sandbox (probes, checks): exit code, output."""
 
+    def healthy(self) -> bool:
+        """Whether the sandbox itself is there (asked when an attempt crashed: one that went
+        down with its sandbox, a Docker daemon restarting, is not the step's failure)."""
+
     def close(self) -> None:
         """Release the sandbox at the end of a run."""
 

@@ -33,7 +33,7 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
 from agentflow import safefs
-from agentflow.errors import EnvironmentProblem, UsageError
+from agentflow.errors import AgentflowError, EnvironmentProblem, UsageError
 from agentflow.sandbox import (
     DEFAULT_PIDS,
     LOG_VAR,
@@ -396,6 +396,17 @@ class DockerSandbox:
         except DOCKER_ERRORS as e:
             return 125, _first_line(e)
         return int(code or 0), bytes(kept).decode("utf-8", errors="replace")
+
+    def healthy(self) -> bool:
+        """The daemon answers and the run's container runs."""
+        try:
+            container = self._container or self._find()
+            if container is None:
+                return False
+            container.reload()
+        except (*DOCKER_ERRORS, AgentflowError):
+            return False
+        return container.status == "running"
 
     def close(self) -> None:
         """Remove the run's container (unless asked to keep it)."""

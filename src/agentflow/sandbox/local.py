@@ -81,6 +81,9 @@ class LocalSandbox:
         # Past the command's own `timeout`: the group is killed a little later.
         return run_bounded(bounded(script, timeout), timeout + 5, env, cwd=workdir)
 
+    def healthy(self) -> bool:
+        return True
+
     def close(self) -> None:
         return None
 

@@ -156,6 +156,9 @@ class SlurmSandbox:
         )
         return _run(argv, timeout + 60)
 
+    def healthy(self) -> bool:
+        return True  # Slurm says itself how a job ended (node failure, preemption)
+
     def close(self) -> None:
         """Cancel what is left of the run's jobs (a service, a step agentflow gave up on)."""
         jobs = self._slurm(
