@@ -151,7 +151,10 @@ class Collector:
         partial = self.dest.with_name(f".{self.dest.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         try:
-            files = [self._keep(rel, real, root, partial) for rel, real in sorted(chosen.items())]
+            files = [
+                self._keep(rel, real, root, partial, exclude)
+                for rel, real in sorted(chosen.items())
+            ]
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.dest)  # an earlier attempt's (a service run again)
             if partial.exists():
@@ -160,11 +163,9 @@ class Collector:
             shutil.rmtree(partial, ignore_errors=True)
         return files, sorted(skipped.values(), key=lambda s: s.path)
 
-    @property
-    def hidden(self) -> frozenset[safefs.Identity]:
-        return safefs.identities(self.exclude)
-
-    def _keep(self, rel: str, real: Path, root: Path, partial: Path) -> Artifact:
+    def _keep(
+        self, rel: str, real: Path, root: Path, partial: Path, exclude: frozenset[safefs.Identity]
+    ) -> Artifact:
         """Copy (or only hash) one file, reading it through a descriptor that is checked
         to be a regular file inside the workspace."""
         try:
@@ -178,7 +179,7 @@ class Collector:
             opened = _opened_path(fd)
             if opened is not None and not opened.is_relative_to(root):
                 raise ArtifactError(f"artifacts: {rel} leads outside the workspace")
-            if opened is not None and safefs.under_hidden(opened, root, self.hidden):
+            if opened is not None and safefs.under_hidden(opened, root, exclude):
                 raise ArtifactError(f"artifacts: {rel} is in agentflow's home")
             digest = hashlib.sha256()
             size = 0

@@ -234,15 +234,6 @@ def read_text(
     return read_bytes(path, root, limit, hidden).decode("utf-8", errors="replace")
 
 
-def head(path: Path | str, root: Path, size: int) -> bytes:
-    """At most the first ``size`` bytes of a file (b'' when it cannot be read)."""
-    try:
-        with open_read(path, root) as f:
-            return f.read(size)
-    except OSError:
-        return b""
-
-
 def tail(path: Path | str, root: Path, size: int) -> str:
     """The last ``size`` bytes of a file as text ('' when it cannot be read)."""
     try:

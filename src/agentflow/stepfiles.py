@@ -7,7 +7,6 @@ and reads are capped (an ``exit_code`` is a few bytes, whatever size a step gave
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import time
@@ -58,9 +57,7 @@ def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
         mtime = safefs.lstat(step_dir / "exit_code", step_dir.parent).st_mtime
     except FileNotFoundError:
         return None, None
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return None, None
+    except OSError:
         mtime = time.time()  # a planted link or folder: a failure
     code = _number(step_dir, "exit_code")
     return (255 if code is None else code), _written(mtime)
@@ -136,8 +133,9 @@ def output_incomplete(step_dir: Path) -> int | None:
     regular file still says that output was lost."""
     try:
         safefs.lstat(step_dir / "output_incomplete", step_dir.parent)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            return None
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass  # a planted link or folder: still a record of loss
     code = _number(step_dir, "output_incomplete")
     return 1 if code is None else code
