@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agentflow.diagnose import Failure, build_context
+from agentflow.agent.diagnose import Failure, build_context
 from agentflow.redact import Redactor
 from agentflow.workflow.model import Step
 

@@ -12,7 +12,7 @@ from typing import Any
 import libtmux
 import pytest
 
-from agentflow.diagnose import Failure, build_context
+from agentflow.agent.diagnose import Failure, build_context
 from agentflow.redact import Redactor
 from agentflow.workflow.model import Step
 from fake_anthropic import FakeAnthropic, Reply, error, tool_use

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
-from agentflow import logscan
+from agentflow.agent import logscan
 from agentflow.errors import AgentflowError, UsageError, WorkflowError
 from agentflow.runbook import read as runbook_text
 from agentflow.state import UNSUCCESSFUL, RunState

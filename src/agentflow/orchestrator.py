@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from agentflow.diagnose import Diagnoser
+from agentflow.agent.diagnose import Diagnoser
 from agentflow.errors import EnvironmentProblem, StateError, UsageError
 from agentflow.plan import Plan
 from agentflow.runner import STOP_REQUEST, InterruptChoice, Observer, Runner, RunSetup
@@ -122,7 +122,7 @@ def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
     """The model, for a workflow with ``on_failure: diagnose`` steps (no key: exit 4)."""
     if not any(workflow.on_failure_of(s) == "diagnose" for s in workflow.steps):
         return None
-    from agentflow.llm import LLM
+    from agentflow.agent.llm import LLM
 
     if not settings().anthropic_api_key:
         raise EnvironmentProblem(

@@ -6,6 +6,9 @@ Step output is masked at the source, by the step's wrapper, before it reaches a 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+from pydantic import JsonValue
 
 MASK = "***"
 
@@ -21,3 +24,13 @@ class Redactor:
         for value in self.values:
             text = text.replace(value, MASK)
         return text
+
+    def deep(self, value: JsonValue) -> Any:
+        """``value`` with every string in it masked (keys too), however it is nested."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self(k): self.deep(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.deep(v) for v in value]
+        return value

@@ -126,6 +126,34 @@ class Progress(StateModel):
         return None
 
 
+class Usage(StateModel):
+    """What the model was asked and what it cost: tokens by kind and an estimated price."""
+
+    calls: NonNegativeInt = 0
+    input_tokens: NonNegativeInt = 0
+    """Tokens sent that were neither read from nor written to the prompt cache."""
+    output_tokens: NonNegativeInt = 0
+    cache_read_tokens: NonNegativeInt = 0
+    cache_write_tokens: NonNegativeInt = 0
+    cost_usd: float = 0.0
+    """Estimated from the model's list prices (``agent/pricing.py``)."""
+
+    @property
+    def tokens(self) -> int:
+        sent = self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+        return sent + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            cost_usd=round(self.cost_usd + other.cost_usd, 6),
+        )
+
+
 class RunState(StateModel):
     """Where a run stands: the content of ``state.json``."""
 
@@ -148,9 +176,15 @@ class RunState(StateModel):
     consecutive_failures: NonNegativeInt = 0
     """Failed attempts in a row, across steps (the breaker)."""
     tokens_used: NonNegativeInt = 0
-    """Tokens the model has used for this run (diagnoses; the plan's are not counted)."""
+    """Tokens the model has used for this run (planning and diagnoses; ``usage`` has them
+    by kind)."""
     decisions: NonNegativeInt = 0
     """How often the model has decided about a failure in this run."""
+    usage: Usage = Field(default_factory=Usage)
+    """What the model cost this run: planning and diagnoses, by kind of token."""
+    input_overrides: dict[str, Scalar] = Field(default_factory=dict)
+    """Inputs the model changed (approved) for the rest of the run: every later command,
+    probe and check is rendered with these."""
     steps: dict[str, StepState]
 
     def step(self, step_id: str) -> StepState:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import get_args
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from agentflow.errors import RunLockedError, StateError, UsageError
 from agentflow.plan import Plan
@@ -49,6 +49,9 @@ class Event(BaseModel):
     status: str | None = None
     exit_code: int | None = None
     message: str | None = None
+    data: dict[str, JsonValue] | None = None
+    """What the event says, for programs: a decision's fields, a tool call and its
+    result, a call's token usage (``message`` says it for people)."""
 
 
 def home_dir() -> Path:

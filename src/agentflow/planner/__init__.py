@@ -31,7 +31,7 @@ def planner_for(wf: WorkflowFile, choice: str | None = None) -> Planner:
         return StaticPlanner()
     if kind != "anthropic":
         raise UsageError(f"--planner {kind}: use static or anthropic")
-    from agentflow.llm import LLM
+    from agentflow.agent.llm import LLM
     from agentflow.planner.anthropic import AnthropicPlanner
 
     LLM.check_key()  # no key: exit 4 with how to fix it, before anything else

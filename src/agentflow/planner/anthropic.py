@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agentflow.llm import LLM, LLMError
+from agentflow.agent.llm import LLM, LLMError
 from agentflow.plan import Plan, PlannedStep
 from agentflow.planner.static import render_inputs, run_order
 from agentflow.runbook import bounded

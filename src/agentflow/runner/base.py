@@ -13,12 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
 from agentflow import safefs, stepfiles
-from agentflow.diagnose import Decision as ModelDecision
-from agentflow.diagnose import Diagnoser
-from agentflow.llm import ToolCall
+from agentflow.agent.diagnose import Decision as ModelDecision
+from agentflow.agent.diagnose import Diagnoser
+from agentflow.agent.llm import ToolCall
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -249,6 +249,7 @@ class RunnerBase:
         status: str | None = None,
         exit_code: int | None = None,
         message: str | None = None,
+        data: dict[str, JsonValue] | None = None,
     ) -> None:
         attempt = self.state.steps[step].attempts if step else None
         message = self.redactor(message) if message else message
@@ -259,6 +260,7 @@ class RunnerBase:
             status=status,
             exit_code=exit_code,
             message=message,
+            data=self.redactor.deep(data) if data else None,
         )
         self.s.run.append_event(event)
         self.observer.event(event, self.state)

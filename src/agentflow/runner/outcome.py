@@ -9,11 +9,11 @@ import signal
 from datetime import datetime, timedelta
 
 from agentflow import artifacts, stepfiles
+from agentflow.agent.diagnose import Decision as ModelDecision
+from agentflow.agent.diagnose import Failure, build_context
+from agentflow.agent.llm import BudgetExceeded, ToolCall
 from agentflow.artifacts import ArtifactError, Collector
-from agentflow.diagnose import Decision as ModelDecision
-from agentflow.diagnose import Failure, build_context
 from agentflow.errors import AgentflowError
-from agentflow.llm import BudgetExceeded, ToolCall
 from agentflow.recovery import Decision as RecoveryDecision
 from agentflow.recovery import decide
 from agentflow.runner.base import (

@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agentflow import logscan
-from agentflow.llm import LLM, LLMError, ToolCall
+from agentflow.agent import logscan
+from agentflow.agent.llm import LLM, LLMError, ToolCall
 from agentflow.redact import Redactor
 from agentflow.runbook import bounded
 from agentflow.store import Event

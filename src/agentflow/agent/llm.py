@@ -1,4 +1,4 @@
-"""The only module that talks to the model: one forced tool call at a time, tokens counted.
+"""The only module that talks to the model: one request at a time, tokens and cost counted.
 
 ``anthropic`` is imported here, lazily: importing it costs about two seconds, which
 commands that never call the model must not pay.
@@ -7,11 +7,13 @@ commands that never call the model must not pay.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from agentflow.agent import pricing
 from agentflow.errors import AgentflowError, EnvironmentProblem
 from agentflow.settings import settings
+from agentflow.state import Usage
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 MAX_RETRIES = 4
@@ -39,10 +41,27 @@ class ToolCall:
     tool_use_id: str
     input_tokens: int
     output_tokens: int
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One answer of the model: its content blocks (as the Messages API writes them:
+    ``text`` and ``tool_use`` dicts, ready to be sent back) and what it cost."""
+
+    content: list[dict[str, Any]]
+    stop_reason: str | None
+    usage: Usage
+
+    def tool_uses(self) -> list[dict[str, Any]]:
+        return [b for b in self.content if b.get("type") == "tool_use"]
+
+    def text(self) -> str:
+        return "\n".join(str(b.get("text", "")) for b in self.content if b.get("type") == "text")
 
 
 class LLM:
@@ -57,6 +76,8 @@ class LLM:
         self.max_tokens = max_tokens
         self.budget = budget
         self.used = used
+        self.usage = Usage()
+        """What this client's calls cost, by kind of token."""
         self._client: Any = None
 
     @staticmethod
@@ -88,17 +109,51 @@ class LLM:
         self, system: str, messages: list[dict[str, Any]], tool: dict[str, Any]
     ) -> ToolCall:
         """One request that must answer by calling ``tool``."""
-        max_tokens = self._room(system, messages, tool)
+        turn = self.turn(system, messages, [tool], {"type": "tool", "name": tool["name"]})
+        for block in turn.tool_uses():
+            if block.get("name") == tool["name"]:
+                u = turn.usage
+                return ToolCall(
+                    dict(block.get("input") or {}),
+                    str(block.get("id")),
+                    u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
+                    u.output_tokens,
+                    u,
+                )
+        raise LLMError(f"the model answered without calling {tool['name']}")
+
+    def turn(
+        self,
+        system: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        choice: dict[str, Any],
+        *,
+        cache: bool = False,
+        timeout: float | None = None,
+    ) -> Turn:
+        """One request with ``tools`` offered and ``choice`` as the tool choice. With
+        ``cache``, the fixed prefix (tools and system) and the conversation so far are
+        marked for the prompt cache, so that each turn of a loop pays for its news only."""
+        max_tokens = self._room(system, messages, tools)
         import anthropic
 
+        sent_system: Any = system
+        if cache:
+            sent_system = [{"type": "text", "text": system, "cache_control": EPHEMERAL}]
+            messages = _cache_last(messages)
+        options: dict[str, Any] = {}
+        if timeout is not None:
+            options["timeout"] = max(1.0, timeout)
         try:
             response = self.client().messages.create(
                 model=self.model,
                 max_tokens=max_tokens,
-                system=system,
+                system=sent_system,
                 messages=messages,
-                tools=[tool],
-                tool_choice={"type": "tool", "name": tool["name"]},
+                tools=tools,
+                tool_choice=choice,
+                **options,
             )
         except anthropic.AuthenticationError:
             raise EnvironmentProblem(
@@ -117,6 +172,11 @@ class LLM:
                 "check planner.model and the workflow's runbooks (their size), or run a "
                 "saved plan with --plan"
             ) from None
+        except anthropic.APITimeoutError:
+            raise LLMError(
+                f"the model did not answer in time ({options.get('timeout', 120.0):.0f}s a "
+                f"request, after {MAX_RETRIES} retries)"
+            ) from None
         except anthropic.APIConnectionError as e:
             where = settings().anthropic_base_url or "the Anthropic API"
             raise LLMError(
@@ -129,28 +189,34 @@ class LLM:
                 "the model's answer is nested too deeply to read: try again, or run a saved "
                 "plan with --plan"
             ) from None
-        usage = response.usage
-        self.used += usage.input_tokens + usage.output_tokens
+        u = response.usage
+        usage = pricing.usage(
+            self.model,
+            u.input_tokens,
+            u.output_tokens,
+            getattr(u, "cache_read_input_tokens", None) or 0,
+            getattr(u, "cache_creation_input_tokens", None) or 0,
+        )
+        self.used += usage.tokens
+        self.usage += usage
         if response.stop_reason == "max_tokens":
             raise LLMError(
                 f"the model's answer was cut at {max_tokens} tokens before it finished: "
                 "raise planner.max_tokens (or planner.budget)"
             )
-        for block in response.content:
-            if block.type == "tool_use" and block.name == tool["name"]:
-                return ToolCall(
-                    dict(block.input), block.id, usage.input_tokens, usage.output_tokens
-                )
-        raise LLMError(f"the model answered without calling {tool['name']}")
+        content = [b.model_dump(mode="json", exclude_none=True) for b in response.content]
+        return Turn(content, response.stop_reason, usage)
 
-    def _room(self, system: str, messages: list[dict[str, Any]], tool: dict[str, Any]) -> int:
+    def _room(
+        self, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> int:
         """The ``max_tokens`` of the next request: the configured one, cut to what the
         budget leaves after the request's estimated size; BudgetExceeded when too little
         is left for an answer (the budget is a cap, not a check before each call)."""
         left = self.remaining()
         if left is None:
             return self.max_tokens
-        text = system + json.dumps(messages, default=str) + json.dumps(tool)
+        text = system + json.dumps(messages, default=str) + json.dumps(tools)
         room = left - len(text) // CHARS_PER_TOKEN
         if room < min(MIN_ANSWER_TOKENS, self.max_tokens):
             raise BudgetExceeded(
@@ -158,6 +224,24 @@ class LLM:
                 f"are left, and the next request needs about {len(text) // CHARS_PER_TOKEN}"
             )
         return min(self.max_tokens, room)
+
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def _cache_last(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with a cache breakpoint on the last block (a copy: the loop's own list
+    stays as it was, so that breakpoints do not pile up past the API's four)."""
+    if not messages:
+        return messages
+    last = dict(messages[-1])
+    content = last["content"]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    content = [dict(b) for b in content]
+    content[-1]["cache_control"] = EPHEMERAL
+    last["content"] = content
+    return [*messages[:-1], last]
 
 
 def _message(e: Any) -> str:
