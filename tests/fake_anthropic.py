@@ -21,6 +21,10 @@ class Reply:
     """Sent instead of ``body`` as JSON: an answer ``json.dumps`` cannot make."""
     delay: float = 0.0
     """Seconds the fake thinks before it answers (a slow model)."""
+    requires: tuple[str, ...] = ()
+    """Text the request's last message must contain (what the previous tool returned):
+    else the fake answers 400 saying what was missing, so a test proves what the model
+    could see before it answered."""
 
 
 def tool_use(name: str, payload: dict[str, Any], tokens: tuple[int, int] = (900, 120)) -> Reply:
@@ -39,6 +43,55 @@ def tool_use(name: str, payload: dict[str, Any], tokens: tuple[int, int] = (900,
     )
 
 
+_ids = iter(range(1, 1_000_000))
+
+
+def call(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A ``tool_use`` block (for ``answer``)."""
+    return {"type": "tool_use", "id": f"toolu_{next(_ids)}", "name": name, "input": payload}
+
+
+def text(words: str) -> dict[str, Any]:
+    """A ``text`` block (for ``answer``)."""
+    return {"type": "text", "text": words}
+
+
+def answer(
+    *blocks: dict[str, Any],
+    requires: tuple[str, ...] = (),
+    stop_reason: str = "tool_use",
+    tokens: tuple[int, int] = (900, 120),
+    cache: tuple[int, int] = (0, 0),
+    delay: float = 0.0,
+) -> Reply:
+    """An answer with several content blocks; ``cache`` is (read, written) tokens."""
+    return Reply(
+        body={
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-fake",
+            "content": list(blocks),
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": tokens[0],
+                "output_tokens": tokens[1],
+                "cache_read_input_tokens": cache[0],
+                "cache_creation_input_tokens": cache[1],
+            },
+        },
+        requires=requires,
+        delay=delay,
+    )
+
+
+def last_message_text(body: dict[str, Any]) -> str:
+    """Everything in the request's last message, as text (tool results included)."""
+    messages = body.get("messages") or []
+    return json.dumps(messages[-1]) if messages else ""
+
+
 def error(status: int, kind: str, message: str = "try again") -> Reply:
     return Reply(
         status=status,
@@ -53,6 +106,8 @@ class FakeAnthropic:
     def __init__(self, replies: list[Reply]) -> None:
         self.replies = list(replies)
         self.requests: list[dict[str, Any]] = []
+        self.unmet: list[list[str]] = []
+        """What scripted replies required and the requests did not contain."""
         self.lock = threading.Lock()
         fake = self
 
@@ -68,6 +123,12 @@ class FakeAnthropic:
                         fake.replies.pop(0)
                         if fake.replies
                         else error(500, "api_error", "the fake has no scripted reply left")
+                    )
+                missing = [r for r in reply.requires if r not in last_message_text(body)]
+                if missing:
+                    fake.unmet.append(missing)
+                    reply = error(
+                        400, "invalid_request_error", f"fake: not in the request: {missing}"
                     )
                 time.sleep(reply.delay)
                 data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()

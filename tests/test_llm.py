@@ -195,8 +195,9 @@ def test_a_failing_step_is_fixed_by_a_retry_with_changes_decision(af: Env) -> No
     assert "-wc -l < missing.txt" in proposed["message"]
     assert "+printf" in proposed["message"]
     request = fake.requests[0]["body"]
-    assert request["tool_choice"] == {"type": "tool", "name": "submit_decision"}
-    context = request["messages"][0]["content"]
+    assert request["tool_choice"] == {"type": "any"}  # it may look around first
+    assert {"read_file", "grep", "submit_decision"} <= {t["name"] for t in request["tools"]}
+    context = json.dumps(request["messages"][0]["content"])
     assert "missing.txt" in context  # the script and the log's error
     assert "counting fails with" in context  # the runbook's failure modes
     report = (af.run_dir(rid) / "report.md").read_text()
@@ -217,7 +218,7 @@ def test_in_ci_a_changed_command_without_yes_escalates(af: Env) -> None:
 
 def test_a_spent_budget_escalates(af: Env) -> None:
     (af.workspace / "runbook.md").write_text(RUNBOOK)
-    wf = af.write(BROKEN.replace("defaults:", "planner: {budget: 1500}\ndefaults:"))
+    wf = af.write(BROKEN.replace("defaults:", "planner: {budget: 2500}\ndefaults:"))
     with FakeAnthropic([decision("retry"), decision("retry")]) as fake:
         use_fake(af, fake)
         res = af.cli("run", str(wf), "--ci")
@@ -225,10 +226,10 @@ def test_a_spent_budget_escalates(af: Env) -> None:
     # The budget is a cap: the first request may answer in what is left of it, and the
     # second, which would go past it, is never sent.
     assert len(fake.requests) == 1
-    assert fake.requests[0]["body"]["max_tokens"] < 1500
+    assert fake.requests[0]["body"]["max_tokens"] < 2500
     st = af.state(run_id_of(res.stdout))["steps"]["count"]
     assert st["status"] == "blocked"
-    assert "token budget (1500) is spent" in st["message"]
+    assert "token budget (2500) is spent" in st["message"]
 
 
 def test_a_budget_too_small_for_one_request_sends_none(af: Env) -> None:

@@ -106,6 +106,9 @@ class StepState(StateModel):
     """A command the model wrote for later attempts (approved), instead of the plan's."""
     decisions: NonNegativeInt = 0
     """How often the model has decided about this step."""
+    patch_undo: str | None = None
+    """The run directory's record of a patch the model applied before the current attempt:
+    taken back when that attempt fails."""
 
 
 class Progress(StateModel):

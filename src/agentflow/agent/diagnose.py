@@ -3,7 +3,8 @@
 The context is bounded whatever the log's size: the step, its script, how it ended, the
 head and tail of its log, the lines that look like errors (with a little context), earlier
 attempts and decisions, and the runbooks' failure-mode sections; secrets are masked
-before anything leaves the process. The model answers with one ``submit_decision`` call.
+before anything leaves the process. From there the model looks around with the agent
+loop's tools and ends with one ``submit_decision`` call.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from agentflow.agent import logscan
-from agentflow.agent.llm import LLM, LLMError, ToolCall
+from agentflow.agent.decision import SUBMIT_DECISION, Decision, Rules, parse, problems
+from agentflow.agent.llm import LLM
+from agentflow.agent.loop import Limits, Outcome, ToolLoop
+from agentflow.agent.tools import Scene, Toolbox
 from agentflow.redact import Redactor
 from agentflow.runbook import bounded
 from agentflow.store import Event
@@ -28,47 +30,25 @@ from agentflow.workflow.model import Step
 CHARS_PER_TOKEN = 4
 DEFAULT_BUDGET_TOKENS = 6000
 SYSTEM = """\
-You are the recovery engineer of agentflow. A step of an engineering workflow failed. Read \
-the account below (it is bounded: the log is cut), find the cause, and decide one action: \
-retry (a transient failure), retry_with_changes (give `run`, a corrected script, and/or \
-`env`), skip (the step does not matter), abort (nothing can work), or escalate (a person \
-must decide: say what in the diagnosis). Prefer the runbook's documented fixes. Answer only \
-by calling submit_decision."""
-
-Action = Literal["retry", "retry_with_changes", "skip", "abort", "escalate"]
-
-SUBMIT_DECISION = {
-    "name": "submit_decision",
-    "description": "Submit the diagnosis of the failure and the action to take.",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "diagnosis": {"type": "string", "description": "what went wrong, and why"},
-            "category": {"type": "string", "description": "e.g. oom, network, bug, data"},
-            "action": {
-                "type": "string",
-                "enum": ["retry", "retry_with_changes", "skip", "abort", "escalate"],
-            },
-            "run": {"type": "string", "description": "the new script (retry_with_changes)"},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-            "wait": {"type": "string", "description": "wait before retrying, like 30s"},
-        },
-        "required": ["diagnosis", "action"],
-    },
-}
+You are the recovery engineer of agentflow. A step of an engineering workflow failed. The \
+account below is bounded (the log is cut). Investigate before you decide: read the files \
+the traceback names (read_file, grep), the step's facts and its dependents (step_info), \
+any step's log (read_log), the sandbox (sandbox_info: mounts, free disk, listening ports), \
+a service (http_get), a command's flags (command_help). Then call submit_decision with one \
+action: retry (a transient failure); retry_with_changes (a corrected `run`, `env` with \
+`scope: downstream` when the steps after it need the same, a `patch` to workspace files, \
+or `inputs` to change for the rest of the run, e.g. a port); rerun (succeeded upstream \
+steps that produced something bad, named in `rerun`); skip (the step does not matter); \
+abort (nothing can work); escalate (a person must decide: put the question in \
+`question`). Prefer the runbook's documented fixes; change as little as works."""
 
 
-class Decision(BaseModel):
-    """The model's answer (more optional fields may come; they are ignored)."""
+@dataclass(frozen=True)
+class Diagnosis:
+    """The model's decision and how it got there (transcript, turns, cost)."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    diagnosis: str
-    category: str | None = None
-    action: Action
-    run: str | None = None
-    env: dict[str, str] | None = None
-    wait: str | None = None
+    decision: Decision
+    outcome: Outcome
 
 
 @dataclass(frozen=True)
@@ -174,22 +154,33 @@ def fit(parts: list[Part], budget: int) -> str:
 
 
 class Diagnoser:
-    """Asks the model for a decision about a failure."""
+    """Asks the model for a decision about a failure: it looks around with the tools over
+    ``scene`` (none: it decides from the account alone), then decides."""
 
-    def __init__(self, llm: LLM, budget_tokens: int = DEFAULT_BUDGET_TOKENS) -> None:
+    def __init__(
+        self,
+        llm: LLM,
+        budget_tokens: int = DEFAULT_BUDGET_TOKENS,
+        limits: Limits | None = None,
+    ) -> None:
         self.llm = llm
         self.budget_tokens = budget_tokens
+        self.limits = limits or Limits()
 
     def ask(
-        self, context: str, done: Callable[[], None] | None = None
-    ) -> Future[tuple[Decision, ToolCall]]:
+        self,
+        context: str,
+        rules: Rules,
+        scene: Scene | None = None,
+        done: Callable[[], None] | None = None,
+    ) -> Future[Diagnosis]:
         """``decide`` on a thread of its own, so that the runner never waits for the model;
         ``done`` is called when the answer (or the error) is there."""
-        answer: Future[tuple[Decision, ToolCall]] = Future()
+        answer: Future[Diagnosis] = Future()
 
         def run() -> None:
             try:
-                answer.set_result(self.decide(context))
+                answer.set_result(self.decide(context, rules, scene))
             except BaseException as e:  # handed to the runner, which says what it was
                 answer.set_exception(e)
             finally:
@@ -199,17 +190,10 @@ class Diagnoser:
         threading.Thread(target=run, name="agentflow-diagnosis", daemon=True).start()
         return answer
 
-    def decide(self, context: str) -> tuple[Decision, ToolCall]:
-        messages = [{"role": "user", "content": context}]
-        call = self.llm.call_tool(SYSTEM, messages, SUBMIT_DECISION)
-        try:
-            decision = Decision.model_validate(call.input)
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise LLMError(
-                f"the model's decision is invalid ({'.'.join(map(str, first['loc']))}: "
-                f"{first['msg']}): {json.dumps(call.input)[:500]}"
-            ) from None
-        if decision.action == "retry_with_changes" and not (decision.run or decision.env):
-            raise LLMError("the model chose retry_with_changes without a new run or env")
-        return decision, call
+    def decide(self, context: str, rules: Rules, scene: Scene | None = None) -> Diagnosis:
+        tools = Toolbox(scene) if scene is not None else None
+        loop = ToolLoop(
+            self.llm, tools, SUBMIT_DECISION, lambda data: problems(data, rules), self.limits
+        )
+        outcome = loop.run(SYSTEM, context)
+        return Diagnosis(parse(outcome.action), outcome)

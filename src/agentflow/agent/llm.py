@@ -7,6 +7,7 @@ commands that never call the model must not pay.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,7 @@ class LLM:
         self.usage = Usage()
         """What this client's calls cost, by kind of token."""
         self._client: Any = None
+        self._lock = threading.Lock()
 
     @staticmethod
     def check_key() -> None:
@@ -197,8 +199,9 @@ class LLM:
             getattr(u, "cache_read_input_tokens", None) or 0,
             getattr(u, "cache_creation_input_tokens", None) or 0,
         )
-        self.used += usage.tokens
-        self.usage += usage
+        with self._lock:  # diagnoses of several steps may run at once
+            self.used += usage.tokens
+            self.usage += usage
         if response.stop_reason == "max_tokens":
             raise LLMError(
                 f"the model's answer was cut at {max_tokens} tokens before it finished: "

@@ -16,9 +16,7 @@ from typing import Literal, Protocol, TypeVar
 from pydantic import BaseModel, JsonValue
 
 from agentflow import safefs, stepfiles
-from agentflow.agent.diagnose import Decision as ModelDecision
-from agentflow.agent.diagnose import Diagnoser
-from agentflow.agent.llm import ToolCall
+from agentflow.agent.diagnose import Diagnoser, Diagnosis
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -35,7 +33,7 @@ from agentflow.store import Event, RunDir
 from agentflow.template import Ref, scalar_text, substitute
 from agentflow.tmux import Tmux, wake_channel
 from agentflow.verify import Where
-from agentflow.workflow.model import Step, Workflow
+from agentflow.workflow.model import Scalar, Step, Workflow
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -99,7 +97,7 @@ class Asked:
     status: StepStatus
     message: str | None
     deadline: datetime
-    answer: Future[tuple[ModelDecision, ToolCall]]
+    answer: Future[Diagnosis]
 
 
 class RunnerBase:
@@ -120,6 +118,9 @@ class RunnerBase:
         self.clocks: dict[str, StepClock] = {}
         self.sandbox_losses: dict[str, int] = {}
         """Attempts of each step that went down with their sandbox (not counted as tries)."""
+        self.usage_base = state.usage
+        """What the model had cost the run before this runner (the diagnoser's client
+        counts from zero)."""
         self.diagnoses: dict[str, Asked] = {}
         """Steps whose failure the model is looking at, off the runner's thread."""
         self.wake: Callable[[], None] = lambda: None
@@ -210,10 +211,14 @@ class RunnerBase:
             hidden=self.hidden,
         )
 
+    def _inputs(self) -> dict[str, Scalar]:
+        """The run's inputs, with what the model changed for the rest of the run."""
+        return {**self.s.plan.inputs, **self.state.input_overrides}
+
     def _render(self, text: str, env: dict[str, str]) -> str:
         def lookup(ref: Ref) -> str | None:
             if ref.kind == "inputs":
-                value = self.s.plan.inputs.get(ref.names[0])
+                value = self._inputs().get(ref.names[0])
                 return None if value is None else scalar_text(value)
             if ref.kind == "env":
                 return env.get(ref.names[0], os.environ.get(ref.names[0], ""))

@@ -3,36 +3,21 @@ wrong: recover rules, the retry policy, the model's diagnosis, escalation, abort
 
 from __future__ import annotations
 
-import difflib
-import re
 import signal
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from agentflow import artifacts, stepfiles
-from agentflow.agent.diagnose import Decision as ModelDecision
-from agentflow.agent.diagnose import Failure, build_context
-from agentflow.agent.llm import BudgetExceeded, ToolCall
 from agentflow.artifacts import ArtifactError, Collector
-from agentflow.errors import AgentflowError
-from agentflow.recovery import Decision as RecoveryDecision
 from agentflow.recovery import decide
-from agentflow.runner.base import (
-    DIAGNOSIS_DEADLINE,
-    MAX_DECISIONS_PER_RUN,
-    MAX_DECISIONS_PER_STEP,
-    SANDBOX_LOSSES,
-    Asked,
-    RunnerBase,
-)
+from agentflow.runner.agentic import Agentic
+from agentflow.runner.base import SANDBOX_LOSSES
 from agentflow.settings import settings
 from agentflow.state import StepState, StepStatus, now
-from agentflow.template import TemplateSyntaxError, references
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
 from agentflow.workflow.model import Step
-from agentflow.workflow.types import ENV_PATTERN, format_duration, parse_duration
 
 
-class Outcomes(RunnerBase):
+class Outcomes(Agentic):
     """Judging ended attempts and recovering from failed ones."""
 
     def _attempt_ended(self, step_id: str, code: int, ended: datetime | None) -> None:
@@ -58,6 +43,7 @@ class Outcomes(RunnerBase):
         self._emit("step_finished", step_id, status=status, exit_code=code, message=message)
         if step.service and st.kill_reason != "end":
             self._fail_dependents(step_id, f"service {step_id} stopped ({message or status})")
+        self._patch_result(step_id, status == "succeeded")
         if status == "succeeded":
             self.state = self.state.with_run(consecutive_failures=0)
             return
@@ -232,223 +218,3 @@ class Outcomes(RunnerBase):
             self._diagnose(step_id, step, status, code)
             return
         self._apply(step_id, step, status, decision)
-
-    def _diagnose(self, step_id: str, step: Step, status: StepStatus, code: int | None) -> None:
-        """Ask the model, within the guardrails, and carry out its decision."""
-        st = self.state.steps[step_id]
-        diagnoser = self.s.diagnoser
-        assert diagnoser is not None
-        if st.decisions >= MAX_DECISIONS_PER_STEP or self.state.decisions >= MAX_DECISIONS_PER_RUN:
-            count = max(st.decisions, self.state.decisions)
-            self._escalate(step_id, f"the model has already decided {count} times (the limit)")
-            return
-        step_dir = self.s.run.step_dir(step_id)
-        failure = Failure(
-            step=step,
-            script=tail(step_dir / "run.sh", 16 * 1024),
-            status=status,
-            exit_code=code,
-            message=st.message,
-            attempts=st.attempts,
-            log=step_dir / "output.log",
-        )
-        context = build_context(
-            failure, self.s.run.read_events(), self.s.runbooks, self.redactor,
-            diagnoser.budget_tokens, self.s.workspace,
-        )  # fmt: skip
-        # The model is asked off the runner's thread: while it thinks, the runner goes on
-        # enforcing timeouts, probes and stop requests. The step waits, pending, and its
-        # dependents with it; the answer is carried out at the runner's next look.
-        self.diagnoses[step_id] = Asked(
-            status, st.message, now() + timedelta(seconds=DIAGNOSIS_DEADLINE),
-            diagnoser.ask(context, self.wake),
-        )  # fmt: skip
-        self._update(step_id, status="pending", message="diagnosing: the model is looking")
-        self._emit("diagnosis_started", step_id, status=status)
-
-    def _collect_diagnoses(self) -> None:
-        """Carry out the model's answers that have come (on the runner's thread)."""
-        for step_id, asked in list(self.diagnoses.items()):
-            late = not asked.answer.done() and now() >= asked.deadline
-            if not asked.answer.done() and not late:
-                continue
-            self._undiagnosed(step_id)
-            if self.aborting is not None:
-                continue
-            if late:
-                self._escalate(
-                    step_id,
-                    f"the model did not answer within {format_duration(DIAGNOSIS_DEADLINE)}",
-                )
-                continue
-            step = self.s.workflow.step(step_id)
-            try:
-                decision, call = asked.answer.result()
-            except BudgetExceeded as e:
-                self._escalate(step_id, str(e))
-                continue
-            except AgentflowError as e:  # the API down, the key refused, an unusable answer
-                self._escalate(step_id, f"the model could not decide: {str(e).splitlines()[0]}")
-                continue
-            self._decided(step_id, step, asked.status, decision, call)
-
-    def _undiagnosed(self, step_id: str) -> None:
-        """The step is no longer waiting for the model: back to how its attempt ended."""
-        asked = self.diagnoses.pop(step_id)
-        self._update(step_id, status=asked.status, message=asked.message)
-
-    def _decided(
-        self, step_id: str, step: Step, status: StepStatus, decision: ModelDecision, call: ToolCall
-    ) -> None:
-        st = self.state.steps[step_id]
-        self.state = self.state.with_run(
-            tokens_used=self.state.tokens_used + call.tokens, decisions=self.state.decisions + 1
-        )
-        self._update(step_id, decisions=st.decisions + 1)
-        self._emit(
-            "diagnosis",
-            step_id,
-            status=status,
-            message=f"{decision.action}: {decision.diagnosis} "
-            f"[{decision.category or 'uncategorised'}; {call.tokens} tokens]",
-        )
-        try:
-            wait = parse_duration(decision.wait) if decision.wait else 0.0
-        except ValueError:
-            wait = 0.0  # a wait we cannot read is no reason to stop the run
-        if decision.action == "retry":
-            self._apply(step_id, step, status, RecoveryDecision("retry", "the model: retry", wait))
-        elif decision.action == "retry_with_changes":
-            self._retry_with_changes(step_id, decision, wait)
-        elif decision.action == "escalate":
-            self._escalate(step_id, f"the model: {decision.diagnosis}")
-        elif decision.action == "skip":
-            self._apply(step_id, step, status, RecoveryDecision("skip", "the model: skip"))
-        else:
-            self._apply(step_id, step, status, RecoveryDecision("abort", "the model: abort"))
-
-    def _retry_with_changes(self, step_id: str, decision: ModelDecision, wait: float) -> None:
-        """Carry out the model's changed command and/or environment, once checked and
-        approved by a person (or --yes): the model's words never run unseen."""
-        st = self.state.steps[step_id]
-        old = st.run_override or self._planned_run(step_id)
-        new = decision.run if decision.run and decision.run.strip() != old.strip() else None
-        env = decision.env or {}
-        problem = self._check_model_change(new, env)
-        if problem:
-            self._escalate(step_id, f"the model proposed a change that cannot run: {problem}")
-            return
-        proposal = "".join(
-            difflib.unified_diff(_lines(old), _lines(new or old), "planned", "proposed")
-        ) + "".join(f"+env {k}={v}\n" for k, v in env.items())
-        self._emit("command_proposed", step_id, message=proposal)
-        approve = self.s.approve
-        if approve is None or not approve(step_id, old, (new or old) + _env_lines(env)):
-            why = "needs approval" if approve is None else "was refused"
-            self._escalate(
-                step_id,
-                f"the model's change {why}: see the proposal in the events "
-                "(approve with --yes, or in a terminal)",
-            )
-            return
-        changes: dict[str, object] = {
-            "status": "pending",
-            "env_overrides": {**st.env_overrides, **env},
-            "not_before": now() + timedelta(seconds=wait),
-            "message": "retry with the model's changes",
-        }
-        if new is not None:
-            changes["run_override"] = new
-        self._update(step_id, **changes)
-        shown = ", ".join(f"{k}={v}" for k, v in env.items())
-        self._emit(
-            "retry_scheduled",
-            step_id,
-            message="retry with the model's changes" + (f" (env {shown})" if shown else ""),
-        )
-
-    def _check_model_change(self, run: str | None, env: dict[str, str]) -> str | None:
-        """Why a change the model proposes must not run, or None."""
-        for name in env:
-            if not re.fullmatch(ENV_PATTERN, name):
-                return f"{name!r} is not an environment variable name"
-            if name in _HOST_ENV or name.startswith(_HOST_ENV_PREFIXES):
-                return f"it may not set {name} (it changes how programs start, not the step)"
-            if name in self.s.secrets:
-                return f"it may not set the secret {name}"
-        if run is not None:
-            try:
-                refs = list(references(run))
-            except TemplateSyntaxError as e:
-                return str(e)
-            for ref in refs:
-                if ref.kind == "inputs" and ref.names[0] not in self.s.plan.inputs:
-                    return f"unknown input {ref.names[0]!r}"
-                if ref.kind == "env" and ref.names[0] in self.s.secrets:
-                    return f"${{{{ env.{ref.names[0]} }}}} would write a secret into files"
-                if ref.kind == "steps" and ref.names[0] not in self.state.steps:
-                    return f"unknown step {ref.names[0]!r}"
-        return None
-
-    def _escalate(self, step_id: str, why: str) -> None:
-        message = f"a person must decide: {why}"
-        self._update(step_id, status="blocked", message=message)
-        self._emit("escalated", step_id, status="blocked", message=message)
-
-    def _apply(self, step_id: str, step: Step, status: StepStatus, d: RecoveryDecision) -> None:
-        st = self.state.steps[step_id]
-        if d.rule is not None:
-            self._emit("rule_matched", step_id, status=status, message=d.reason)
-        if d.action == "retry":
-            changes: dict[str, object] = {
-                "status": "pending",
-                "not_before": now() + timedelta(seconds=d.wait),
-                "message": d.reason,
-                "env_overrides": {**st.env_overrides, **d.set_env},
-            }
-            if d.rule is None:
-                changes["retries"] = st.retries + 1
-            else:
-                key = str(d.rule)
-                changes["rule_uses"] = {**st.rule_uses, key: st.rule_uses.get(key, 0) + 1}
-            self._update(step_id, **changes)
-            self._emit("retry_scheduled", step_id, status=status, message=d.reason)
-            return
-        if d.action == "skip":
-            self._update(step_id, status="skipped", message=d.reason)
-            self._emit("step_skipped", step_id, status="skipped", message=d.reason)
-            return
-        if d.action == "escalate":
-            self._escalate(step_id, d.reason)
-            return
-        if d.reason:
-            self._update(step_id, message=f"{st.message}; {d.reason}" if st.message else d.reason)
-        if d.action == "abort" or self.s.workflow.on_failure_of(step) == "abort":
-            self._abort(
-                f"step {step_id} {status}" + (f" ({d.reason})" if d.rule is not None else "")
-            )
-
-    def _abort(self, why: str) -> None:
-        self.aborting = why
-        self._emit("run_aborting", message=why)
-        for other, ost in self.state.steps.items():
-            if ost.status == "running" and ost.kill_reason is None:
-                self._update(
-                    other, kill_reason="abort", kill_sent_at=now(), message=f"run aborted: {why}"
-                )
-                self._signal(other, signal.SIGTERM)
-
-
-_HOST_ENV = frozenset(
-    {"BASH_ENV", "ENV", "PATH", "IFS", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "HOME",
-     "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PERL5OPT", "NODE_OPTIONS", "RUBYOPT"}
-)  # fmt: skip
-_HOST_ENV_PREFIXES = ("LD_", "DYLD_", "DOCKER_", "TMUX", "AGENTFLOW_")
-
-
-def _env_lines(env: dict[str, str]) -> str:
-    return "".join(f"\n# env {k}={v}" for k, v in env.items())
-
-
-def _lines(text: str) -> list[str]:
-    return (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)

@@ -1,0 +1,185 @@
+"""File edits the model proposes: a unified diff, confined to the workspace.
+
+Checked before anyone is asked (paths relative and inside the workspace, text files of
+bounded size, every hunk applying), applied through ``safefs`` (no link followed,
+agentflow's home refused by identity, each file replaced by a rename), and reversible: the
+original text of every file is kept so that a fix that did not work is taken back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from unidiff.errors import UnidiffParseError
+from unidiff.patch import PatchedFile, PatchSet
+
+from agentflow import safefs
+
+PATCH_MAX = 64 * 1024
+"""Characters of one patch."""
+FILES_MAX = 20
+"""Files one patch may change."""
+FILE_MAX = 1024 * 1024
+"""Bytes of a file a patch may change (source code and configs, not data)."""
+FUZZ = 200
+"""Lines a hunk may have moved from where the diff says it starts."""
+
+
+class PatchError(ValueError):
+    """The patch cannot be applied: the message says why, for the model and a person."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One file's edit: its path below the workspace, its text before (None: a new file)
+    and after."""
+
+    path: str
+    before: str | None
+    after: str
+
+
+def _target(f: PatchedFile) -> str:
+    """The file's path relative to the workspace (``a/``/``b/`` prefixes dropped)."""
+    name = f.target_file if not f.is_removed_file else f.source_file
+    if name.startswith(("a/", "b/")):
+        name = name[2:]
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\x00" in name:
+        raise PatchError(f"{name!r} is not a path inside the workspace")
+    return str(path)
+
+
+def prepare(
+    patch: str, workspace: Path, hidden: frozenset[safefs.Identity] = frozenset()
+) -> list[Change]:
+    """The changes ``patch`` makes, worked out against the files as they are now;
+    PatchError when it cannot apply (nothing is written)."""
+    if len(patch) > PATCH_MAX:
+        raise PatchError(f"the patch is {len(patch)} characters; at most {PATCH_MAX}")
+    try:
+        files = PatchSet(patch)
+    except UnidiffParseError as e:
+        raise PatchError(f"not a unified diff: {e}") from None
+    if not files:
+        raise PatchError("not a unified diff: no file in it (--- a/PATH, +++ b/PATH, @@ hunks)")
+    if len(files) > FILES_MAX:
+        raise PatchError(f"the patch changes {len(files)} files; at most {FILES_MAX}")
+    changes: list[Change] = []
+    seen: set[str] = set()
+    for f in files:
+        path = _target(f)
+        if path in seen:
+            raise PatchError(f"{path} is patched twice")
+        seen.add(path)
+        if f.is_removed_file:
+            raise PatchError(f"{path}: a patch may change and add files, not delete them")
+        if f.is_added_file:
+            before = None
+            _folder_exists(workspace, path, hidden)
+        else:
+            before = _read(workspace, path, hidden)
+        changes.append(Change(path, before, _apply(f, path, before or "")))
+    return changes
+
+
+def _read(workspace: Path, path: str, hidden: frozenset[safefs.Identity]) -> str:
+    try:
+        data = safefs.read_bytes(workspace / path, workspace, FILE_MAX, hidden=hidden)
+    except safefs.TooLarge:
+        raise PatchError(f"{path} is larger than {FILE_MAX // 1024} KiB") from None
+    except FileNotFoundError:
+        raise PatchError(f"{path} does not exist (a new file's diff says --- /dev/null)") from None
+    except OSError as e:
+        raise PatchError(f"{path} cannot be read: {e.strerror or e}") from None
+    if b"\x00" in data:
+        raise PatchError(f"{path} is not a text file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise PatchError(f"{path} is not UTF-8 text") from None
+
+
+def _folder_exists(workspace: Path, path: str, hidden: frozenset[safefs.Identity]) -> None:
+    names = safefs.parts_below(workspace / path, workspace)
+    try:
+        with safefs.open_dir(workspace, names[:-1], hidden):
+            pass
+    except OSError as e:
+        raise PatchError(f"{path}: its folder cannot be used ({e.strerror or e})") from None
+    try:
+        safefs.lstat(workspace / path, workspace, hidden)
+    except FileNotFoundError:
+        return
+    raise PatchError(f"{path} exists already: give a diff against it")
+
+
+def _apply(f: PatchedFile, path: str, text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    at = 0  # lines of the original consumed
+    for n, hunk in enumerate(f, 1):
+        old = [line.value for line in hunk if line.line_type in (" ", "-")]
+        new = [line.value for line in hunk if line.line_type in (" ", "+")]
+        start = _find(lines, old, max(at, hunk.source_start - 1))
+        if start is None:
+            raise PatchError(
+                f"{path}: hunk {n} (@@ -{hunk.source_start},{hunk.source_length}) does not "
+                "match the file: read it again and give exact context lines"
+            )
+        out += lines[at:start] + new
+        at = start + len(old)
+    return "".join(out + lines[at:])
+
+
+def _find(lines: list[str], old: list[str], hint: int) -> int | None:
+    """Where ``old`` stands in ``lines``, nearest ``hint`` first (within FUZZ lines); a
+    missing newline at the very end of either is not a difference."""
+
+    def matches(i: int) -> bool:
+        if i < 0 or i + len(old) > len(lines):
+            return False
+        return all(a.rstrip("\n") == b.rstrip("\n") for a, b in zip(lines[i:], old, strict=False))
+
+    if not old:
+        return min(hint, len(lines))
+    for delta in range(FUZZ + 1):
+        for i in (hint - delta, hint + delta) if delta else (hint,):
+            if matches(i):
+                return i
+    return None
+
+
+def write(
+    changes: list[Change],
+    workspace: Path,
+    *,
+    undo: bool = False,
+    hidden: frozenset[safefs.Identity] = frozenset(),
+) -> None:
+    """Write the changes (``undo``: put the text before back; a new file is removed).
+    Each file is replaced by a rename, so a reader never sees half of it."""
+    for c in changes:
+        text = c.before if undo else c.after
+        names = safefs.parts_below(workspace / c.path, workspace)
+        with safefs.open_dir(workspace, names[:-1], hidden) as dfd:
+            if text is None:
+                safefs.remove(dfd, names[-1])
+                continue
+            mode = 0o644
+            with contextlib.suppress(FileNotFoundError):
+                mode = os.stat(names[-1], dir_fd=dfd, follow_symlinks=False).st_mode & 0o777
+            temp = f".{names[-1]}.agentflow-patch"
+            safefs.remove(dfd, temp)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(temp, flags, mode, dir_fd=dfd)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.rename(temp, names[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
+def files(changes: list[Change]) -> list[str]:
+    return [c.path for c in changes]

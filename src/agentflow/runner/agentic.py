@@ -1,0 +1,400 @@
+"""The model's part in a run: asking it about a failure (off the runner's thread), then
+carrying out what it decided — retry, changes (a command, env for the step or everything
+after it, a patch to workspace files, inputs for the rest of the run), rerunning upstream
+steps, skip, abort, escalate. Every change to what runs is shown and approved first."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from datetime import timedelta
+from typing import Any
+
+from pydantic import JsonValue
+
+from agentflow import safefs
+from agentflow.agent import patch
+from agentflow.agent.decision import Decision, Rules, problems
+from agentflow.agent.diagnose import Diagnosis, Failure, build_context
+from agentflow.agent.loop import LoopExhausted
+from agentflow.agent.loop import Step as LoopStep
+from agentflow.agent.patch import PatchError
+from agentflow.agent.tools import Scene
+from agentflow.errors import AgentflowError
+from agentflow.planner.static import render_inputs
+from agentflow.recovery import Decision as RecoveryDecision
+from agentflow.runner.base import (
+    DIAGNOSIS_DEADLINE,
+    MAX_DECISIONS_PER_RUN,
+    MAX_DECISIONS_PER_STEP,
+    Asked,
+)
+from agentflow.runner.recovering import Recovering
+from agentflow.state import DONE, StepStatus, now
+from agentflow.verify import tail
+from agentflow.workflow.model import Step
+from agentflow.workflow.types import format_duration, parse_duration
+
+
+class Agentic(Recovering):
+    """Diagnoses by the model, and their decisions carried out."""
+
+    def _diagnose(self, step_id: str, step: Step, status: StepStatus, code: int | None) -> None:
+        """Ask the model, within the guardrails; its answer is carried out when it comes."""
+        st = self.state.steps[step_id]
+        diagnoser = self.s.diagnoser
+        assert diagnoser is not None
+        if st.decisions >= MAX_DECISIONS_PER_STEP or self.state.decisions >= MAX_DECISIONS_PER_RUN:
+            count = max(st.decisions, self.state.decisions)
+            self._escalate(step_id, f"the model has already decided {count} times (the limit)")
+            return
+        step_dir = self.s.run.step_dir(step_id)
+        failure = Failure(
+            step=step,
+            script=tail(step_dir / "run.sh", 16 * 1024),
+            status=status,
+            exit_code=code,
+            message=st.message,
+            attempts=st.attempts,
+            log=step_dir / "output.log",
+        )
+        context = build_context(
+            failure, self.s.run.read_events(), self.s.runbooks, self.redactor,
+            diagnoser.budget_tokens, self.s.workspace,
+        )  # fmt: skip
+        # The model is asked off the runner's thread: while it looks around and thinks,
+        # the runner goes on enforcing timeouts, probes and stop requests. The step waits,
+        # pending, and its dependents with it; the answer is carried out at the next look.
+        scene = Scene(
+            workspace=self.s.workspace,
+            workflow=self.s.workflow,
+            redact=self.redactor,
+            hidden=self.hidden,
+            runbooks=self.s.runbooks,
+            sandbox=self.s.sandbox,
+            run=self.s.run,
+            plan=self.s.plan,
+            state=self.state,  # a snapshot: states are never changed, only replaced
+            step=step_id,
+            env=self._step_env(step),
+        )
+        self.diagnoses[step_id] = Asked(
+            status, st.message, now() + timedelta(seconds=DIAGNOSIS_DEADLINE),
+            diagnoser.ask(context, self._rules(step_id), scene, self.wake),
+        )  # fmt: skip
+        self._update(step_id, status="pending", message="diagnosing: the model is looking")
+        self._emit("diagnosis_started", step_id, status=status)
+
+    def _rules(self, step_id: str) -> Rules:
+        return Rules(
+            step=step_id,
+            statuses={k: v.status for k, v in self.state.steps.items()},
+            upstream=frozenset(self._upstream(step_id)),
+            inputs=self._inputs(),
+            secrets=frozenset(self.s.secrets),
+            workspace=self.s.workspace,
+            hidden=self.hidden,
+        )
+
+    def _upstream(self, step_id: str) -> set[str]:
+        found: set[str] = set()
+        todo = list(self.s.workflow.step(step_id).needs)
+        while todo:
+            need = todo.pop()
+            if need not in found:
+                found.add(need)
+                todo += self.s.workflow.step(need).needs
+        return found
+
+    def _downstream(self, step_id: str) -> list[str]:
+        """Every step that needs ``step_id``, directly or not, in the plan's order."""
+        return [s.id for s in self.s.plan.steps if step_id in self._upstream(s.id)]
+
+    def _collect_diagnoses(self) -> None:
+        """Carry out the model's answers that have come (on the runner's thread)."""
+        for step_id, asked in list(self.diagnoses.items()):
+            late = not asked.answer.done() and now() >= asked.deadline
+            if not asked.answer.done() and not late:
+                continue
+            self._undiagnosed(step_id)
+            if self.aborting is not None:
+                continue
+            if late:
+                self._escalate(
+                    step_id,
+                    f"the model did not answer within {format_duration(DIAGNOSIS_DEADLINE)}",
+                )
+                continue
+            self._count_usage()
+            try:
+                diagnosis = asked.answer.result()
+            except LoopExhausted as e:
+                self._transcript(step_id, e.transcript)
+                self._emit(
+                    "agent_exhausted",
+                    step_id,
+                    message=str(e),
+                    data={"reason": str(e), "tools": _tools(e.transcript),
+                          "usage": e.usage.model_dump()},
+                )  # fmt: skip
+                self._escalate(step_id, f"the model did not decide ({e}); {e.found()}")
+                continue
+            except AgentflowError as e:  # the API down, the key refused, an unusable answer
+                self._escalate(step_id, f"the model could not decide: {str(e).splitlines()[0]}")
+                continue
+            self._transcript(step_id, diagnosis.outcome.transcript)
+            self._decided(step_id, asked.status, diagnosis)
+
+    def _count_usage(self) -> None:
+        diagnoser = self.s.diagnoser
+        assert diagnoser is not None
+        llm = diagnoser.llm
+        self.state = self.state.with_run(tokens_used=llm.used, usage=self.usage_base + llm.usage)
+
+    def _transcript(self, step_id: str, transcript: list[LoopStep]) -> None:
+        for entry in transcript:
+            what = entry.tool if entry.tool == "text" else f"{entry.tool} {_shown(entry.input)}"
+            self._emit("agent_tool", step_id, message=what, data=entry.event_data())
+
+    def _undiagnosed(self, step_id: str) -> None:
+        """The step is no longer waiting for the model: back to how its attempt ended."""
+        asked = self.diagnoses.pop(step_id)
+        self._update(step_id, status=asked.status, message=asked.message)
+
+    def _decided(self, step_id: str, status: StepStatus, diagnosis: Diagnosis) -> None:
+        d, out = diagnosis.decision, diagnosis.outcome
+        st = self.state.steps[step_id]
+        self.state = self.state.with_run(decisions=self.state.decisions + 1)
+        self._update(step_id, decisions=st.decisions + 1)
+        data: dict[str, JsonValue] = {
+            **d.model_dump(mode="json"),
+            "turns": out.turns,
+            "tools": _tools(out.transcript),
+            "usage": out.usage.model_dump(),
+        }
+        self._emit(
+            "diagnosis",
+            step_id,
+            status=status,
+            message=f"{d.action}: {d.diagnosis} "
+            f"[{d.category or 'uncategorised'}; {out.usage.tokens} tokens]",
+            data=data,
+        )
+        wrong = problems(d.model_dump(exclude_none=True), self._rules(step_id))
+        if wrong:  # the run moved on while the model thought (a file changed, a step ran)
+            self._escalate(step_id, f"the model's decision cannot be carried out: {wrong[0]}")
+            return
+        wait = parse_duration(d.wait) if d.wait else 0.0
+        step = self.s.workflow.step(step_id)
+        if d.action == "retry":
+            self._apply(step_id, step, status, RecoveryDecision("retry", "the model: retry", wait))
+        elif d.action == "retry_with_changes":
+            self._change(step_id, d, wait)
+        elif d.action == "rerun":
+            self._rerun(step_id, d)
+        elif d.action == "escalate":
+            self._escalate(step_id, f"the model: {d.question or d.diagnosis}")
+        elif d.action == "skip":
+            self._skip(step_id, step, status, d)
+        else:
+            self._apply(step_id, step, status, RecoveryDecision("abort", "the model: abort"))
+
+    def _approved(self, step_id: str, old: str, new: str) -> bool:
+        """A person (or --yes) approved; else the step is escalated and False."""
+        approve = self.s.approve
+        if approve is not None and approve(step_id, old, new):
+            return True
+        why = "needs approval" if approve is None else "was refused"
+        self._escalate(
+            step_id,
+            f"the model's change {why}: see the proposal in the events "
+            "(approve with --yes, or in a terminal)",
+        )
+        return False
+
+    def _skip(self, step_id: str, step: Step, status: StepStatus, d: Decision) -> None:
+        """Skipping a step others need skips them too: a person must agree to that."""
+        after = self._downstream(step_id)
+        if after:
+            shown = f"skip {step_id} and the steps that need it: {', '.join(after)}\n"
+            skipped: list[JsonValue] = [*after]
+            self._emit("command_proposed", step_id, message=shown, data={"skip": skipped})
+            if not self._approved(step_id, f"run {step_id}\n", shown):
+                return
+        why = f"the model: skip ({d.diagnosis})"
+        self._apply(step_id, step, status, RecoveryDecision("skip", why))
+
+    def _change(self, step_id: str, d: Decision, wait: float) -> None:
+        """A retry with the model's changes, once a person (or --yes) approved them all:
+        the model's words never run unseen."""
+        st = self.state.steps[step_id]
+        old = st.run_override or self._planned_run(step_id)
+        new = d.run if d.run and d.run.strip() != old.strip() else None
+        env = d.env or {}
+        targets = [step_id] + (self._downstream(step_id) if d.scope == "downstream" else [])
+        inputs = {k: v for k, v in (d.inputs or {}).items() if self._inputs().get(k) != v}
+        try:
+            edits = patch.prepare(d.patch, self.s.workspace, self.hidden) if d.patch else []
+        except PatchError as e:
+            self._escalate(step_id, f"the model's patch cannot be applied: {e}")
+            return
+        diff = difflib.unified_diff(_lines(old), _lines(new or old), "planned", "proposed")
+        shown = f"# env for {', '.join(targets)}\n" if env and len(targets) > 1 else ""
+        shown += "".join(diff) + "".join(f"+env {k}={v}\n" for k, v in env.items())
+        if inputs:  # (before the diff: the env lines end the proposal, as learn reads it)
+            shown = (
+                "# inputs for the rest of the run\n"
+                + "".join(f"+input {k}={json.dumps(v)}\n" for k, v in inputs.items())
+                + shown
+            )
+        if d.patch:
+            shown = f"# patch to {', '.join(patch.files(edits))}\n{d.patch.rstrip()}\n" + shown
+        self._emit("command_proposed", step_id, message=shown)
+        proposal = (new or old) + "".join(f"\n# env {k}={v}" for k, v in env.items())
+        if inputs:
+            proposal += "".join(f"\n# input {k}={json.dumps(v)}" for k, v in inputs.items())
+        if d.patch:
+            proposal += "\n# patch:\n" + "".join(f"# {line}\n" for line in d.patch.splitlines())
+        if not self._approved(step_id, old, proposal):
+            return
+        if edits and not self._patched(step_id, d.patch or "", edits):
+            return
+        if inputs:
+            self._change_inputs(step_id, inputs)
+        for target in targets:
+            tst = self.state.steps[target]
+            if env and tst.status not in DONE:
+                self._update(target, env_overrides={**tst.env_overrides, **env})
+        changes: dict[str, object] = {
+            "status": "pending",
+            "not_before": now() + timedelta(seconds=wait),
+            "message": "retry with the model's changes",
+        }
+        if new is not None:
+            changes["run_override"] = new
+        self._update(step_id, **changes)
+        what = [f"env {', '.join(f'{k}={v}' for k, v in env.items())}"] if env else []
+        what += [f"inputs {', '.join(inputs)}"] if inputs else []
+        what += [f"patch to {', '.join(patch.files(edits))}"] if edits else []
+        self._emit(
+            "retry_scheduled",
+            step_id,
+            message="retry with the model's changes" + (f" ({'; '.join(what)})" if what else ""),
+        )
+
+    def _patched(self, step_id: str, text: str, edits: list[patch.Change]) -> bool:
+        """Apply an approved patch: saved in the step's folder for people, its undo in the
+        run directory (out of the step's reach), then written. False: escalated."""
+        attempt = self.state.steps[step_id].attempts
+        name = f"patch-{attempt}.diff"
+        undo = f"undo-{step_id}-{attempt}.json"
+        try:
+            self.s.run.write_text(
+                undo, json.dumps([{"path": c.path, "before": c.before, "after": c.after}
+                                  for c in edits])
+            )  # fmt: skip
+            patch.write(edits, self.s.workspace, hidden=self.hidden)
+        except OSError as e:
+            self._escalate(step_id, f"the model's patch could not be written: {e}")
+            return False
+        try:  # the copy for people is a courtesy: the step's folder is the step's to spoil
+            safefs.write_text(self.s.run.step_dir(step_id) / name, self.s.run.steps_path, text)
+        except OSError:
+            name = ""
+        self._update(step_id, patch_undo=undo)
+        self._emit(
+            "patch_applied",
+            step_id,
+            message=f"patched {', '.join(patch.files(edits))}",
+            data={"files": list(patch.files(edits)), "patch": name},
+        )
+        return True
+
+    def _patch_result(self, step_id: str, succeeded: bool) -> None:
+        """After the attempt that followed a patch: a fix that did not work is taken back
+        (the next diagnosis starts from the files as they were)."""
+        undo = self.state.steps[step_id].patch_undo
+        if undo is None:
+            return
+        self._update(step_id, patch_undo=None)
+        if succeeded:
+            return
+        try:
+            records = json.loads((self.s.run.path / undo).read_text())
+            edits = [patch.Change(r["path"], r["before"], r["after"]) for r in records]
+            patch.write(edits, self.s.workspace, undo=True, hidden=self.hidden)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self._emit("patch_reverted", step_id, message=f"could not take the patch back: {e}")
+            return
+        self._emit(
+            "patch_reverted",
+            step_id,
+            message=f"the patch did not fix it: {', '.join(patch.files(edits))} restored",
+            data={"files": list(patch.files(edits))},
+        )
+
+    def _change_inputs(self, step_id: str, inputs: dict[str, Any]) -> None:
+        """New input values for the rest of the run: probes and checks render them when
+        they run; the commands of steps still to run are rendered again now (a command the
+        planner wrote has its values in it and stays as it is)."""
+        merged = {**self._inputs(), **inputs}
+        self.state = self.state.with_run(input_overrides={**self.state.input_overrides, **inputs})
+        rendered = []
+        for planned in self.s.plan.steps:
+            pst = self.state.steps[planned.id]
+            if pst.status in DONE or pst.status == "running" or planned.source != "workflow":
+                continue
+            run = self.s.workflow.step(planned.id).run
+            if run is None:
+                continue
+            new = render_inputs(run, merged)
+            if new != (pst.run_override or planned.run):
+                self._update(planned.id, run_override=new)
+                rendered.append(planned.id)
+        self._save()
+        self._emit(
+            "inputs_changed",
+            step_id,
+            message="inputs "
+            + ", ".join(f"{k}={json.dumps(v)}" for k, v in inputs.items())
+            + (f"; commands of {', '.join(rendered)} rendered again" if rendered else ""),
+            data={"inputs": inputs, "rendered": list(rendered)},
+        )
+
+    def _rerun(self, step_id: str, d: Decision) -> None:
+        """Run succeeded upstream steps again, and everything that needs them (the failed
+        step with them): they are commands that ran before, so no approval is needed."""
+        names = list(d.rerun or [])
+        reset: list[str] = []
+        for planned in self.s.plan.steps:
+            if planned.id in names or any(n in self._upstream(planned.id) for n in names):
+                reset.append(planned.id)
+        busy = [s for s in reset if self.state.steps[s].status == "running"]
+        if busy:
+            self._escalate(step_id, f"the model asked to rerun {', '.join(names)}, "
+                           f"but {', '.join(busy)} is running")  # fmt: skip
+            return
+        for target in reset:
+            self._update(
+                target, status="pending", message=f"rerun: asked by the model for {step_id}",
+                exit_code=None, not_before=None, ready_at=None, outputs={},
+            )  # fmt: skip
+        self.schedule.changed()
+        self._emit(
+            "rerun_scheduled",
+            step_id,
+            message=f"rerun {', '.join(reset)}: {d.diagnosis}",
+            data={"steps": list[JsonValue](reset)},
+        )
+
+
+def _tools(transcript: list[LoopStep]) -> list[JsonValue]:
+    return [s.tool for s in transcript if s.tool != "text"]
+
+
+def _shown(args: dict[str, Any]) -> str:
+    return json.dumps(args, ensure_ascii=False)[:200]
+
+
+def _lines(text: str) -> list[str]:
+    return (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)
