@@ -3,6 +3,7 @@ responses, so the real ``anthropic`` SDK is exercised over HTTP (no patching).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -138,7 +139,9 @@ class FakeAnthropic:
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
+                # The client may have given up waiting (a test of its timeout).
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
 
             def log_message(self, *args: Any) -> None:
                 return None

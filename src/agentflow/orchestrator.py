@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from agentflow.agent.diagnose import Diagnoser
+from agentflow.agent.loop import Limits
 from agentflow.errors import EnvironmentProblem, StateError, UsageError
 from agentflow.plan import Plan
 from agentflow.runner import STOP_REQUEST, InterruptChoice, Observer, Runner, RunSetup
@@ -130,7 +131,8 @@ def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
             "it, or run with --no-diagnose (failures are then handled as on_failure: continue)"
         )
     cfg = workflow.planner
-    return Diagnoser(LLM(cfg.model, cfg.max_tokens, cfg.budget, used=used))
+    limits = Limits(turns=cfg.turns, seconds=cfg.deadline)
+    return Diagnoser(LLM(cfg.model, cfg.max_tokens, cfg.budget, used=used), limits=limits)
 
 
 def read_secrets(workflow: Workflow) -> dict[str, str]:

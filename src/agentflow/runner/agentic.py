@@ -78,8 +78,11 @@ class Agentic(Recovering):
             step=step_id,
             env=self._step_env(step),
         )
+        # The loop keeps its own deadline; this one holds should a request hang past it.
+        limits = diagnoser.limits
+        deadline = max(DIAGNOSIS_DEADLINE, limits.seconds + limits.request_timeout + 30)
         self.diagnoses[step_id] = Asked(
-            status, st.message, now() + timedelta(seconds=DIAGNOSIS_DEADLINE),
+            status, st.message, now() + timedelta(seconds=deadline),
             diagnoser.ask(context, self._rules(step_id), scene, self.wake),
         )  # fmt: skip
         self._update(step_id, status="pending", message="diagnosing: the model is looking")
@@ -120,10 +123,8 @@ class Agentic(Recovering):
             if self.aborting is not None:
                 continue
             if late:
-                self._escalate(
-                    step_id,
-                    f"the model did not answer within {format_duration(DIAGNOSIS_DEADLINE)}",
-                )
+                took = format_duration((now() - asked.asked_at).total_seconds())
+                self._escalate(step_id, f"the model did not answer within {took}")
                 continue
             self._count_usage()
             try:

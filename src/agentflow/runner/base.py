@@ -98,6 +98,7 @@ class Asked:
     message: str | None
     deadline: datetime
     answer: Future[Diagnosis]
+    asked_at: datetime = field(default_factory=now)
 
 
 class RunnerBase:

@@ -189,6 +189,12 @@ class Planner(Model):
     """The most tokens one answer of the model may have."""
     budget: int | None = Field(default=None, gt=0)
     """The most tokens the whole run may spend on the model."""
+    turns: int = Field(default=16, ge=1, le=100)
+    """The most requests of one agent loop (planning, or one diagnosis): the model looks
+    around with its tools, then must decide; repair rounds count."""
+    deadline: Duration = Field(default=480.0, gt=0, le=3600)
+    """How long one agent loop may take in all; past it the step is escalated with what
+    the model found so far."""
 
 
 class Backoff(Model):
