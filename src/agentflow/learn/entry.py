@@ -7,21 +7,20 @@ import contextlib
 import re
 import textwrap
 
+from agentflow.learn.fix import Fix
 from agentflow.learn.rank import Candidate
-from agentflow.learn.recoveries import Fix
+from agentflow.learn.transcript import LINE_CHARS, found_by, md_code
 from agentflow.learn.yaml_edit import flow_rule
+from agentflow.textsafe import one_line, printable
+from agentflow.workflow import format_duration
+
+DIAGNOSIS_CHARS = 600
+"""Characters of the model's diagnosis in an entry's Cause."""
 
 _EXCEPTION = re.compile(r"\b([A-Z][A-Za-z0-9_]*(?:Error|Exception|Fault|Exit))\b")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _FAILURE_SECTION = re.compile(r"failure|known (issue|problem)|troubleshoot", re.IGNORECASE)
 _FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
-
-
-def _code(text: str) -> str:
-    """``text`` as Markdown inline code."""
-    fence = "``" if "`" in text else "`"
-    pad = " " if fence == "``" else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _wrap(first: str, text: str) -> list[str]:
@@ -52,20 +51,22 @@ def entry(c: Candidate, level: int) -> str:
     if line:
         shown = line if len(line) <= 200 else line[:200]
         out.append(f"- Symptom: `{r.step}` {how}; its log has")
-        out.append(f"  {_code(shown)}{' …' if len(line) > 200 else ''}")
+        out.append(f"  {md_code(shown)}{' …' if len(line) > 200 else ''}")
     else:
         out.append(f"- Symptom: `{r.step}` {how}, with no line in its log that says why.")
     if fix.source == "model":
-        cause = (fix.diagnosis or "").strip().rstrip(".") or "not given"
+        said = " ".join(printable(fix.diagnosis or "", DIAGNOSIS_CHARS).split())
+        cause = said.rstrip(".") or "not given"
         by = f"the model's diagnosis in run {r.run_id}"
         cause += f" ({by}; category: {fix.category})." if fix.category else f" ({by})."
+        cause += f" {found}" if (found := found_by(list(fix.found_by))) else ""
     else:
         cause = (
             f"not recorded: recover rule {fix.rule_number} handled it in run {r.run_id} "
             "without a diagnosis. Write down why it happens."
         )
     out += _wrap("- Cause: ", cause)
-    todo = _todo(fix)
+    todo = _todo(r.step, fix, r.run_id)
     if c.times > 1:
         runs = ", ".join(c.seen_in)
         proof = f"It worked {c.times} times, in run{'s' * (len(c.seen_in) > 1)} {runs}."
@@ -75,10 +76,9 @@ def entry(c: Candidate, level: int) -> str:
         proof = f"It worked in run {r.run_id}: the run succeeded without the step."
     out += _wrap("- What to do: ", f"{todo} {proof}")
     if fix.command_diff:
-        out.append("  The model's change, approved in that run:")
-        out.append("  ```diff")
-        out += [f"  {x}".rstrip() for x in fix.command_diff.splitlines()]
-        out.append("  ```")
+        out += _fenced("The model's change, approved in that run:", fix.command_diff.splitlines())
+    if fix.fix_lines:
+        out += _fenced("The model's patch, applied in that run:", list(fix.fix_lines))
     rule = c.rule or fix.rule
     if rule is not None:
         out.append(f"  The `recover:` rule of `{r.step}`:")
@@ -86,23 +86,86 @@ def entry(c: Candidate, level: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def _todo(fix: Fix) -> str:
+def _fenced(title: str, lines: list[str]) -> list[str]:
+    """``lines`` (the model's, printable and cut) as a diff block under ``title``, fenced
+    with more backticks than any line has in a row: no line can end the block."""
+    shown = [one_line(x, LINE_CHARS) if x.strip() else "" for x in lines]
+    longest = max((len(m) for x in shown for m in re.findall(r"`+", x)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"  {title}", f"  {fence}diff", *[f"  {x}".rstrip() for x in shown], f"  {fence}"]
+
+
+def _listed(values: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(md_code(v) for v in values)
+
+
+# What to do to keep a change a `recover:` rule cannot make.
+_KEEP_COMMAND = (
+    "A `recover:` rule cannot change a command: if the change should stay, make it in the "
+    "step's `run:`."
+)
+_KEEP_FILES = (
+    "A `recover:` rule cannot change files: run {run} applied this patch to the workspace; "
+    "keep it if it is right."
+)
+_KEEP_ENV = (
+    "A `recover:` rule sets the environment of one step only: to keep it, set it in the "
+    "workflow's `env:`."
+)
+_KEEP_INPUTS = "A `recover:` rule cannot change inputs: to keep {it}, change {default} (or {sets})."
+_KEEP_RERUN = (
+    "A `recover:` rule cannot rerun other steps: a `success:` check on {steps} would catch a "
+    "bad result where it is made."
+)
+
+
+def _todo(step: str, fix: Fix, run_id: str) -> str:
+    """What to do, and why a ``recover:`` rule cannot do it when it cannot."""
     if fix.action == "skip":
         return "skip the step: the run succeeded without it."
+    parts = _changes(step, fix, run_id)
+    changes = " and ".join(change for change, _ in parts)
+    if fix.rerun:
+        them = "them" if len(fix.rerun) > 1 else "it"
+        did = f"rerun {_listed(fix.rerun)} (and the steps that need {them}), then retry `{step}`"
+        text = f"{did} with {changes}." if changes else f"{did}."
+        parts.append(("", _KEEP_RERUN.format(steps=_listed(fix.rerun))))
+    else:
+        text = f"retry with {changes}." if changes else "retry as is (the failure is transient)."
+    if fix.wait:
+        text = f"wait {format_duration(fix.wait)}, then {text}"
+    return " ".join([text, *(keep for _, keep in parts if keep)])
+
+
+def _changes(step: str, fix: Fix, run_id: str) -> list[tuple[str, str | None]]:
+    """Each change the retry was made with, and what to do to keep it (None: the rule
+    keeps it)."""
+    out: list[tuple[str, str | None]] = []
     if fix.command_diff:
-        return (
-            "retry with the changed command below"
-            + (
-                f" and {', '.join(f'`{k}={v}`' for k, v in fix.set_env.items())}"
-                if fix.set_env
-                else ""
-            )
-            + ". A `recover:` rule cannot change a command: if the change should stay, make it "
-            "in the step's `run:`."
-        )
+        out.append(("the changed command below", _KEEP_COMMAND))
+    if fix.files:
+        out.append((f"the change below to {_listed(fix.files)}", _KEEP_FILES.format(run=run_id)))
     if fix.set_env:
-        return "retry with " + ", ".join(f"`{k}={v}`" for k, v in fix.set_env.items()) + "."
-    return "retry as is (the failure is transient)."
+        env = _listed([one_line(f"{k}={v}", 100) for k, v in fix.set_env.items()])
+        if fix.downstream:
+            out.append((f"{env} for `{step}` and every step that needs it", _KEEP_ENV))
+        else:
+            out.append((env, None))
+    if fix.inputs:
+        values = [one_line(f"{k}={v}", 100) for k, v in fix.inputs.items()]
+        sets = md_code(" ".join(f"--set {v}" for v in values))
+        if len(values) == 1:
+            change, keep = (
+                "the input",
+                _KEEP_INPUTS.format(it="it", default="the input's default", sets=sets),
+            )
+        else:
+            change, keep = (
+                "the inputs",
+                _KEEP_INPUTS.format(it="them", default="their defaults", sets=sets),
+            )
+        out.append((f"{change} {_listed(values)} for the rest of the run", keep))
+    return out
 
 
 def add_entry(text: str, block: str, name: str) -> str:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agentflow.errors import AgentflowError, WorkflowError
+from agentflow.errors import AgentflowError, StateError, WorkflowError
 from agentflow.learn.recoveries import Recovery, find_recoveries
 from agentflow.learn.symptom import MATCH_BYTES, attempt_log, match_for, plain, symptom_line
 from agentflow.state import RunState
@@ -66,10 +66,32 @@ def _frozen(run: RunDir) -> Callable[[], Workflow | None]:
     return read
 
 
+def _planned(run: RunDir) -> Callable[[str], str | None]:
+    """The commands the run's steps were planned with (``plan.json``, written by
+    agentflow, not by a step); read once, when first asked."""
+    cache: list[dict[str, str]] = []
+
+    def command(step: str) -> str | None:
+        if not cache:
+            try:
+                cache.append({s.id: s.run for s in run.read_plan().steps})
+            except StateError:
+                cache.append({})
+        return cache[0].get(step)
+
+    return command
+
+
+def _recoveries(run: RunDir, state: RunState) -> list[Recovery]:
+    events = run.read_events()
+    done = state.status == "succeeded"
+    return find_recoveries(run.run_id, events, _frozen(run), done, _planned(run))
+
+
 def rank(store: Store, run: RunDir, state: RunState) -> list[Candidate]:
     """The run's recoveries, one per step and fix, the most repeated first (counted over
     every run of the workflow in this home), then in the order they happened."""
-    mine = find_recoveries(run.run_id, run.read_events(), _frozen(run), state.status == "succeeded")
+    mine = _recoveries(run, state)
     if not mine:
         going = f" (it is {state.status}: try again when it is over)" if not state.finished else ""
         raise NothingToLearn(
@@ -85,10 +107,7 @@ def rank(store: Store, run: RunDir, state: RunState) -> list[Candidate]:
         else:
             groups[key] = Candidate(r, [run.run_id], 1)
     for other, st in _runs_of(store, state.workflow, run.run_id):
-        theirs = find_recoveries(
-            other.run_id, other.read_events(), _frozen(other), st.status == "succeeded"
-        )
-        for r in theirs:
+        for r in _recoveries(other, st):
             c = groups.get((r.step, r.fix.key))
             if c is not None:
                 c.times += 1
@@ -111,10 +130,9 @@ def describe(c: Candidate, run: RunDir, state: RunState) -> None:
         return
     volatile = (str(run.path.resolve()), str(run.path), run.run_id)
     c.symptom = symptom_line(failed, after, volatile=volatile)
-    if fix.command_diff:
-        c.notes.append(
-            "no rule: the fix changed the step's command, which a recover: rule cannot do"
-        )
+    cannot = fix.why_no_rule(r.step)
+    if cannot is not None:
+        c.notes.append(f"no rule: {cannot}")
         return
     if c.symptom is None:
         c.notes.append(
@@ -134,7 +152,7 @@ def describe(c: Candidate, run: RunDir, state: RunState) -> None:
             "matching it would match any failure"
         )
         return
-    c.rule = RecoverRule(match=pattern, action=fix.action, set_env=fix.set_env)
+    c.rule = RecoverRule(match=pattern, action=fix.action, set_env=fix.set_env, wait=fix.wait)
 
 
 def has_rule(
