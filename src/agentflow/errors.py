@@ -10,8 +10,9 @@ else escaping is a bug in agentflow.
     ├── PlanError                       exit 2   the workflow cannot be planned (task: with no LLM)
     ├── RunLockedError                  exit 2   another agentflow process drives this run
     ├── StateError                      exit 1   a run directory is damaged
-    ├── LLMError (llm.py)               exit 1   the model could not be asked, or its answer used
-    │   └── BudgetExceeded (llm.py)     exit 1   the token budget (planner.budget) is spent
+    ├── LLMError (agent/llm.py)         exit 1   the model could not be asked, or its answer used
+    │   ├── BudgetExceeded              exit 1   the token budget (planner.budget) is spent
+    │   └── LoopExhausted (agent/loop)  exit 1   turns, deadline or budget reached before a decision
     └── EnvironmentProblem              exit 4   tmux, Docker or a file is missing
 """
 

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     model: str | None = Field(None, validation_alias="AGENTFLOW_MODEL")
     """``AGENTFLOW_MODEL``: the model of the LLM planner and diagnosis when the workflow's
     ``planner.model`` does not name one. Unset: ``claude-sonnet-4-5`` (``DEFAULT_MODEL`` in
-    ``llm.py``)."""
+    ``agent/llm.py``)."""
 
     tmux_socket: Path | None = Field(None, validation_alias="AGENTFLOW_TMUX_SOCKET")
     """``AGENTFLOW_TMUX_SOCKET``: the tmux server's socket, instead of one per home under
