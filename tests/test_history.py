@@ -248,7 +248,7 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(af: Env, tmp_path: P
         assert conn is not None
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {"runs", "steps"}
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == history.SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == history.SCHEMA_VERSION == 2
     # Opening it again changes nothing; reading never makes a database.
     with history.connect(home) as conn:
         assert conn is not None
@@ -268,7 +268,7 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(af: Env, tmp_path: P
     res = af.cli("history")
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1
-    assert "has schema version 7, from a newer agentflow (this one knows up to 1)" in res.stderr
+    assert "has schema version 7, from a newer agentflow (this one knows up to 2)" in res.stderr
 
 
 WRITER = """\

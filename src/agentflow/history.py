@@ -1,11 +1,12 @@
 """The run history: a summary of every run under a home, in ``$AGENTFLOW_HOME/history.db``.
 
 One row per run in ``runs`` (its workflow, the sha256 of the workflow file it ran, inputs,
-status, times, tokens) and one per step in ``steps`` (status, attempts, durations, outputs,
-metrics measured by ``success.metrics``, artifacts). A run is written when it finishes or
-is stopped, by its run id: a run resumed and finished again replaces its earlier summary,
-so it is counted once. The history feeds the expected durations of steps
-(``monitor.learned_durations``), ``agentflow history`` and ``agentflow compare``.
+status, times, the model's calls, tokens by kind and estimated cost) and one per step in
+``steps`` (status, attempts, durations, outputs, metrics measured by ``success.metrics``,
+artifacts). A run is written when it finishes or is stopped, by its run id: a run resumed
+and finished again replaces its earlier summary, so it is counted once. The history feeds
+the expected durations of steps (``monitor.learned_durations``), ``agentflow history`` and
+``agentflow compare``.
 
 The database is SQLite (the standard library's ``sqlite3``). Its schema is versioned in
 ``PRAGMA user_version``: ``MIGRATIONS[i]`` takes it from version ``i`` to ``i + 1``, and
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentflow.artifacts import Artifact, read_manifest
 from agentflow.errors import AgentflowError, UsageError
 from agentflow.report.model import Report, StepReport
-from agentflow.state import RunState, now
+from agentflow.state import RunState, Usage, now
 from agentflow.store import RunDir
 from agentflow.workflow.model import Scalar
 
@@ -78,6 +79,15 @@ MIGRATIONS: list[str] = [
         artifacts   TEXT NOT NULL,
         PRIMARY KEY (run_id, step_id)
     );
+    """,
+    # 1 -> 2: what the model cost each run (NULL: recorded before it was kept)
+    """
+    ALTER TABLE runs ADD COLUMN model_calls INTEGER;
+    ALTER TABLE runs ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE runs ADD COLUMN output_tokens INTEGER;
+    ALTER TABLE runs ADD COLUMN cache_read_tokens INTEGER;
+    ALTER TABLE runs ADD COLUMN cache_write_tokens INTEGER;
+    ALTER TABLE runs ADD COLUMN cost_usd REAL;
     """,
 ]
 """The schema, as the steps from one version to the next (append; never edit one)."""
@@ -129,6 +139,9 @@ class RunSummary(HistoryModel):
     finished_at: datetime | None = None
     duration_s: float | None = None
     tokens_used: int = 0
+    usage: Usage | None = None
+    """The model's calls, tokens by kind and estimated cost (planning and diagnoses);
+    None for a run recorded before they were kept."""
     recorded_at: datetime | None = None
     steps: list[StepSummary] = Field(default_factory=list)
 
@@ -166,6 +179,7 @@ def summarize(run: RunDir, state: RunState, report: Report) -> RunSummary:
         finished_at=state.finished_at,
         duration_s=report.duration_s,
         tokens_used=state.tokens_used,
+        usage=state.usage,
         steps=steps,
     )
 
@@ -286,8 +300,9 @@ def record(home: Path, summary: RunSummary) -> None:
                 """
                 INSERT INTO runs (run_id, workflow, workflow_file, workflow_sha256, status,
                     message, sandbox, planner, inputs, created_at, finished_at, duration_s,
-                    tokens_used, recorded_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    tokens_used, recorded_at, model_calls, input_tokens, output_tokens,
+                    cache_read_tokens, cache_write_tokens, cost_usd)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (run_id) DO UPDATE SET
                     workflow = excluded.workflow, workflow_file = excluded.workflow_file,
                     workflow_sha256 = excluded.workflow_sha256, status = excluded.status,
@@ -295,7 +310,11 @@ def record(home: Path, summary: RunSummary) -> None:
                     planner = excluded.planner, inputs = excluded.inputs,
                     created_at = excluded.created_at, finished_at = excluded.finished_at,
                     duration_s = excluded.duration_s, tokens_used = excluded.tokens_used,
-                    recorded_at = excluded.recorded_at
+                    recorded_at = excluded.recorded_at, model_calls = excluded.model_calls,
+                    input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+                    cache_read_tokens = excluded.cache_read_tokens,
+                    cache_write_tokens = excluded.cache_write_tokens,
+                    cost_usd = excluded.cost_usd
                 """,
                 (
                     summary.run_id,
@@ -312,6 +331,7 @@ def record(home: Path, summary: RunSummary) -> None:
                     summary.duration_s,
                     summary.tokens_used,
                     _ts(now()),
+                    *_usage_columns(summary.usage),
                 ),
             )
             conn.execute("DELETE FROM steps WHERE run_id = ?", (summary.run_id,))
@@ -347,6 +367,32 @@ def record(home: Path, summary: RunSummary) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def _usage_columns(usage: Usage | None) -> tuple[int | float | None, ...]:
+    if usage is None:
+        return (None,) * 6
+    return (
+        usage.calls,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.cost_usd,
+    )
+
+
+def _usage(row: sqlite3.Row) -> Usage | None:
+    if row["model_calls"] is None:
+        return None
+    return Usage(
+        calls=row["model_calls"],
+        input_tokens=row["input_tokens"] or 0,
+        output_tokens=row["output_tokens"] or 0,
+        cache_read_tokens=row["cache_read_tokens"] or 0,
+        cache_write_tokens=row["cache_write_tokens"] or 0,
+        cost_usd=row["cost_usd"] or 0.0,
+    )
 
 
 def runs(home: Path, workflow: str | None = None, limit: int | None = None) -> list[RunSummary]:
@@ -402,6 +448,7 @@ def _run(conn: sqlite3.Connection, row: sqlite3.Row) -> RunSummary:
         finished_at=_time(row["finished_at"]),
         duration_s=row["duration_s"],
         tokens_used=row["tokens_used"],
+        usage=_usage(row),
         recorded_at=_time(row["recorded_at"]),
         steps=[_step(s) for s in steps],
     )

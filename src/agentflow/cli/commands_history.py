@@ -18,7 +18,7 @@ from agentflow.cli.app import command, console
 from agentflow.display import STATUS_STYLE
 from agentflow.history import Comparison, Row, RunSummary
 from agentflow.report import build_report
-from agentflow.report.text import human_duration
+from agentflow.report.text import human_duration, usd
 from agentflow.store import Store
 from agentflow.textsafe import one_line
 from agentflow.workflow import load_workflow
@@ -53,6 +53,7 @@ def history_command(
         console.print(f"no runs{which} in the history ({history.db_path(home)})")
         return
     tokens = any(r.tokens_used for r in found)
+    cost = any(_cost(r) for r in found)
     table = _table(
         "run",
         *([] if name else ["workflow"]),
@@ -62,7 +63,8 @@ def history_command(
         "steps",
         "tries",
         *(["tokens"] if tokens else []),
-        right={"time", "steps", "tries", "tokens"},
+        *(["cost"] if cost else []),
+        right={"time", "steps", "tries", "tokens", "cost"},
     )
     table.add_column("inputs", overflow="fold", min_width=10)
     for r in found:
@@ -75,6 +77,7 @@ def history_command(
             f"{sum(s.status == 'succeeded' for s in r.steps)}/{len(r.steps)}",
             str(r.attempts),
             *([str(r.tokens_used)] if tokens else []),
+            *([_cost(r)] if cost else []),
             Text(one_line(" ".join(f"{k}={v}" for k, v in r.inputs.items()))),
         )
     console.print(table)
@@ -116,6 +119,14 @@ def _summary(run_id: str) -> RunSummary:
     run = store.open(run_id)  # UsageError naming the runs there are, when there is none
     state = run.read_state()
     return history.summarize(run, state, build_report(run, state))
+
+
+def _cost(r: RunSummary) -> str:
+    """The model's estimated cost for the run (``$0.04``); '' when it made no call or the
+    run was recorded before costs were kept."""
+    if r.usage is None or not (r.usage.calls or r.usage.cost_usd):
+        return ""
+    return usd(r.usage.cost_usd, short=True)
 
 
 def _print_json(data: Any) -> None:
@@ -160,6 +171,8 @@ def _print_comparison(c: Comparison) -> None:
     )
     if a.tokens_used or b.tokens_used:
         head.add_row("tokens", str(a.tokens_used), str(b.tokens_used))
+    if _cost(a) or _cost(b):
+        head.add_row("cost", _cost(a) or "—", _cost(b) or "—")
     console.print(head)
     _values_table("inputs", "input", c.inputs)
     steps = _table(

@@ -3,9 +3,12 @@ running, or left behind by an orchestrator that died)."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 
 from agentflow.artifacts import StepArtifacts, read_manifest
+from agentflow.redact import Redactor
+from agentflow.report.agent import model_use
 from agentflow.report.attempts import attempt_history
 from agentflow.report.metrics import frozen_workflow, metric_results
 from agentflow.report.model import Attempt, Report, StepReport
@@ -33,10 +36,10 @@ TAIL_LINES = 80
 def build_report(run: RunDir, state: RunState, at: datetime | None = None) -> Report:
     """The report of ``state`` (read from ``run``) as of ``at`` (now)."""
     at = at or now()
-    events = run.read_events()
+    workflow = frozen_workflow(run)
+    events = _masked(run.read_events(), secrets_known(workflow))
     status = shown_status(run, state)
     end = _timeline_end(state, events, at)
-    workflow = frozen_workflow(run)
     history = attempt_history(events, state)
     kept = read_manifest(run).steps
     steps = [
@@ -60,7 +63,32 @@ def build_report(run: RunDir, state: RunState, at: datetime | None = None) -> Re
         resume=None if status in ("succeeded", "running") else f"agentflow resume {state.run_id}",
         steps=steps,
         events=events,
+        llm=model_use(state, events),
     )
+
+
+def secrets_known(workflow: Workflow | None) -> Redactor:
+    """The workflow's secrets whose values this process has (the orchestrator, which
+    writes the reports when a run ends, always has them)."""
+    names = workflow.secrets if workflow else []
+    return Redactor(os.environ.get(name, "") for name in names)
+
+
+def _masked(events: list[Event], redact: Redactor) -> list[Event]:
+    """The events with every known secret masked once more: the runner masks what it
+    records, and this holds for an event recorded another way (the model's transcript
+    quotes what steps wrote, and reports are shared more widely than the run's folder)."""
+    if not redact.values:
+        return events
+    return [
+        e.model_copy(
+            update={
+                "message": redact(e.message) if e.message else e.message,
+                "data": redact.deep(e.data) if e.data else e.data,
+            }
+        )
+        for e in events
+    ]
 
 
 def shown_status(run: RunDir, state: RunState) -> str:

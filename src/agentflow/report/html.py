@@ -4,19 +4,24 @@ decisions and the end of each failed step's log."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from html import escape
 
 from agentflow.artifacts import human_size
 from agentflow.report.gantt import gantt_svg
-from agentflow.report.model import Report, StepReport
+from agentflow.report.model import Diagnosis, Report, StepReport, ToolCall
 from agentflow.report.palette import COLOURS, READY, colour
 from agentflow.report.text import (
     HASH_SHOWN,
+    INPUT_WIDTH,
     clock,
+    diagnosis_facts,
     event_sentence,
     human_duration,
+    spent,
     split_message,
+    usd,
 )
 from agentflow.store import Event
 from agentflow.textsafe import VALUE_LIMIT, one_line, printable
@@ -86,6 +91,13 @@ pre { background: #16191d; color: #e6edf3; padding: 12px 14px; border-radius: 8p
 pre.diff { background: #f6f8fa; color: var(--ink); border: 1px solid var(--line); }
 pre.diff .add { color: #1a7f37; background: #e6ffec; }
 pre.diff .del { color: #cf222e; background: #ffebe9; }
+table.diagnoses { margin-top: 12px; }
+ol.transcript { margin: 8px 0 0; padding-left: 24px; }
+ol.transcript li { margin: 6px 0; }
+ol.transcript pre { max-height: 240px; margin-top: 4px; }
+.error { color: #cf222e; }
+div.diagnosis { border-top: 1px solid var(--line); padding: 10px 0; margin-top: 10px; }
+div.diagnosis h3 { display: block; margin-bottom: 6px; }
 details.failure { border-top: 1px solid var(--line); padding: 10px 0; }
 details.failure:first-of-type { border-top: 0; }
 details summary { cursor: pointer; }
@@ -104,6 +116,7 @@ def html_page(report: Report) -> str:
         _metrics(report),
         _artifacts(report),
         _decisions(report),
+        _model(report),
         _failures(report),
         _events(report),
     ]
@@ -327,6 +340,76 @@ def _diff_lines(block: str) -> str:
             kind = "del"
         lines.append(f'<span class="{kind}">{escape(line)}</span>' if kind else escape(line))
     return "\n".join(lines)
+
+
+def _model(report: Report) -> str:
+    """What the model did and cost: the run's figures, a row per diagnosis, and each
+    diagnosis with its transcript (folded)."""
+    llm = report.llm
+    if not llm.used:
+        return ""
+    u = llm.usage
+    if u.calls or u.tokens:
+        facts = [
+            ("calls", str(u.calls)),
+            ("tokens", escape(spent(u))),
+            ("cost", f"{escape(usd(u.cost_usd))} (estimated from list prices)"),
+        ]
+    else:
+        facts = [("tokens", f"{llm.tokens_used:,} (not recorded by kind)")]
+    parts = [
+        '<section class="model"><h2>Model</h2><dl class="facts">',
+        "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts),
+        "</dl>",
+    ]
+    if llm.diagnoses:
+        headers = ["step", "attempt", "decision", "calls", "input", "output", "cache read"]
+        headers += ["cache write", "cost"]
+        parts.append(_table(headers, [_diagnosis_row(d) for d in llm.diagnoses], "diagnoses"))
+        parts += [_diagnosis(d) for d in llm.diagnoses]
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _diagnosis_row(d: Diagnosis) -> str:
+    u = d.usage
+    if u:
+        counts = (u.calls, u.input_tokens, u.output_tokens, u.cache_read_tokens)
+        cells = [f"{n:,}" for n in (*counts, u.cache_write_tokens)] + [usd(u.cost_usd)]
+    else:
+        cells = ["", "", "", "", "", "not recorded"]
+    attempt = "" if d.attempt is None else str(d.attempt)
+    return (
+        f'<tr><td class="id">{escape(d.step or "run")}</td><td class="num">{attempt}</td>'
+        f"<td>{escape(one_line(d.outcome, 40))}</td>"
+        + "".join(f'<td class="num">{escape(c)}</td>' for c in cells)
+        + "</tr>"
+    )
+
+
+def _diagnosis(d: Diagnosis) -> str:
+    attempt = f" (attempt {d.attempt})" if d.attempt is not None else ""
+    shown = "".join(f"<dt>{k}</dt><dd>{escape(v)}</dd>" for k, v in diagnosis_facts(d))
+    calls = len(d.transcript)
+    transcript = (
+        f"<details><summary>transcript: {calls} tool call{'s' if calls != 1 else ''}</summary>"
+        f'<ol class="transcript">{"".join(_tool_call(c) for c in d.transcript)}</ol></details>'
+        if calls
+        else '<p class="muted">(no tool calls recorded)</p>'
+    )
+    return (
+        f'<div class="diagnosis"><h3>{escape(d.step or "run")}{attempt}: '
+        f"{escape(one_line(d.outcome, 60))}</h3>"
+        f'<dl class="facts">{shown}</dl>{transcript}</div>'
+    )
+
+
+def _tool_call(c: ToolCall) -> str:
+    given = one_line(json.dumps(c.input, ensure_ascii=False), INPUT_WIDTH) if c.input else ""
+    error = ' <span class="error">error</span>' if c.error else ""
+    result = f"<pre>{_text(c.result.rstrip())}</pre>" if c.result.strip() else ""
+    shown = f" <code>{escape(given)}</code>" if given else ""
+    return f"<li><code>{escape(one_line(c.tool, 80))}</code>{error}{shown}{result}</li>"
 
 
 def _failures(report: Report) -> str:

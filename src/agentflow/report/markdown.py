@@ -12,14 +12,18 @@ from collections.abc import Sequence
 
 from agentflow.artifacts import human_size
 from agentflow.display import STATUS_MARK
-from agentflow.report.model import Report, StepReport
+from agentflow.report.model import Diagnosis, Report, StepReport
 from agentflow.report.text import (
     HASH_SHOWN,
     clock,
+    diagnosis_facts,
     event_sentence,
     human_duration,
     last_lines,
+    spent,
     split_message,
+    transcript_text,
+    usd,
 )
 from agentflow.store import Event
 from agentflow.textsafe import VALUE_LIMIT, one_line, printable
@@ -37,6 +41,7 @@ def markdown(report: Report) -> str:
         _metrics(report),
         _artifacts(report),
         _decisions(report),
+        _model(report),
         _failures(report),
         _timeline(report),
     ]
@@ -155,6 +160,68 @@ def _decisions(report: Report) -> str:
         if block:
             lines += ["", *_indented(fenced(block, "diff" if "\n@@" in block else ""))]
     return "\n".join(lines)
+
+
+def _model(report: Report) -> str:
+    """What the model did and cost: the run's figures, a row per diagnosis, and what each
+    diagnosis looked at (its transcript, folded)."""
+    llm = report.llm
+    if not llm.used:
+        return ""
+    u = llm.usage
+    lines = ["## Model", ""]
+    if u.calls or u.tokens:
+        lines += [
+            f"- calls: {u.calls}",
+            f"- tokens: {spent(u)}",
+            f"- cost: {usd(u.cost_usd)} (estimated from list prices)",
+        ]
+    else:  # a run from before the usage was kept
+        lines.append(f"- tokens: {llm.tokens_used:,} (not recorded by kind)")
+    if llm.diagnoses:
+        rows = [_diagnosis_row(d) for d in llm.diagnoses]
+        headers = ["step", "attempt", "decision", "calls", "input", "output", "cache read"]
+        headers += ["cache write", "cost"]
+        lines += ["", table(headers, rows, right={1, 3, 4, 5, 6, 7, 8})]
+        for d in llm.diagnoses:
+            lines += ["", *_diagnosis_text(d)]
+    return "\n".join(lines)
+
+
+def _diagnosis_row(d: Diagnosis) -> list[str]:
+    u = d.usage
+    figures = (
+        [f"{n:,}" for n in (u.calls, u.input_tokens, u.output_tokens)]
+        + [f"{n:,}" for n in (u.cache_read_tokens, u.cache_write_tokens)]
+        + [usd(u.cost_usd)]
+        if u
+        else ["", "", "", "", "", "not recorded"]
+    )
+    attempt = "" if d.attempt is None else str(d.attempt)
+    return [inline(d.step or "run"), attempt, inline(one_line(d.outcome, 40)), *figures]
+
+
+def _diagnosis_text(d: Diagnosis) -> list[str]:
+    attempt = f" (attempt {d.attempt})" if d.attempt is not None else ""
+    head = f"### {inline(d.step or 'run')}{attempt}: {inline(one_line(d.outcome, 60))}"
+    lines = [head]
+    facts = diagnosis_facts(d)
+    if facts:
+        lines += ["", *(f"- {k}: {inline(v)}" for k, v in facts)]
+    if not d.transcript:
+        return [*lines, "", "(no tool calls recorded)"]
+    calls = len(d.transcript)
+    # A <details> block holds no Markdown on its summary line, only text we wrote; what
+    # the calls say is in a code block whose fence no line of it can close.
+    return [
+        *lines,
+        "",
+        f"<details><summary>transcript: {calls} tool call{'s' if calls != 1 else ''}</summary>",
+        "",
+        fenced(transcript_text(d.transcript)),
+        "",
+        "</details>",
+    ]
 
 
 def _failures(report: Report) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from agentflow.artifacts import Artifact
-from agentflow.state import UNSUCCESSFUL
+from agentflow.state import UNSUCCESSFUL, Usage
 from agentflow.store import Event
 from agentflow.workflow.model import Scalar
 
@@ -27,6 +27,10 @@ DECISION_KINDS = frozenset(
         "timeout",
         "stall",
         "not_ready",
+        "agent_exhausted",
+        "patch_applied",
+        "rerun_scheduled",
+        "inputs_changed",
     }
 )
 """Events that record what agentflow (or the model) decided about a step."""
@@ -114,6 +118,68 @@ class StepReport(ReportModel):
         return self.status in UNSUCCESSFUL or self.status == "blocked"
 
 
+class ToolCall(ReportModel):
+    """One entry of the agent's transcript (an ``agent_tool`` event): a look-around tool the
+    model called and what it got back (bounded), or its own words (``tool`` is ``text``)."""
+
+    at: datetime
+    tool: str
+    input: dict[str, JsonValue] = Field(default_factory=dict)
+    result: str = ""
+    error: bool = False
+
+
+class Diagnosis(ReportModel):
+    """One time the model was asked about a failed step: what it looked at, what it decided
+    and what that cost."""
+
+    kind: Literal["diagnosis", "agent_exhausted", "unfinished"]
+    """A decision; a cap reached before one (the step escalated); or tool calls with no
+    decision after them (the run stopped, or the model is still at it)."""
+    step: str | None
+    attempt: int | None = None
+    at: datetime
+    """When it was decided (for ``unfinished``, the last tool call)."""
+    action: str | None = None
+    diagnosis: str | None = None
+    category: str | None = None
+    reason: str | None = None
+    """Why an ``agent_exhausted`` stopped (which cap)."""
+    message: str | None = None
+    """The event's sentence, as the timeline shows it."""
+    decision: dict[str, JsonValue] = Field(default_factory=dict)
+    """The decision's fields as recorded (``submit_decision``'s, null when not given)."""
+    turns: int | None = None
+    tools: list[str] = Field(default_factory=list)
+    """The tools called, in order."""
+    usage: Usage | None = None
+    """Its tokens and estimated cost; None when not recorded (a run from before)."""
+    transcript: list[ToolCall] = Field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        """What came of it, in a few words: the action, or why there is none."""
+        if self.kind == "agent_exhausted":
+            return "gave up (escalated)"
+        if self.kind == "unfinished":
+            return "no decision recorded"
+        return self.action or "decided"
+
+
+class ModelUse(ReportModel):
+    """What the model did and cost in the run: planning and diagnoses."""
+
+    usage: Usage = Field(default_factory=Usage)
+    """The whole run's, by kind of token, with the estimated cost (``state.json``'s)."""
+    tokens_used: int = 0
+    """The run's token count as the checkpoint keeps it (also runs from before ``usage``)."""
+    diagnoses: list[Diagnosis] = Field(default_factory=list)
+
+    @property
+    def used(self) -> bool:
+        return bool(self.usage.calls or self.usage.tokens or self.tokens_used or self.diagnoses)
+
+
 class Report(ReportModel):
     """``report.json``: the run's outcome in a form tools can read."""
 
@@ -137,6 +203,8 @@ class Report(ReportModel):
     """The command that continues the run, when it did not succeed."""
     steps: list[StepReport]
     events: list[Event]
+    llm: ModelUse = Field(default_factory=ModelUse)
+    """What the model did (each diagnosis with its transcript) and what it cost."""
 
     @property
     def decisions(self) -> list[Event]:

@@ -6,14 +6,16 @@ reaches a terminal that shows one (XML 1.0 forbids most of them too)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
 from agentflow import safefs, stepfiles
 from agentflow.display import describe
-from agentflow.report.model import DECISION_KINDS
+from agentflow.report.model import DECISION_KINDS, Diagnosis, ToolCall
+from agentflow.state import Usage
 from agentflow.store import Event
-from agentflow.textsafe import MESSAGE_LIMIT, one_line, printable
+from agentflow.textsafe import MESSAGE_LIMIT, VALUE_LIMIT, one_line, printable
 from agentflow.verify import tail
 from agentflow.workflow.types import format_duration
 
@@ -77,7 +79,65 @@ def split_message(message: str | None) -> tuple[str, str]:
 
 def event_sentence(e: Event) -> str:
     """An event in one line; a decision's message of several lines (a proposed diff) is
-    left to the decisions."""
+    left to the decisions, a tool call's input and result to the model's transcript."""
     if e.kind in DECISION_KINDS and e.message and "\n" in e.message.strip():
         return describe(e.model_copy(update={"message": None})) + " (see the decisions)"
+    tool = (e.data or {}).get("tool")
+    if e.kind == "agent_tool" and not e.message and isinstance(tool, str):
+        return one_line(f"agent tool: {tool}", INPUT_WIDTH)
     return one_line(describe(e))
+
+
+INPUT_WIDTH = 300
+"""Characters of a tool call's input shown in its line (report.json has all of it)."""
+
+
+def usd(cost: float, *, short: bool = False) -> str:
+    """An estimated cost: ``$0.0123``; ``short`` to the cent (``$0.04``) unless it is less."""
+    if short and (cost >= 0.01 or cost == 0):
+        return f"${cost:.2f}"
+    return f"${cost:.4f}"
+
+
+def spent(u: Usage) -> str:
+    """``12,345 tokens (input 1,000, output 500, cache read 10,000, cache write 845)``."""
+    kinds = [
+        ("input", u.input_tokens),
+        ("output", u.output_tokens),
+        ("cache read", u.cache_read_tokens),
+        ("cache write", u.cache_write_tokens),
+    ]
+    return f"{u.tokens:,} tokens (" + ", ".join(f"{k} {n:,}" for k, n in kinds) + ")"
+
+
+def diagnosis_facts(d: Diagnosis) -> list[tuple[str, str]]:
+    """What a diagnosis found and cost, as (label, one line of text); the text is the
+    model's (or a step's, quoted), printable but not escaped for any format."""
+    said = [
+        ("diagnosis", d.diagnosis),
+        ("category", d.category),
+        ("why it stopped", d.reason),
+        # all a diagnosis recorded before events had data says
+        ("recorded", None if d.diagnosis or d.reason else d.message),
+    ]
+    facts = [(k, one_line(v, VALUE_LIMIT)) for k, v in said if v]
+    if d.usage:
+        facts.append(("used", f"{d.usage.calls} calls, {spent(d.usage)}"))
+        facts.append(("cost", f"{usd(d.usage.cost_usd)} (estimated)"))
+    if d.turns is not None:
+        facts.append(("turns", str(d.turns)))
+    return facts
+
+
+def transcript_text(calls: list[ToolCall]) -> str:
+    """The agent's transcript as plain text: each call's tool and input in one line, then
+    its result indented under it; printable (whatever a step wrote is hostile)."""
+    lines: list[str] = []
+    for i, c in enumerate(calls, 1):
+        head = f"{i}. {c.tool}" + (" (error)" if c.error else "")
+        if c.input:
+            head += " " + json.dumps(c.input, ensure_ascii=False)
+        lines.append(one_line(head, INPUT_WIDTH))
+        result = printable(c.result, VALUE_LIMIT).rstrip("\n")
+        lines += ["   " + line if line else "" for line in result.split("\n")] if result else []
+    return "\n".join(lines)
