@@ -308,3 +308,36 @@ def test_the_step_env_reaches_the_slurm_job_not_the_srun_client(af: Env, tmp_pat
     loaded = marker.read_text().splitlines()
     assert loaded, "the job's processes load it (the step asked for it)"
     assert all(line.startswith("job ") for line in loaded), loaded
+
+
+def test_agentflows_model_key_reaches_no_local_step_unless_it_is_a_secret(af: Env) -> None:
+    key = "sk-ant-test-0123456789abcdef"
+    af.env["ANTHROPIC_API_KEY"] = key
+    wf = af.write(
+        """\
+        version: 1
+        name: key
+        steps:
+          - id: plain
+            run: echo "key=[$ANTHROPIC_API_KEY]"
+        """
+    )
+    res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = next((af.home / "runs").glob("key-*/steps/plain/output.log")).read_text()
+    assert "key=[]" in log
+    wf = af.write(
+        """\
+        version: 1
+        name: asks
+        secrets: [ANTHROPIC_API_KEY]
+        steps:
+          - id: named
+            run: echo "key=[$ANTHROPIC_API_KEY]"
+        """
+    )
+    res = af.cli("run", str(wf), "--ci")
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = next((af.home / "runs").glob("asks-*/steps/named/output.log")).read_text()
+    assert "key=[***]" in log  # handed over as a secret: there, and masked
+    assert key not in log

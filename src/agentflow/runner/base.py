@@ -28,6 +28,7 @@ from agentflow.monitor import (
 from agentflow.plan import Plan
 from agentflow.redact import Redactor
 from agentflow.sandbox import Sandbox
+from agentflow.settings import settings
 from agentflow.state import FINAL, Progress, RunState, StepStatus, now
 from agentflow.store import Event, RunDir
 from agentflow.template import Ref, scalar_text, substitute
@@ -111,7 +112,9 @@ class RunnerBase:
         self.session = state.run_id
         self.channel = wake_channel(self.session)
         self.schedule = CheckSchedule()
-        self.redactor = Redactor(setup.secrets.values())
+        # agentflow's own key too: whatever quotes it (a step's log, the model's transcript).
+        own = settings().anthropic_api_key or ""
+        self.redactor = Redactor([*setup.secrets.values(), own])
         self.aborting: str | None = None
         self._resuming = False
         self._sandbox_checked = True

@@ -21,8 +21,10 @@ from agentflow.sandbox import (
     run_bounded,
 )
 
-# The caller's tmux variables would point the step at the wrong server.
-_DROP = {"TMUX", "TMUX_PANE"}
+# The caller's tmux variables would point the step at the wrong server; agentflow's own
+# model key is its credential, not the step's (a workflow that needs it names it in
+# `secrets:`, and then it is handed over and masked like any secret).
+DROP_ENV = frozenset({"TMUX", "TMUX_PANE", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"})
 WRAPPER_WAIT = 1.0
 """Seconds a sweep waits for the step's wrapper to end (its log drained) once the step's
 processes are gone, before it kills the log's readers that hold it up."""
@@ -51,7 +53,7 @@ class LocalSandbox:
     ) -> Launch:
         # No boundary: the step runs on the host, as the user, with the environment of the
         # agentflow process that starts it (the tmux server's own holds nothing of it).
-        full = {k: v for k, v in os.environ.items() if k not in _DROP}
+        full = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
         full.update(env)
         full.update(secrets)
         return Launch(["sh", str(step_dir / "wrapper.sh"), workdir, _marker(step_dir)], full)
@@ -75,7 +77,7 @@ class LocalSandbox:
         self, script: str, workdir: str, timeout: float, env: dict[str, str] | None = None
     ) -> tuple[int, str]:
         env = {
-            **{k: v for k, v in os.environ.items() if k not in self.secrets},
+            **{k: v for k, v in os.environ.items() if k not in self.secrets | DROP_ENV},
             **(env or {}),
         }
         # Past the command's own `timeout`: the group is killed a little later.

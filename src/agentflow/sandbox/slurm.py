@@ -29,7 +29,7 @@ from pathlib import Path
 
 from agentflow.errors import EnvironmentProblem
 from agentflow.sandbox import Job, Launch, Verdict, bounded, run_bounded
-from agentflow.sandbox.local import LocalSandbox
+from agentflow.sandbox.local import DROP_ENV, LocalSandbox
 from agentflow.verify import Executor
 from agentflow.workflow.model import Resources, Workflow
 from agentflow.workflow.types import parse_size
@@ -129,7 +129,7 @@ class SlurmSandbox:
         # process's and the secrets. Not the step's: it is set by `env` in the job (inside
         # the container, if any), since srun on this host would obey SLURM_* and
         # LD_PRELOAD naming a file a step wrote.
-        full = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+        full = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
         full.update(secrets)
         return Launch(argv, full)
 
