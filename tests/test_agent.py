@@ -408,3 +408,26 @@ def test_a_read_only_directory_in_docker_is_replaced_for_the_step_and_its_depend
     assert steps["evaluate"]["env_overrides"] == {"CKPT_DIR": "ckpt"}  # the dependent too
     assert (af.workspace / "ckpt" / "model.txt").read_text() == "weights\n"
     assert "weights" in (af.run_dir(rid) / "steps/evaluate/output.log").read_text()
+
+
+def test_a_recorded_transcript_replays_without_the_model(af: Env, tmp_path: Path) -> None:
+    wf = af.write(OOM)
+    record = tmp_path / "transcript.jsonl"
+    replies = [decide("retry_with_changes", "the batch does not fit", env={"BATCH": "16"})]
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        af.env["AGENTFLOW_LLM_RECORD"] = str(record)
+        first = af.cli("run", str(wf), "--yes", "--ci")
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = [json.loads(x) for x in record.read_text().splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["request"]["tool_choice"] == {"type": "any"}
+    assert lines[0]["response"]["content"][0]["name"] == "submit_decision"
+    # Again, with no key and nothing listening: the answers come from the file.
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "AGENTFLOW_LLM_RECORD"):
+        af.env.pop(name)
+    af.env["AGENTFLOW_LLM_REPLAY"] = str(record)
+    again = af.cli("run", str(wf), "--yes", "--ci")
+    assert again.returncode == 0, again.stdout + again.stderr
+    rid = run_id_of(again.stdout)
+    assert af.state(rid)["steps"]["train"]["env_overrides"] == {"BATCH": "16"}

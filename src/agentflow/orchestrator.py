@@ -125,7 +125,7 @@ def make_diagnoser(workflow: Workflow, used: int = 0) -> Diagnoser | None:
         return None
     from agentflow.agent.llm import LLM
 
-    if not settings().anthropic_api_key:
+    if not settings().anthropic_api_key and settings().llm_replay is None:
         raise EnvironmentProblem(
             "on_failure: diagnose needs ANTHROPIC_API_KEY (the model reads failures): export "
             "it, or run with --no-diagnose (failures are then handled as on_failure: continue)"

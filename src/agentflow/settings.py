@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
     """``ANTHROPIC_BASE_URL``: another endpoint for the Messages API (a proxy, a gateway)."""
 
+    llm_record: Path | None = Field(None, validation_alias="AGENTFLOW_LLM_RECORD")
+    """``AGENTFLOW_LLM_RECORD``: a file to which every request to the model and its answer
+    are appended, one JSON line each (secrets are masked before anything is sent): a real
+    transcript to keep as a test fixture."""
+
+    llm_replay: Path | None = Field(None, validation_alias="AGENTFLOW_LLM_REPLAY")
+    """``AGENTFLOW_LLM_REPLAY``: a file written through ``AGENTFLOW_LLM_RECORD`` whose
+    answers are given again, in order, instead of asking the model (no key, no network)."""
+
     artifact_copy_max: ByteSize = Field(
         ByteSize(100_000_000), validation_alias="AGENTFLOW_ARTIFACT_COPY_MAX"
     )
@@ -64,7 +73,13 @@ class Settings(BaseSettings):
         return str(value).strip().lower() not in ("", "0", "false", "no", "none")
 
     @field_validator(
-        "model", "anthropic_api_key", "anthropic_base_url", "tmux_socket", mode="before"
+        "model",
+        "anthropic_api_key",
+        "anthropic_base_url",
+        "tmux_socket",
+        "llm_record",
+        "llm_replay",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

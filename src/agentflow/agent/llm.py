@@ -7,8 +7,10 @@ commands that never call the model must not pay.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agentflow.agent import pricing
@@ -81,10 +83,12 @@ class LLM:
         """What this client's calls cost, by kind of token."""
         self._client: Any = None
         self._lock = threading.Lock()
+        self._replay: list[dict[str, Any]] | None = None
 
     @staticmethod
     def check_key() -> None:
-        if not settings().anthropic_api_key:
+        config = settings()
+        if not config.anthropic_api_key and config.llm_replay is None:
             raise EnvironmentProblem(
                 "the anthropic planner needs ANTHROPIC_API_KEY: export it, run a saved plan "
                 "with --plan, or use --planner static (task: steps then need a run: command)"
@@ -138,25 +142,35 @@ class LLM:
         ``cache``, the fixed prefix (tools and system) and the conversation so far are
         marked for the prompt cache, so that each turn of a loop pays for its news only."""
         max_tokens = self._room(system, messages, tools)
-        import anthropic
-
         sent_system: Any = system
         if cache:
             sent_system = [{"type": "text", "text": system, "cache_control": EPHEMERAL}]
             messages = _cache_last(messages)
+        request = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "system": sent_system,
+            "messages": messages,
+            "tools": tools,
+            "tool_choice": choice,
+        }
+        config = settings()
+        if config.llm_replay is not None:
+            return self._account(self._replayed(config.llm_replay), max_tokens)
+        answer = self._create(request, timeout)
+        if config.llm_record is not None:
+            _record(config.llm_record, request, answer)
+        return self._account(answer, max_tokens)
+
+    def _create(self, request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """The API's answer to ``request`` as JSON, or LLMError saying what to do."""
+        import anthropic
+
         options: dict[str, Any] = {}
         if timeout is not None:
             options["timeout"] = max(1.0, timeout)
         try:
-            response = self.client().messages.create(
-                model=self.model,
-                max_tokens=max_tokens,
-                system=sent_system,
-                messages=messages,
-                tools=tools,
-                tool_choice=choice,
-                **options,
-            )
+            response = self.client().messages.create(**request, **options)
         except anthropic.AuthenticationError:
             raise EnvironmentProblem(
                 "the Anthropic API refused the key in ANTHROPIC_API_KEY: check it"
@@ -191,24 +205,43 @@ class LLM:
                 "the model's answer is nested too deeply to read: try again, or run a saved "
                 "plan with --plan"
             ) from None
-        u = response.usage
+        answer: dict[str, Any] = response.model_dump(mode="json", exclude_none=True)
+        return answer
+
+    def _account(self, answer: dict[str, Any], max_tokens: int) -> Turn:
+        """The answer counted against the budget, as a Turn."""
+        u = answer.get("usage") or {}
         usage = pricing.usage(
             self.model,
-            u.input_tokens,
-            u.output_tokens,
-            getattr(u, "cache_read_input_tokens", None) or 0,
-            getattr(u, "cache_creation_input_tokens", None) or 0,
+            int(u.get("input_tokens") or 0),
+            int(u.get("output_tokens") or 0),
+            int(u.get("cache_read_input_tokens") or 0),
+            int(u.get("cache_creation_input_tokens") or 0),
         )
         with self._lock:  # diagnoses of several steps may run at once
             self.used += usage.tokens
             self.usage += usage
-        if response.stop_reason == "max_tokens":
+        if answer.get("stop_reason") == "max_tokens":
             raise LLMError(
                 f"the model's answer was cut at {max_tokens} tokens before it finished: "
                 "raise planner.max_tokens (or planner.budget)"
             )
-        content = [b.model_dump(mode="json", exclude_none=True) for b in response.content]
-        return Turn(content, response.stop_reason, usage)
+        content = [b for b in answer.get("content") or [] if isinstance(b, dict)]
+        return Turn(content, answer.get("stop_reason"), usage)
+
+    def _replayed(self, path: Path) -> dict[str, Any]:
+        """The next recorded answer (in this process, in order)."""
+        with self._lock:
+            if self._replay is None:
+                try:
+                    lines = path.read_text(encoding="utf-8").splitlines()
+                    self._replay = [json.loads(line)["response"] for line in lines if line]
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    raise LLMError(f"{path}: cannot replay it ({e})") from None
+            if not self._replay:
+                raise LLMError(f"{path}: no recorded answer left to replay")
+            answer: dict[str, Any] = self._replay.pop(0)
+        return answer
 
     def _room(
         self, system: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
@@ -230,6 +263,14 @@ class LLM:
 
 
 EPHEMERAL = {"type": "ephemeral"}
+
+
+def _record(path: Path, request: dict[str, Any], answer: dict[str, Any]) -> None:
+    """One JSON line: the request as sent (masked already) and the answer."""
+    line = json.dumps({"request": request, "response": answer}, ensure_ascii=False) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(line)
 
 
 def _cache_last(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
