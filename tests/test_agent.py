@@ -255,7 +255,7 @@ SERVE = """\
 version: 1
 name: serving
 inputs:
-  port: {{type: int, default: {port}}}
+  port: {{type: integer, default: {port}}}
 steps:
   - id: serve
     service: true
@@ -315,7 +315,7 @@ def test_a_port_held_by_a_stale_server_is_moved_for_the_service_its_probe_and_cl
     assert state["steps"]["serve"]["run_override"] == f"python3 server.py {new}"
     output = (af.run_dir(rid) / "steps/generate/output.log").read_text()
     assert "generated with fresh model v1" in output  # the right server
-    ready = next(e for e in events(af, rid) if e["kind"] == "step_ready")
+    ready = next(e for e in events(af, rid) if e["kind"] == "service_ready")
     assert str(new) in (ready["message"] or "")
 
 
@@ -431,3 +431,70 @@ def test_a_recorded_transcript_replays_without_the_model(af: Env, tmp_path: Path
     assert again.returncode == 0, again.stdout + again.stderr
     rid = run_id_of(again.stdout)
     assert af.state(rid)["steps"]["train"]["env_overrides"] == {"BATCH": "16"}
+
+
+OLD_RUN = """\
+version: 1
+name: old
+steps:
+  - id: serve
+    service: true
+    run: python3 old_server.py {port}
+    ready: {{http: "http://127.0.0.1:{port}/", timeout: 20s}}
+  - id: hold
+    needs: [serve]
+    run: sleep 120
+"""
+OLD_SERVER_PY = SERVER_PY.replace("fresh model v1", "stale model v0")
+
+
+def test_a_stale_agentflow_run_holding_the_port_is_stopped_with_approval(af: Env) -> None:
+    port = free_port()
+    (af.workspace / "server.py").write_text(SERVER_PY)
+    (af.workspace / "old_server.py").write_text(OLD_SERVER_PY)
+    (af.workspace / "client.py").write_text(CLIENT_PY)
+    old = af.write(OLD_RUN.format(port=port), "old.yaml")
+    res = af.cli("run", str(old), "--detach", "--run-id", "old-1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    af.wait_for(
+        lambda: af.state("old-1")["steps"]["serve"].get("ready_at") is not None,
+        message="the old run's server never became ready",
+    )
+    wf = af.write(SERVE.format(port=port))
+    replies = [
+        decide(
+            "retry_with_changes",
+            f"port {port} is held by the server of agentflow run old-1",
+            requires=("Address already in use",),
+            category="port",
+            stop_runs=["old-1"],
+        )
+    ]
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--yes", "--ci", timeout=120)
+    check_fake(fake)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    assert af.state("old-1")["status"] != "running"
+    output = (af.run_dir(rid) / "steps/generate/output.log").read_text()
+    assert "generated with fresh model v1" in output
+    kinds = [e["kind"] for e in events(af, rid)]
+    assert kinds.index("runs_stopped") < kinds.index("service_ready")
+
+
+def test_only_a_running_agentflow_run_of_this_home_may_be_stopped(af: Env) -> None:
+    wf = af.write(TRAIN)
+    (af.workspace / "train.py").write_text("raise SystemExit(1)\n")
+    replies = [
+        decide("retry_with_changes", "x", stop_runs=["../../etc"]),
+        decide("retry_with_changes", "x", stop_runs=["nope-1"]),
+        decide("abort", "nothing to stop"),
+    ]
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--yes", "--ci")
+    assert res.returncode == 1, res.stdout + res.stderr
+    results = [json.dumps(r["body"]["messages"][-1]) for r in fake.requests[1:]]
+    assert "is not a run id" in results[0]
+    assert "no run nope-1 in this home" in results[1]

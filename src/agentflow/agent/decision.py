@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agentflow import safefs
 from agentflow.agent.patch import PatchError, prepare
+from agentflow.errors import AgentflowError
+from agentflow.store import RunDir
 from agentflow.template import TemplateSyntaxError, references
 from agentflow.workflow.model import Scalar
 from agentflow.workflow.types import ENV_PATTERN, parse_duration
@@ -62,6 +64,12 @@ SUBMIT_DECISION: dict[str, Any] = {
                 "description": "succeeded upstream steps to run again (with everything that "
                 "needs them) before this one",
             },
+            "stop_runs": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "ids of other agentflow runs of this home, still running, "
+                "that hold what this step needs (a port, a GPU): stopped before the retry",
+            },
             "wait": {"type": "string", "description": "wait before retrying, like 30s"},
             "question": {
                 "type": "string",
@@ -87,12 +95,13 @@ class Decision(BaseModel):
     inputs: dict[str, Scalar] | None = None
     patch: str | None = None
     rerun: list[str] | None = None
+    stop_runs: list[str] | None = None
     wait: str | None = None
     question: str | None = None
 
     @property
     def changes(self) -> bool:
-        return bool(self.run or self.env or self.patch or self.inputs)
+        return bool(self.run or self.env or self.patch or self.inputs or self.stop_runs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +118,9 @@ class Rules:
     secrets: frozenset[str] = frozenset()
     workspace: Path | None = None
     hidden: frozenset[safefs.Identity] = field(default_factory=frozenset)
+    run_id: str | None = None
+    runs: Path | None = None
+    """The home's ``runs/`` folder: where other runs a decision may stop are."""
 
 
 HOST_ENV = frozenset(
@@ -137,7 +149,7 @@ def problems(data: dict[str, Any], rules: Rules) -> list[str]:
         return [str(e)]
     out: list[str] = []
     if d.action == "retry_with_changes" and not d.changes:
-        out.append("retry_with_changes needs a run, env, patch or inputs")
+        out.append("retry_with_changes needs a run, env, patch, inputs or stop_runs")
     if d.action == "rerun" and not d.rerun:
         out.append("rerun needs `rerun`: the succeeded upstream steps to run again")
     if d.wait:
@@ -160,6 +172,7 @@ def problems(data: dict[str, Any], rules: Rules) -> list[str]:
         if name not in rules.inputs:
             known = ", ".join(rules.inputs) or "none"
             out.append(f"inputs: the workflow has no input {name!r} (inputs: {known})")
+    out += [f"stop_runs: {p}" for p in _stop_problems(d.stop_runs or [], rules)]
     if d.patch and rules.workspace is not None:
         try:
             prepare(d.patch, rules.workspace, rules.hidden)
@@ -194,3 +207,28 @@ def _template_problems(run: str, rules: Rules) -> list[str]:
         if ref.kind == "steps" and ref.names[0] not in rules.statuses:
             out.append(f"run: unknown step {ref.names[0]!r}")
     return out
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def _stop_problems(runs: list[str], rules: Rules) -> list[str]:
+    """Only agentflow's own runs, of this home, still running, and never this one."""
+    out = []
+    for rid in runs:
+        if not RUN_ID.fullmatch(rid):
+            out.append(f"{rid[:60]!r} is not a run id")
+        elif rid == rules.run_id:
+            out.append(f"{rid} is this run")
+        elif rules.runs is None or not (rules.runs / rid / "state.json").is_file():
+            out.append(f"no run {rid} in this home")
+        elif _status(rules.runs / rid / "state.json") != "running":
+            out.append(f"run {rid} is not running")
+    return out
+
+
+def _status(state: Path) -> str | None:
+    try:
+        return RunDir(state.parent).read_state().status
+    except (AgentflowError, OSError):
+        return None

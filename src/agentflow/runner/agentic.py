@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
 
@@ -97,6 +103,8 @@ class Agentic(Recovering):
             secrets=frozenset(self.s.secrets),
             workspace=self.s.workspace,
             hidden=self.hidden,
+            run_id=self.state.run_id,
+            runs=self.s.run.path.parent,
         )
 
     def _upstream(self, step_id: str) -> set[str]:
@@ -115,6 +123,7 @@ class Agentic(Recovering):
 
     def _collect_diagnoses(self) -> None:
         """Carry out the model's answers that have come (on the runner's thread)."""
+        self._collect_holds()
         for step_id, asked in list(self.diagnoses.items()):
             late = not asked.answer.done() and now() >= asked.deadline
             if not asked.answer.done() and not late:
@@ -250,18 +259,24 @@ class Agentic(Recovering):
             )
         if d.patch:
             shown = f"# patch to {', '.join(patch.files(edits))}\n{d.patch.rstrip()}\n" + shown
+        stops = list(d.stop_runs or [])
+        if stops:
+            shown = "".join(f"# stop agentflow run {rid}\n" for rid in stops) + shown
         self._emit("command_proposed", step_id, message=shown)
         proposal = (new or old) + "".join(f"\n# env {k}={v}" for k, v in env.items())
         if inputs:
             proposal += "".join(f"\n# input {k}={json.dumps(v)}" for k, v in inputs.items())
         if d.patch:
             proposal += "\n# patch:\n" + "".join(f"# {line}\n" for line in d.patch.splitlines())
+        proposal += "".join(f"\n# stop agentflow run {rid}" for rid in stops)
         if not self._approved(step_id, old, proposal):
             return
         if edits and not self._patched(step_id, d.patch or "", edits):
             return
         if inputs:
             self._change_inputs(step_id, inputs)
+        if stops:
+            self._stop_runs(step_id, stops)
         for target in targets:
             tst = self.state.steps[target]
             if env and tst.status not in DONE:
@@ -362,6 +377,42 @@ class Agentic(Recovering):
             data={"inputs": inputs, "rendered": list(rendered)},
         )
 
+    def _stop_runs(self, step_id: str, runs: list[str]) -> None:
+        """Stop other runs of this home (approved), as `agentflow stop` does, on a thread:
+        the step waits for them, the runner does not."""
+        home = self.s.run.path.parent.parent
+
+        def stop() -> list[str]:
+            said = []
+            for rid in runs:
+                env = {**os.environ, "AGENTFLOW_HOME": str(home)}
+                try:
+                    done = subprocess.run(
+                        [sys.executable, "-m", "agentflow", "stop", rid],
+                        env=env, capture_output=True, text=True, timeout=90, check=False,
+                    )  # fmt: skip
+                    out = (done.stdout + done.stderr).strip().splitlines()
+                    said.append(out[-1] if out else f"run {rid}: exit {done.returncode}")
+                except (OSError, subprocess.TimeoutExpired) as e:
+                    said.append(f"run {rid}: {e}")
+            self.wake()
+            return said
+
+        self.holds[step_id] = _background(stop)
+        self._emit("runs_stopping", step_id, message=f"stopping {', '.join(runs)}",
+                   data={"runs": [*runs]})  # fmt: skip
+
+    def _collect_holds(self) -> None:
+        for step_id, held in list(self.holds.items()):
+            if not held.done():
+                continue
+            del self.holds[step_id]
+            try:
+                said = held.result()
+            except Exception as e:  # a thread's own bug: the retry goes on
+                said = [f"{type(e).__name__}: {e}"]
+            self._emit("runs_stopped", step_id, message="; ".join(said)[:500])
+
     def _rerun(self, step_id: str, d: Decision) -> None:
         """Run succeeded upstream steps again, and everything that needs them (the failed
         step with them): they are commands that ran before, so no approval is needed."""
@@ -387,6 +438,19 @@ class Agentic(Recovering):
             message=f"rerun {', '.join(reset)}: {d.diagnosis}",
             data={"steps": list[JsonValue](reset)},
         )
+
+
+def _background(fn: Callable[[], list[str]]) -> Future[list[str]]:
+    done: Future[list[str]] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as e:
+            done.set_exception(e)
+
+    threading.Thread(target=run, name="agentflow-stop-runs", daemon=True).start()
+    return done
 
 
 def _tools(transcript: list[LoopStep]) -> list[JsonValue]:

@@ -127,6 +127,9 @@ class RunnerBase:
         counts from zero)."""
         self.diagnoses: dict[str, Asked] = {}
         """Steps whose failure the model is looking at, off the runner's thread."""
+        self.holds: dict[str, Future[list[str]]] = {}
+        """Steps that wait for something done off the runner's thread (other runs being
+        stopped at the model's request)."""
         self.wake: Callable[[], None] = lambda: None
         """Wakes the runner from its sleep (a diagnosis answered)."""
         # Never read from a workspace, by identity: agentflow's home (other runs' logs) and

@@ -78,7 +78,7 @@ class Launching(RunnerBase):
         )
         for planned in self.s.plan.steps:
             st = self.state.steps[planned.id]
-            if st.status != "pending" or planned.id in self.diagnoses:
+            if st.status != "pending" or planned.id in self.diagnoses or planned.id in self.holds:
                 continue  # (a step the model is looking at waits for its answer)
             blocked_by = [
                 n for n in planned.needs if self.state.steps[n].status in FINAL - {"succeeded"}
