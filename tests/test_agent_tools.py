@@ -459,13 +459,38 @@ def test_secrets_are_masked_in_files_logs_env_and_searches(world: World) -> None
     assert "not-this-one" not in server
 
 
-def test_a_secret_cut_by_a_window_leaves_no_piece(world: World) -> None:
+def test_a_secret_is_masked_before_anything_is_cut(world: World, tmp_path: Path) -> None:
+    """Each cut (a line at 500 characters, a searched line at 2000, a body at 2000, a
+    runbook section at 1500) comes after the masking: no piece of a secret is left."""
     ws = world.workspace
-    # A line longer than the window read, the secret across the window's end.
-    (ws / "one-line.txt").write_text("q" * ((256 << 10) - 8) + SECRET + "tail\n")
-    shown = world.call("read_file", path="one-line.txt")
-    assert SECRET[:6] not in shown
-    assert "s3cr" not in shown
+    piece = SECRET[:5]
+    (ws / "long.txt").write_text("q" * 495 + SECRET + "\n")
+    assert piece not in world.call("read_file", path="long.txt")
+    (ws / "longer.txt").write_text("q" * 1990 + SECRET + "\n")
+    found = world.call("grep", pattern=r"q.{4}$", path="longer.txt")
+    assert "longer.txt:1: …" in found
+    assert piece not in found
+    (ws / ("n" * 195 + SECRET)).write_text("")
+    assert piece not in world.call("list_dir", path=".")
+    world.log("train", "q" * 495 + SECRET + "\n")
+    assert piece not in world.call("read_log", step="train")
+    (ws / "RUNBOOK.md").write_text("## Failure: disk\n" + "d " * 709 + SECRET + " more" * 99)
+    scene = replace(world.scene, runbooks=[ws / "RUNBOOK.md"])
+    assert piece not in Toolbox(scene).call("search_runbooks", {"query": "disk"})
+
+    class Body(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"b" * 1995 + SECRET.encode() + b"\n")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    with serving(Body) as port:
+        page = world.call("http_get", url=f"http://127.0.0.1:{port}/")
+    assert "bbbbb" in page
+    assert piece not in page
 
 
 # --- read_log ------------------------------------------------------------------------------
@@ -671,8 +696,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serving() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def serving(handler: type[http.server.BaseHTTPRequestHandler] | None = None) -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler or _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -695,6 +720,13 @@ def test_http_get_reads_a_local_server_and_follows_no_redirect(world: World) -> 
     assert "Location: http://example.com/elsewhere" in moved
     assert "not followed" in moved
     assert "no answer" in world.call("http_get", url=f"http://127.0.0.1:{port}/")
+
+
+def test_http_get_without_a_sandbox_asks_nothing(world: World) -> None:
+    with serving() as port, pytest.raises(ToolError, match="no sandbox yet"):
+        Toolbox(replace(world.scene, sandbox=None)).call(
+            "http_get", {"url": f"http://127.0.0.1:{port}/"}
+        )
 
 
 def test_http_get_of_a_silent_server_ends_in_time(world: World) -> None:

@@ -492,7 +492,9 @@ class Toolbox:
             raise self._refused(e, rel) from None
         if not entries:
             return f"{rel}: an empty folder"
-        rows = _fit([_row(name, st) for name, st in entries[:LIST_MAX]], RESULT_MAX - 200)
+        # Names masked before they are cut (a name can hold a secret too).
+        named = [(self.scene.redact(name), st) for name, st in entries[:LIST_MAX]]
+        rows = _fit([_row(name, st) for name, st in named], RESULT_MAX - 200)
         total = f"more than {LIST_SCAN}" if more else str(len(entries))
         text = f"{rel}: {total} entries (kind, size, name; links are not followed)\n"
         text += "\n".join(rows)
@@ -750,6 +752,7 @@ class Toolbox:
 
     def _measured(self, box: Sandbox) -> list[str]:
         code, out = box.exec(_FACTS, self._workdir(), EXEC_TIMEOUT)
+        out = self.scene.redact(out)  # before anything is cut from it
         parts = _sections(out)
         if not parts:
             return [f"not measured: exit {code}: {out.strip()[-300:]}"]
@@ -788,7 +791,11 @@ class Toolbox:
             "User-Agent: agentflow\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         )
         box = self.scene.sandbox
-        if box is not None and box.name == "docker":
+        if box is None:
+            # No sandbox: no service of the run to ask, and the host's own loopback (other
+            # programs' services) is not the model's to look at.
+            raise ToolError("there is no sandbox yet (planning before it starts): no service")
+        if box.name == "docker":
             # The container has its own loopback (network none): ask from inside it.
             script = f"set -- {shlex.join([host, str(port), request])}\n{_HTTP_GET}"
             code, text = box.exec(script, self._workdir(), HTTP_TIMEOUT + 2)
@@ -799,7 +806,7 @@ class Toolbox:
             text, why = _fetch(host, port, request)
             if not text:
                 return f"GET {a.url}: no answer ({why})"
-        return _response(a.url, text)
+        return _response(a.url, self.scene.redact(text))  # masked before the body is cut
 
     def command_help(self, a: CommandArgs) -> str:
         box = self.scene.sandbox
@@ -835,7 +842,7 @@ class Toolbox:
         unread = []
         for path in self.scene.runbooks:
             try:
-                text = runbook.read(path, self.scene.workspace)
+                text = self.scene.redact(runbook.read(path, self.scene.workspace))
             except OSError as e:
                 unread.append(f"{path.name}: {e.strerror or e}")
                 continue
