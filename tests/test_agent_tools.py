@@ -803,10 +803,17 @@ def test_search_runbooks_finds_the_sections_that_mention_the_words(
 # --- Docker --------------------------------------------------------------------------------
 
 
+PYTHON_IMAGE = "python:3.11-slim"
+
+
 @pytest.fixture
-def boxed(world: World, docker_client: docker.DockerClient) -> Iterator[World]:
-    """The world with a real Docker sandbox (busybox: no python3, no curl)."""
-    config = SandboxConfig.model_validate({"backend": "docker", "image": TEST_IMAGE})
+def boxed(
+    world: World, docker_client: docker.DockerClient, request: pytest.FixtureRequest
+) -> Iterator[World]:
+    """The world with a real Docker sandbox: busybox (no python3, no curl) unless the
+    test asks for another image."""
+    image = getattr(request, "param", TEST_IMAGE)
+    config = SandboxConfig.model_validate({"backend": "docker", "image": image})
     box = DockerSandbox(
         config,
         run_id=f"tools-{os.getpid()}-{time.monotonic_ns() % 100000}",
@@ -852,3 +859,24 @@ def test_the_tools_look_inside_a_docker_sandbox(boxed: World) -> None:
     noisy = boxed.call("command_help", command="sh noisy.sh")
     assert "mode fast ***" in noisy
     assert "more characters not shown" in noisy
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("boxed", [PYTHON_IMAGE], indirect=True)
+def test_http_get_and_help_with_python_in_the_sandbox(boxed: World) -> None:
+    box = boxed.scene.sandbox
+    assert box is not None
+    (boxed.workspace / "sub" / "index.html").write_text(f"from python {SECRET}\n")
+    code, out = box.exec(
+        "(python3 -m http.server 8081 --bind 127.0.0.1 >/dev/null 2>&1 &); sleep 1",
+        "/workspace/sub",
+        10,
+    )
+    assert code == 0, out
+    page = boxed.call("http_get", url="http://localhost:8081/index.html")
+    assert "HTTP/1.0 200 OK" in page
+    assert "from python ***" in page
+    assert "no answer" in boxed.call("http_get", url="http://127.0.0.1:8082/")
+    help_ = boxed.call("command_help", command="python3 -m http.server")
+    assert "(exit 0)" in help_
+    assert "--bind ADDRESS" in help_

@@ -228,18 +228,14 @@ def cut(text: str, limit: int = RESULT_MAX) -> str:
     return f"{text[:end]}\n[... {len(text) - end} more characters not shown]"
 
 
-def mask_edges(text: str, redact: Redactor, start: bool, end: bool) -> str:
-    """``text`` masked; where it was cut from a longer one (``start``, ``end``), also a
-    piece of a secret at the cut: the window may begin or end inside one."""
+def mask_edges(text: str, redact: Redactor, cut_end: bool) -> str:
+    """``text`` masked; when it was cut from a longer one at its end (``cut_end``), also
+    a piece of a secret there: the window read may end inside one."""
     text = redact(text)
-    for value in redact.values if (start or end) else []:
+    for value in redact.values if cut_end else []:
         for k in range(min(len(value), len(text)) - 1, 3, -1):
-            if end and text.endswith(value[:k]):
-                text = text[:-k] + MASK
-                break
-            if start and text.startswith(value[-k:]):
-                text = MASK + text[k:]
-                break
+            if text.endswith(value[:k]):
+                return text[:-k] + MASK
     return text
 
 
@@ -468,7 +464,7 @@ class Toolbox:
             raise ToolError(f"{rel} ends before line {start}")
         whole = f.tell() >= size
         lines, partial = _lines_of(data, whole)
-        masked = mask_edges("\n".join(lines), self.scene.redact, False, partial).split("\n")
+        masked = mask_edges("\n".join(lines), self.scene.redact, partial).split("\n")
         if end is not None:
             masked = masked[: end - start + 1]
         shown, n = _numbered(start, masked, RESULT_MAX - 200)
@@ -526,19 +522,17 @@ class Toolbox:
         rel = "/".join(names) or "."
         root = self.scene.workspace
         try:
-            safefs.lstat(root.joinpath(*names), root, self.scene.hidden)
+            st = safefs.lstat(root.joinpath(*names), root, self.scene.hidden)
         except OSError as e:
             raise self._refused(e, rel) from None
         found = search.search(self._request(root, names, rx.pattern))
         if found.error:
             raise ToolError(f"{rel}: {found.error}")
-        if found.files == 1 and found.skipped.get("binary") and not found.matches:
-            return f"{rel}: binary (not searched)"
+        if stat.S_ISREG(st.st_mode) and found.skipped.get("binary"):
+            return f"{rel}: binary, {st.st_size} bytes (not searched)"
         rows = [f"{m.path}:{m.line}: {_around(m)}" for m in found.matches]
-        head = (
-            f"/{rx.pattern}/ in {rel}: {len(found.matches)} matching lines in {found.files} files"
-        )
-        return _listing(head, rows, _searched(found))
+        count = f"{len(found.matches)} matching lines ({found.files} files read)"
+        return _listing(f"/{rx.pattern}/ in {rel}: {count}", rows, _searched(found))
 
     def _request(self, root: Path, names: list[str], pattern: str, **kw: Any) -> search.Request:
         return search.Request(
@@ -636,7 +630,7 @@ class Toolbox:
             lines = lines[-count:] if size <= WINDOW else lines[1:][-count:]
             first = self._line_count(f, size) - len(lines) + 1 if size <= SEEK_MAX else 0
             partial = False
-        text = printable(mask_edges("\n".join(lines), self.scene.redact, False, partial))
+        text = printable(mask_edges("\n".join(lines), self.scene.redact, partial))
         rows = text.split("\n") if lines else []
         tail = not (a.head or a.around)
         if first <= 0:  # a log too long to count its lines: shown without numbers
@@ -827,7 +821,7 @@ class Toolbox:
             out = out[: m.start()]
         else:
             head = f"$ {script}\n(output cut at {HELP_BYTES} bytes)"
-        body = printable(mask_edges(out, self.scene.redact, False, m is None))
+        body = printable(mask_edges(out, self.scene.redact, m is None))
         return f"{head}\n{body.rstrip()}" if body.strip() else f"{head}\n(no output)"
 
     # --- runbooks -----------------------------------------------------------------------
