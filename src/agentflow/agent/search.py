@@ -127,9 +127,11 @@ def search(request: Request, seconds: float = SECONDS) -> Found:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-    found = _parse(out)
+    found, done = _parse(out)
     if not complete and found.stopped is None:
         found.stopped = "killed"
+    elif complete and not done:
+        found.error = "could not be searched (the search process failed)"
     return found
 
 
@@ -148,8 +150,10 @@ def _read(fd: int, deadline: float) -> tuple[bytes, bool]:
     return bytes(out), False
 
 
-def _parse(out: bytes) -> Found:
+def _parse(out: bytes) -> tuple[Found, bool]:
+    """What the child found, and whether it said it was done."""
     found = Found()
+    done_seen = False
     for raw in out.splitlines():
         try:
             record = json.loads(raw)
@@ -162,7 +166,8 @@ def _parse(out: bytes) -> Found:
             matches = found.matches
             found = Found(**{k: v for k, v in done.items() if k != "matches"})
             found.matches = matches
-    return found
+            done_seen = True
+    return found, done_seen
 
 
 # --- the child's side ----------------------------------------------------------------------
