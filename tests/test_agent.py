@@ -102,7 +102,8 @@ def test_a_bug_in_a_file_the_traceback_does_not_show_is_read_and_patched(af: Env
     st = af.state(rid)["steps"]["train"]
     assert (st["status"], st["attempts"]) == ("succeeded", 2)
     assert (af.workspace / "config.py").read_text() == "LAYERS = [f'layer{i}' for i in range(4)]\n"
-    assert (af.run_dir(rid) / "steps" / "train" / "patch-1.diff").read_text() == FIX
+    # Saved with the attempt it fixed (its folder moves aside when the next one starts).
+    assert (af.run_dir(rid) / "steps/train/attempt-1/patch-1.diff").read_text() == FIX
     kinds = [e["kind"] for e in events(af, rid)]
     assert kinds.index("patch_applied") < kinds.index("retry_scheduled")
     tools = transcript(af, rid, "train")
