@@ -110,6 +110,11 @@ def test_a_bug_in_a_file_the_traceback_does_not_show_is_read_and_patched(af: Env
     assert [t for t, _ in tools if t != "text"] == ["read_file", "read_file"]
     assert "range(1, 4)" in tools[-1][1]
     assert "trained with 4 layers" in (af.run_dir(rid) / "steps/train/output.log").read_text()
+    # What it learned names the file and the fix, and how it was found.
+    learned = af.cli("learn", rid)
+    assert learned.returncode == 0, learned.stderr
+    assert "config.py" in learned.stdout
+    assert "+LAYERS = [f'layer{i}' for i in range(4)]" in learned.stdout
 
 
 def test_a_patch_that_does_not_fix_the_step_is_taken_back(af: Env) -> None:
@@ -219,6 +224,9 @@ def test_a_malformed_file_from_an_upstream_step_is_fixed_by_rerunning_it(af: Env
     rerun = next(e for e in events(af, rid) if e["kind"] == "rerun_scheduled")
     assert rerun["data"] == {"steps": ["prepare", "train"]}
     assert "sum 6" in (af.run_dir(rid) / "steps/train/output.log").read_text()
+    learned = af.cli("learn", rid)
+    assert learned.returncode == 0, learned.stderr
+    assert "rerun `prepare`" in learned.stdout
 
 
 # --- 3: the service's port is held by a stale server -----------------------------------------
