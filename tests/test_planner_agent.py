@@ -72,7 +72,11 @@ def expansion(shape: str = "sort raw.txt > data.txt", **shape_fields: Any) -> An
         },
         {"id": "shape", "run": f"echo shape >> order.txt; {shape}", "needs": ["fetch"]}
         | shape_fields,
-        {"id": "make-data", "run": "echo make-data >> order.txt; test -s data.txt", "needs": ["shape"]},
+        {
+            "id": "make-data",
+            "run": "echo make-data >> order.txt; test -s data.txt",
+            "needs": ["shape"],
+        },
     )
 
 
@@ -157,7 +161,8 @@ def test_what_a_tool_returned_reaches_the_model_before_it_plans(
     assert plan.step("make-data").run == "python3 job.py --lines 3 > data.txt"
     assert [t.tool for t in plan.transcript] == ["read_file"]
     assert "--lines N" in plan.transcript[0].result
-    assert plan.usage is not None and plan.usage.calls == 2
+    assert plan.usage is not None
+    assert plan.usage.calls == 2
 
 
 # --- expanding a task -------------------------------------------------------------------------
@@ -193,7 +198,9 @@ def test_a_saved_plan_with_added_steps_checks_them_and_resumes(af: Env, tmp_path
     saved = tmp_path / "plan.json"
     # shape writes data.txt only once `go` exists: its success check (the model's) fails
     # the first run.
-    shaping = expansion("if [ -f go ]; then sort raw.txt > data.txt; fi", success={"files": ["data.txt"]})
+    shaping = expansion(
+        "if [ -f go ]; then sort raw.txt > data.txt; fi", success={"files": ["data.txt"]}
+    )
     with FakeAnthropic([shaping]) as fake:
         use_fake(af, fake)
         res = af.cli("plan", str(wf), "-o", str(saved))
@@ -219,9 +226,7 @@ def test_a_saved_plan_with_added_steps_checks_them_and_resumes(af: Env, tmp_path
     ]  # fmt: skip
 
 
-def test_a_saved_plan_whose_added_step_breaks_the_rules_is_refused(
-    af: Env, tmp_path: Path
-) -> None:
+def test_a_saved_plan_whose_added_step_breaks_the_rules_is_refused(af: Env, tmp_path: Path) -> None:
     wf = af.write(EXPANDING)
     saved = tmp_path / "plan.json"
     with FakeAnthropic([expansion()]) as fake:
@@ -248,7 +253,12 @@ def test_an_invalid_expansion_gets_repair_rounds_then_a_clear_error(af: Env) -> 
     )
     unknown = expansion().body["content"][0]["input"]
     unknown["steps"][1]["needs"] = ["fetsh"]
-    with FakeAnthropic([cycle, tool_use("submit_plan", unknown), cycle]) as fake:
+    # An id is a folder and a tmux window: one that would leave the run directory is refused.
+    escape = submit(
+        {"id": "../escape", "run": "true"},
+        {"id": "make-data", "run": "true", "needs": ["../escape"]},
+    )
+    with FakeAnthropic([cycle, tool_use("submit_plan", unknown), escape]) as fake:
         use_fake(af, fake)
         res = af.cli("run", str(wf), "--yes")
     assert res.returncode == 1, res.stdout + res.stderr
@@ -264,7 +274,7 @@ def test_an_invalid_expansion_gets_repair_rounds_then_a_clear_error(af: Env) -> 
     error = res.stderr.strip()
     assert len(error.splitlines()) == 1
     assert "the model's plan is still invalid after 2 repair rounds" in error
-    assert "dependency cycle" in error
+    assert "step '../escape': id: String should match pattern" in error
     assert "Traceback" not in res.stderr
     assert not (af.home / "runs").exists()
 

@@ -232,19 +232,13 @@ def planning_tools(wf: WorkflowFile) -> Tools:
     return PlanningTools(Toolbox(scene))
 
 
-def check_answer(
-    data: dict[str, Any], wf: WorkflowFile, inputs: dict[str, Scalar] | None = None
-) -> list[str]:
+def check_answer(data: dict[str, Any], wf: WorkflowFile, inputs: dict[str, Scalar]) -> list[str]:
     """What is wrong with the model's answer (empty when it is usable)."""
     try:
         answer = Answer.model_validate(data)
     except ValidationError as e:
         return [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-    return planned_steps(answer, wf, _sample_inputs(wf) if inputs is None else inputs)[1]
-
-
-def _sample_inputs(wf: WorkflowFile) -> dict[str, Scalar]:
-    return {k: v.default if v.default is not None else "" for k, v in wf.workflow.inputs.items()}
+    return planned_steps(answer, wf, inputs)[1]
 
 
 def planned_steps(
