@@ -13,9 +13,10 @@ from typing import Any
 import libtmux
 import pytest
 
+from agentflow import safefs
 from agentflow.agent.llm import LLM
 from agentflow.agent.tools import LOOK_TOOLS, ToolError
-from agentflow.planner.anthropic import AnthropicPlanner
+from agentflow.planner.anthropic import AnthropicPlanner, planning_tools
 from agentflow.workflow import load_workflow
 from fake_anthropic import FakeAnthropic, blocks, called, said, tool_use
 
@@ -163,6 +164,27 @@ def test_what_a_tool_returned_reaches_the_model_before_it_plans(
     assert "--lines N" in plan.transcript[0].result
     assert plan.usage is not None
     assert plan.usage.calls == 2
+
+
+def test_the_planning_tools_hide_agentflows_home_mask_secrets_and_run_nothing(
+    af: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = af.workspace / ".agentflow"  # the default: inside the workflow's folder
+    home.mkdir()
+    monkeypatch.setenv("AGENTFLOW_HOME", str(home))
+    monkeypatch.setenv("TOK", "s3cr3t-value")
+    wf = load_workflow(af.write(LOOKING.replace("steps:", "secrets: [TOK]\nsteps:")))
+    tools = planning_tools(wf)
+    scene = tools.tools.scene  # type: ignore[attr-defined]  # the real Toolbox's
+    assert safefs.identity(home) in scene.hidden
+    assert scene.redact("token=s3cr3t-value") == "token=***"
+    assert scene.sandbox is None  # nothing the model asks for runs before approval
+    assert scene.workspace == wf.base_dir
+    offered = {t["name"] for t in tools.schemas()}
+    assert {"read_file", "list_dir", "command_help"} <= offered
+    assert not {"read_log", "step_info", "http_get"} & offered
+    with pytest.raises(ToolError, match="needs a run"):
+        tools.call("read_log", {"step": "make-data"})
 
 
 # --- expanding a task -------------------------------------------------------------------------
