@@ -23,7 +23,7 @@ from agentflow.runner import STOP_REQUEST, InterruptChoice, Observer, Runner, Ru
 from agentflow.sandbox import Sandbox
 from agentflow.sandbox.local import LocalSandbox
 from agentflow.settings import settings
-from agentflow.state import RunState, StepState, prepare_resume
+from agentflow.state import RunState, StepState, Usage, prepare_resume
 from agentflow.store import RunDir, Store, new_run_id
 from agentflow.tmux import Tmux, socket_path_for
 from agentflow.workflow.load import WorkflowFile, parse_workflow
@@ -166,17 +166,20 @@ def new_run(
     approve: Approve | None = None,
     on_interrupt: Callable[[], InterruptChoice] | None = None,
     diagnose: bool = True,
+    planned_here: bool = True,
 ) -> Prepared:
     """Create the run directory (workflow and plan frozen in it) and a runner for it.
-    Everything that can be missing (tmux, a daemon, a secret, a key) is checked first."""
+    Everything that can be missing (tmux, a daemon, a secret, a key) is checked first.
+    ``planned_here``: the plan was made for this run, whose usage starts with its cost
+    (a saved plan's was paid once, when it was made)."""
     tmux = _tmux(store)
     secrets = read_secrets(wf.workflow)
-    diagnoser = make_diagnoser(wf.workflow) if diagnose else None
+    workflow = plan.workflow_for(wf.workflow)  # with the steps the planner added
+    usage = (plan.usage if planned_here else None) or Usage()
+    diagnoser = make_diagnoser(workflow, usage.tokens) if diagnose else None
     backend, warnings = choose_backend(wf.workflow, sandbox)
     run = store.create(run_id or new_run_id(wf.workflow.name))
-    box = make_sandbox(
-        backend, wf.workflow, run, wf.base_dir, store.home, keep=keep_sandbox, log=log
-    )
+    box = make_sandbox(backend, workflow, run, wf.base_dir, store.home, keep=keep_sandbox, log=log)
     run.write_text("workflow.yaml", wf.text)
     run.write_plan(plan)
     state = RunState(
@@ -187,10 +190,12 @@ def new_run(
         sandbox=box.name,
         planner=plan.planner,
         inputs=plan.inputs,
+        tokens_used=usage.tokens,
+        usage=usage,
         steps={s.id: StepState() for s in plan.steps},
     )
     setup = RunSetup(
-        run, wf.workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets,
+        run, workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets,
         diagnoser, approve, on_interrupt,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
@@ -222,7 +227,10 @@ def reopen(
         text = run.workflow_path.read_text(encoding="utf-8")
     except OSError as e:
         raise StateError(f"{run.workflow_path}: cannot read the run's workflow ({e})") from None
-    workflow = parse_workflow(text, str(run.workflow_path), base_dir=None)
+    try:
+        workflow = plan.workflow_for(parse_workflow(text, str(run.workflow_path), base_dir=None))
+    except KeyError as e:
+        raise StateError(f"{run.path}: plan.json has step {e} that workflow.yaml lacks") from None
     if not workspace.is_dir():
         raise UsageError(f"run {run.run_id}: its workspace {workspace} no longer exists")
     values = read_secrets(workflow) if secrets else {}

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agentflow.cli.app import command, console
-from agentflow.plan import Plan
+from agentflow.plan import Plan, PlannedStep
 from agentflow.planner import make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.sandbox import describe
@@ -57,9 +57,7 @@ def plan(
     chosen = planner_for(wf, planner)
     the_plan = make_plan(wf, parse_set_options(set_ or []), chosen)
     print_plan(the_plan)
-    tokens = sum(getattr(chosen, "calls", []))
-    if tokens:
-        console.print(f"the model wrote the [magenta]✎[/] commands ({tokens} tokens)")
+    print_planning(the_plan)
     print_sandbox(wf.workflow)
     if output is not None:
         output.write_text(the_plan.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -77,6 +75,33 @@ def print_sandbox(workflow: Workflow) -> None:
         console.print(f"  [yellow]relaxed:[/] {item}")
 
 
+def print_planning(the_plan: Plan) -> None:
+    """What the model did to make the plan: what it cost, and what it looked at."""
+    usage = the_plan.usage
+    if usage is None or not usage.calls:
+        return
+    added = any(s.expands for s in the_plan.steps)
+    what = "the [magenta]✎[/] commands" + (" and the [magenta]+[/] steps" if added else "")
+    cost = f", about ${usage.cost_usd:.2f}" if usage.cost_usd else ""
+    calls = f"{usage.calls} request{'s' * (usage.calls != 1)}"
+    console.print(f"the model wrote {what} ({usage.tokens} tokens in {calls}{cost})")
+    looked = [t for t in the_plan.transcript if t.tool != "text"]
+    if looked:
+        shown = "; ".join(f"{t.tool} {json.dumps(t.input, ensure_ascii=False)}" for t in looked)
+        console.print(f"  it looked: {escape(revealed(shown[:600]))}", style="dim")
+
+
+def _checks(step: PlannedStep) -> str:
+    """The checks the model wrote for a step (their commands run too), one per line."""
+    lines = []
+    for key in ("ready", "success"):
+        value = getattr(step, key)
+        if value is not None:
+            dumped = value.model_dump(mode="json", exclude_defaults=True, by_alias=True)
+            lines.append(f"\n{key}: {json.dumps(dumped, ensure_ascii=False)}")
+    return "".join(lines)
+
+
 def print_plan(the_plan: Plan) -> None:
     table = Table(box=None, pad_edge=False, show_edge=False, title_justify="left")
     table.add_column("#", justify="right", style="dim")
@@ -86,16 +111,16 @@ def print_plan(the_plan: Plan) -> None:
     table.add_column("expect", justify="right")
     table.add_column("command", overflow="fold")
     for i, s in enumerate(the_plan.steps, 1):
+        mark = "[magenta]+[/]" if s.expands else "[magenta]✎[/]" if s.source == "planner" else ""
+        # A command the model wrote may hold control characters: shown, not obeyed.
+        text = escape(revealed(s.run.strip() + _checks(s)))
         table.add_row(
             str(i),
             s.id,
-            "[magenta]✎[/]" if s.source == "planner" else "",
+            mark,
             ", ".join(s.needs),
             format_duration(s.duration) if s.duration else "",
-            # A command the model wrote may hold control characters: shown, not obeyed.
-            f"[magenta]{escape(revealed(s.run.strip()))}[/]"
-            if s.source == "planner"
-            else escape(revealed(s.run.strip())),
+            f"[magenta]{text}[/]" if s.source == "planner" else text,
         )
     inputs = escape(revealed(", ".join(f"{k}={v}" for k, v in the_plan.inputs.items())))
     console.print(

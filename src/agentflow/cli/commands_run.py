@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
-from agentflow.cli.interactive import approver, interrupt_asker
+from agentflow.cli.interactive import approved_planning, approver, interrupt_asker
 from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, StateError, UsageError
@@ -43,7 +43,10 @@ CiOption = Annotated[
     bool, typer.Option("--ci", help="Plain lines, one per event, no colours (also when CI is set).")
 ]
 YesOption = Annotated[
-    bool, typer.Option("--yes", "-y", help="Approve commands the model changes, without asking.")
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Approve commands the model writes or changes, without asking."
+    ),
 ]
 NoDiagnoseOption = Annotated[
     bool,
@@ -163,8 +166,9 @@ def run(
                 "a sweep makes one detached run per combination: "
                 "--detach, --plan and --run-id do not apply"
             )
+        chosen = approved_planning(planner_for(wf, planner), file, yes, ci)
         run_sweep(
-            wf, matrix, parse_set_options(set_ or []), planner_for(wf, planner),
+            wf, matrix, parse_set_options(set_ or []), chosen,
             sandbox=sandbox, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
         )  # fmt: skip
         return
@@ -174,12 +178,15 @@ def run(
         the_plan = _read_plan(plan_file)
         check_plan(the_plan, wf, str(plan_file))
     else:
-        the_plan = make_plan(wf, parse_set_options(set_ or []), planner_for(wf, planner))
+        chosen = approved_planning(planner_for(wf, planner), file, yes, ci)
+        the_plan = make_plan(wf, parse_set_options(set_ or []), chosen)
+    saved = plan_file is not None
     if detach:
         _run_detached(
             new_run(
                 Store(), wf, the_plan, lambda r, p, h: Observers([]), run_id=run_id,
                 sandbox=sandbox, junit=junit, keep_sandbox=keep_sandbox, diagnose=not no_diagnose,
+                planned_here=not saved,
             ),
             junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
         )  # fmt: skip
@@ -198,6 +205,7 @@ def run(
         approve=approver(yes, ci, lives),
         on_interrupt=interrupt_asker(ci, lives),
         diagnose=not no_diagnose,
+        planned_here=not saved,
     )
     with prepared.run.lock():
         state = _drive(prepared, lives, prepared.runner.start)

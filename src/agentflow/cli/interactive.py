@@ -1,6 +1,7 @@
-"""The person at the terminal: what agentflow asks them while a run goes (approving a
-command the model changed, what Ctrl-C means), with the live view paused meanwhile.
-Where nobody can answer (CI, a pipe), there is no asker and the runner decides alone."""
+"""The person at the terminal: what agentflow asks them before and while a run goes
+(approving the commands the model wrote or changed, what Ctrl-C means), with the live view
+paused meanwhile. Where nobody can answer (CI, a pipe), there is no asker: the runner
+decides alone, and a plan the model writes is refused unless ``--yes``."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ import difflib
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from rich.prompt import Confirm, Prompt
 from rich.syntax import Syntax
 
 from agentflow.cli.app import console, plain_output
+from agentflow.cli.commands_define import print_plan, print_planning, print_sandbox
 from agentflow.display import LiveTable
+from agentflow.errors import EXIT_BLOCKED, AgentflowError, UsageError
 from agentflow.orchestrator import Approve
+from agentflow.plan import Plan
+from agentflow.planner import Planner
 from agentflow.runner import InterruptChoice
 from agentflow.textsafe import revealed
+from agentflow.workflow.load import WorkflowFile
+from agentflow.workflow.model import Scalar
 
 
 def someone_answers(ci: bool) -> bool:
@@ -57,6 +65,53 @@ def approver(yes: bool, ci: bool, lives: list[LiveTable]) -> Approve | None:
                 return False
 
     return ask
+
+
+class PlanRefused(AgentflowError):
+    """The person did not approve the commands the model wrote: nothing ran (exit 3)."""
+
+    exit_code = EXIT_BLOCKED
+
+
+def approved_planning(planner: Planner, file: Path, yes: bool, ci: bool) -> Planner:
+    """``planner``, whose plan runs only once approved when a model writes it: ``--yes``
+    approves; on a terminal the plan is shown and the person asked; where nobody can be
+    asked (CI, a pipe) it is refused here, before the model is asked anything."""
+    if planner.name == "static" or yes:
+        return planner
+    if not someone_answers(ci):
+        raise UsageError(
+            "the model writes this run's commands and nobody is here to approve them: pass "
+            f"--yes, or save a plan with `agentflow plan {file} -o plan.json`, review it, and "
+            "run it with --plan"
+        )
+    return _Approving(planner)
+
+
+class _Approving:
+    """A planner whose plan is shown (like ``agentflow plan``) and approved at the terminal."""
+
+    def __init__(self, planner: Planner) -> None:
+        self.planner = planner
+        self.name = planner.name
+
+    def plan(self, wf: WorkflowFile, inputs: dict[str, Scalar]) -> Plan:
+        plan = self.planner.plan(wf, inputs)
+        if not any(s.source == "planner" for s in plan.steps):
+            return plan  # the model changed nothing: every command is the file's
+        print_plan(plan)
+        print_planning(plan)
+        print_sandbox(wf.workflow)
+        try:
+            yes = bool(Confirm.ask("Run the commands the model wrote?", default=False))
+        except (KeyboardInterrupt, EOFError):
+            yes = False
+        if not yes:
+            raise PlanRefused(
+                "the model's plan was not approved: nothing ran (`agentflow plan "
+                f"{wf.path.name} -o plan.json` saves one to review, edit and run with --plan)"
+            )
+        return plan
 
 
 CHOICES: dict[str, InterruptChoice] = {"s": "stop", "d": "detach", "c": "continue"}

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from agentflow.errors import PlanError, UsageError
 from agentflow.plan import Plan
+from agentflow.planner.expansion import plan_problems
 from agentflow.planner.inputs import resolve_inputs
 from agentflow.planner.static import StaticPlanner
 from agentflow.workflow.load import WorkflowFile
@@ -47,14 +48,15 @@ def make_plan(wf: WorkflowFile, overrides: dict[str, str], planner: Planner | No
 
 def check_plan(plan: Plan, wf: WorkflowFile, source: str) -> None:
     """Refuse a saved plan that does not fit the workflow: other steps, other needs, an
-    order that runs a step before what it needs, or inputs the workflow does not have."""
+    order that runs a step before what it needs, steps added for a task that break the
+    workflow's rules (``expansion.plan_problems``), or inputs the workflow does not have."""
     workflow = wf.workflow
     if plan.workflow != workflow.name:
         raise PlanError(f"{source}: a plan for workflow '{plan.workflow}', not '{workflow.name}'")
     planned = [s.id for s in plan.steps]
     declared = [s.id for s in workflow.steps]
     missing = [i for i in declared if i not in planned]
-    extra = [i for i in planned if i not in declared]
+    extra = [s.id for s in plan.steps if s.id not in declared and s.expands is None]
     if missing or extra or len(set(planned)) != len(planned):
         what = "; ".join(
             part
@@ -66,16 +68,9 @@ def check_plan(plan: Plan, wf: WorkflowFile, source: str) -> None:
             if part
         )
         raise PlanError(f"{source} does not match {wf.path.name} ({what}): plan it again")
-    seen: set[str] = set()
-    for s in plan.steps:
-        if set(s.needs) != set(workflow.step(s.id).needs):
-            raise PlanError(
-                f"{source}: step '{s.id}' needs {sorted(s.needs)} in the plan but "
-                f"{sorted(workflow.step(s.id).needs)} in {wf.path.name}: plan it again"
-            )
-        if not set(s.needs) <= seen:
-            raise PlanError(f"{source}: step '{s.id}' comes before a step it needs")
-        seen.add(s.id)
+    problems = plan_problems(plan.steps, workflow)
+    if problems:
+        raise PlanError(f"{source}: {'; '.join(problems[:3])} ({wf.path.name}): plan it again")
     unknown = set(plan.inputs) - set(workflow.inputs)
     if unknown or set(workflow.inputs) - set(plan.inputs):
         raise PlanError(f"{source}: its inputs do not match {wf.path.name}'s: plan it again")

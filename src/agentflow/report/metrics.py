@@ -15,13 +15,17 @@ from agentflow.workflow.model import Step
 
 
 def frozen_workflow(run: RunDir) -> Workflow | None:
-    """The workflow as the run froze it, or None when it cannot be read (the report goes
-    on without what only the workflow knows)."""
+    """The workflow as the run froze it (with the steps its plan added), or None when it
+    cannot be read (the report goes on without what only the workflow knows)."""
     try:
         text = run.workflow_path.read_text(encoding="utf-8")
-        return parse_workflow(text, str(run.workflow_path))
+        workflow = parse_workflow(text, str(run.workflow_path))
     except (AgentflowError, OSError, ValueError):
         return None
+    try:
+        return run.read_plan().workflow_for(workflow)
+    except (AgentflowError, KeyError):
+        return workflow
 
 
 def metric_results(step: Step | None, st: StepState, events: list[Event]) -> list[MetricResult]:

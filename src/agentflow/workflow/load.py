@@ -79,6 +79,15 @@ def parse_workflow(text: str, filename: str, base_dir: Path | None = None) -> Wo
     return workflow
 
 
+def workflow_problems(workflow: Workflow, filename: str) -> list[Problem]:
+    """The problems a file holding ``workflow`` would have beyond one key at a time (ids,
+    needs, cycles, expressions), for a workflow made in memory: a plan's steps added to
+    the file's (no positions: each problem says ``steps[i]``)."""
+    located = _Locator(filename, {})
+    problems = list(_semantic_problems(workflow, located, None))
+    return problems + [located.at(loc, msg) for loc, msg in unsupported(workflow)]
+
+
 # --- YAML with positions -------------------------------------------------------------------
 
 
