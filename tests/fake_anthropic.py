@@ -47,9 +47,10 @@ def tool_use(name: str, payload: dict[str, Any], tokens: tuple[int, int] = (900,
 _ids = iter(range(1, 1_000_000))
 
 
-def call(name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """A ``tool_use`` block (for ``answer``)."""
-    return {"type": "tool_use", "id": f"toolu_{next(_ids)}", "name": name, "input": payload}
+def call(name: str, payload: dict[str, Any], use_id: str | None = None) -> dict[str, Any]:
+    """A ``tool_use`` block (for ``answer``), with an id of its own unless given one."""
+    return {"type": "tool_use", "id": use_id or f"toolu_{next(_ids)}", "name": name,
+            "input": payload}  # fmt: skip
 
 
 def text(words: str) -> dict[str, Any]:
@@ -161,30 +162,3 @@ class FakeAnthropic:
     def messages(self) -> Iterator[dict[str, Any]]:
         for r in self.requests:
             yield r["body"]
-
-
-def blocks(*content: dict[str, Any], tokens: tuple[int, int] = (900, 120)) -> Reply:
-    """A successful answer with several content blocks (``said``, ``called``)."""
-    uses = any(b.get("type") == "tool_use" for b in content)
-    return Reply(
-        body={
-            "id": "msg_fake",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude-fake",
-            "content": list(content),
-            "stop_reason": "tool_use" if uses else "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": tokens[0], "output_tokens": tokens[1]},
-        }
-    )
-
-
-def said(text: str) -> dict[str, Any]:
-    """A text block: the model's own words."""
-    return {"type": "text", "text": text}
-
-
-def called(name: str, payload: dict[str, Any], use_id: str = "toolu_1") -> dict[str, Any]:
-    """A tool_use block (give each call of one answer its own ``use_id``)."""
-    return {"type": "tool_use", "id": use_id, "name": name, "input": payload}

@@ -18,7 +18,7 @@ from agentflow.agent.llm import LLM
 from agentflow.agent.tools import LOOK_TOOLS, ToolError
 from agentflow.planner.anthropic import AnthropicPlanner, planning_tools
 from agentflow.workflow import load_workflow
-from fake_anthropic import FakeAnthropic, blocks, called, said, tool_use
+from fake_anthropic import FakeAnthropic, answer, call, text, tool_use
 
 from conftest import AGENTFLOW, Env, run_id_of
 
@@ -95,12 +95,12 @@ def test_the_planner_looks_around_before_it_submits_and_the_calls_are_recorded(a
     (af.workspace / "job.py").write_text(JOB)
     wf = af.write(LOOKING)
     replies = [
-        blocks(
-            said("First the workspace and the job."),
-            called("list_dir", {"path": "."}, "toolu_a"),
-            called("read_file", {"path": "job.py"}, "toolu_b"),
+        answer(
+            text("First the workspace and the job."),
+            call("list_dir", {"path": "."}, "toolu_a"),
+            call("read_file", {"path": "job.py"}, "toolu_b"),
         ),
-        blocks(called("command_help", {"command": "python3 job.py"}, "toolu_c")),
+        answer(call("command_help", {"command": "python3 job.py"}, "toolu_c")),
         submit({"id": "make-data", "run": "printf 'a\\nb\\nc\\n' > data.txt"}),
     ]
     with FakeAnthropic(replies) as fake:
@@ -147,7 +147,7 @@ def test_what_a_tool_returned_reaches_the_model_before_it_plans(
     (af.workspace / "job.py").write_text(JOB)
     wf = load_workflow(af.write(LOOKING))
     replies = [
-        blocks(called("read_file", {"path": "job.py"}, "toolu_r")),
+        answer(call("read_file", {"path": "job.py"}, "toolu_r")),
         submit({"id": "make-data", "run": "python3 job.py --lines 3 > data.txt"}),
     ]
     with FakeAnthropic(replies) as fake:
@@ -174,17 +174,70 @@ def test_the_planning_tools_hide_agentflows_home_mask_secrets_and_run_nothing(
     monkeypatch.setenv("AGENTFLOW_HOME", str(home))
     monkeypatch.setenv("TOK", "s3cr3t-value")
     wf = load_workflow(af.write(LOOKING.replace("steps:", "secrets: [TOK]\nsteps:")))
-    tools = planning_tools(wf)
-    scene = tools.tools.scene  # type: ignore[attr-defined]  # the real Toolbox's
-    assert safefs.identity(home) in scene.hidden
-    assert scene.redact("token=s3cr3t-value") == "token=***"
-    assert scene.sandbox is None  # nothing the model asks for runs before approval
-    assert scene.workspace == wf.base_dir
-    offered = {t["name"] for t in tools.schemas()}
-    assert {"read_file", "list_dir", "command_help"} <= offered
-    assert not {"read_log", "step_info", "http_get"} & offered
-    with pytest.raises(ToolError, match="needs a run"):
-        tools.call("read_log", {"step": "make-data"})
+    with planning_tools(wf) as tools:
+        scene = tools.tools.scene  # type: ignore[attr-defined]  # the real Toolbox's
+        assert safefs.identity(home) in scene.hidden
+        assert scene.redact("token=s3cr3t-value") == "token=***"
+        # No image: the run's steps would run on this machine, so --help runs here too
+        # (plain commands only: nothing inline).
+        assert scene.sandbox.name == "local"
+        with pytest.raises(ToolError):
+            tools.call("command_help", {"command": 'python3 -c \'open("x", "w")\''})
+        assert not (af.workspace / "x").exists()
+        assert scene.workspace == wf.base_dir
+        offered = {t["name"] for t in tools.schemas()}
+        assert {"read_file", "list_dir", "command_help"} <= offered
+        assert not {"read_log", "step_info", "http_get"} & offered
+        with pytest.raises(ToolError, match="needs a run"):
+            tools.call("read_log", {"step": "make-data"})
+
+
+HELPFUL_JOB = """\
+import argparse
+parser = argparse.ArgumentParser(prog="job.py")
+parser.add_argument("--lines", type=int, required=True, help="how many lines to write")
+args = parser.parse_args()
+print("\\n".join("x" * args.lines))
+"""
+
+
+def test_the_planner_reads_a_jobs_help_before_it_writes_its_flags(af: Env) -> None:
+    (af.workspace / "job.py").write_text(HELPFUL_JOB)
+    wf = af.write(LOOKING)
+    replies = [
+        answer(call("command_help", {"command": "python3 job.py"})),
+        submit({"id": "make-data", "run": "python3 job.py --lines 3 > data.txt"}),
+    ]
+    replies[1].requires = ("--lines LINES", "how many lines to write")
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        res = af.cli("plan", str(wf))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not fake.unmet
+
+
+@pytest.mark.docker
+def test_in_docker_the_planner_looks_in_a_throwaway_read_only_container(
+    af: Env, docker_client: Any
+) -> None:
+    from conftest import TEST_IMAGE
+
+    wf = af.write(
+        LOOKING.replace("steps:", f"sandbox: {{backend: docker, image: {TEST_IMAGE}}}\nsteps:")
+    )
+    replies = [
+        answer(call("command_help", {"command": "sh -c 'echo hi > made-by-probe; echo tried'"})),
+        submit({"id": "make-data", "run": "printf 'a\\nb\\nc\\n' > data.txt"}),
+    ]
+    replies[1].requires = ("Read-only file system",)
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        res = af.cli("plan", str(wf), timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not fake.unmet
+    assert not (af.workspace / "made-by-probe").exists()
+    left = docker_client.containers.list(all=True, filters={"label": "agentflow.workflow=looking"})
+    assert left == []  # removed once planning ended
 
 
 # --- expanding a task -------------------------------------------------------------------------

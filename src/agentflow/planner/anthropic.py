@@ -12,9 +12,12 @@ after them (the rule is in ``planner.expansion``).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,6 +27,7 @@ from agentflow.agent.llm import LLM, LLMError
 from agentflow.agent.loop import Limits, LoopExhausted, ToolLoop, Tools
 from agentflow.agent.loop import Step as LoopStep
 from agentflow.agent.tools import Scene, Toolbox, ToolError
+from agentflow.errors import AgentflowError
 from agentflow.plan import TRANSCRIPT_MAX, Plan, PlannedStep, ToolUse
 from agentflow.planner.expansion import plan_problems
 from agentflow.planner.static import render_inputs, run_order
@@ -148,10 +152,11 @@ class AnthropicPlanner:
         self.limits = limits
 
     def plan(self, wf: WorkflowFile, inputs: dict[str, Scalar]) -> Plan:
-        tools = self.tools if self.tools is not None else planning_tools(wf)
-        loop = ToolLoop(self.llm, tools, SUBMIT_PLAN, _Check(wf, inputs), self.limits)
         try:
-            out = loop.run(SYSTEM, request(wf, inputs))
+            with contextlib.ExitStack() as stack:
+                tools = self.tools or stack.enter_context(planning_tools(wf))
+                loop = ToolLoop(self.llm, tools, SUBMIT_PLAN, _Check(wf, inputs), self.limits)
+                out = loop.run(SYSTEM, request(wf, inputs))
         except LoopExhausted as e:
             raise LLMError(
                 f"the model made no plan ({e}; {e.found()}): try again, or write the "
@@ -213,10 +218,14 @@ class PlanningTools:
         return self.tools.call(name, args)
 
 
-def planning_tools(wf: WorkflowFile) -> Tools:
+@contextlib.contextmanager
+def planning_tools(wf: WorkflowFile) -> Iterator[Tools]:
     """The look-around tools over the workflow's folder, before any run: agentflow's home
-    and tmux socket hidden, the secrets the environment holds masked, and no sandbox to
-    run commands in (nothing the model asks for runs before a person approved the plan)."""
+    and tmux socket hidden, the secrets the environment holds masked, and commands
+    (``command_help``) in a probe sandbox: for Docker a throwaway container with the
+    workspace read-only and no network, locally this machine (plain commands only)."""
+    from agentflow.orchestrator import choose_backend
+    from agentflow.sandbox.probe import probing
     from agentflow.store import home_dir
     from agentflow.tmux import socket_path_for
 
@@ -229,7 +238,13 @@ def planning_tools(wf: WorkflowFile) -> Tools:
         hidden=safefs.identities([home, socket_path_for(home).parent]),
         runbooks=[wf.base_dir / d for d in w.docs],
     )
-    return PlanningTools(Toolbox(scene))
+    try:
+        backend, _ = choose_backend(w, None)
+    except AgentflowError:  # no daemon: the run will say so; the model just cannot look
+        yield PlanningTools(Toolbox(scene))
+        return
+    with probing(w, wf.base_dir, home, socket_path_for(home).parent, backend) as box:
+        yield PlanningTools(Toolbox(dataclasses.replace(scene, sandbox=box)))
 
 
 def check_answer(data: dict[str, Any], wf: WorkflowFile, inputs: dict[str, Scalar]) -> list[str]:
