@@ -61,8 +61,8 @@ progress, and exit non-zero on failure. Follow the runbooks.
 
 Look before you write: list the workspace (list_dir), read the scripts and configs a task \
 names (read_file, grep), and run `command_help` on a job's module or program (such as \
-`python3 -m pkg.train`) before writing its flags; never guess a flag. When there is no \
-sandbox to run it in yet, command_help says so: then read the module's source.
+`python3 -m pkg.train`) before writing its flags; never guess a flag. When command_help \
+cannot run it (no sandbox to look in), it says so: then read the module's source.
 
 A task may be expanded into several steps: give each new step a new id (a letter, then \
 letters, digits, - or _), its `run`, its `needs` (the steps it runs after), and `success` \
