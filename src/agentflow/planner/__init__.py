@@ -36,8 +36,11 @@ def planner_for(wf: WorkflowFile, choice: str | None = None) -> Planner:
     from agentflow.planner.anthropic import AnthropicPlanner
 
     LLM.check_key()  # no key: exit 4 with how to fix it, before anything else
+    from agentflow.agent.loop import Limits
+
     cfg = wf.workflow.planner
-    return AnthropicPlanner(LLM(cfg.model, cfg.max_tokens, cfg.budget))
+    limits = Limits(turns=cfg.turns, seconds=cfg.deadline)
+    return AnthropicPlanner(LLM(cfg.model, cfg.max_tokens, cfg.budget), limits=limits)
 
 
 def make_plan(wf: WorkflowFile, overrides: dict[str, str], planner: Planner | None = None) -> Plan:
