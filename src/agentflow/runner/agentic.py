@@ -223,14 +223,16 @@ class Agentic(Recovering):
         return False
 
     def _skip(self, step_id: str, step: Step, status: StepStatus, d: Decision) -> None:
-        """Skipping a step others need skips them too: a person must agree to that."""
+        """A skipped step does not fail the run, and the steps that need it are skipped
+        with it: a person must agree to that (the model may not turn a run green)."""
         after = self._downstream(step_id)
-        if after:
-            shown = f"skip {step_id} and the steps that need it: {', '.join(after)}\n"
-            skipped: list[JsonValue] = [*after]
-            self._emit("command_proposed", step_id, message=shown, data={"skip": skipped})
-            if not self._approved(step_id, f"run {step_id}\n", shown):
-                return
+        shown = f"skip {step_id}" + (
+            f" and the steps that need it: {', '.join(after)}" if after else ""
+        )
+        skipped: list[JsonValue] = [step_id, *after]
+        self._emit("command_proposed", step_id, message=shown + "\n", data={"skip": skipped})
+        if not self._approved(step_id, f"run {step_id}\n", shown + "\n"):
+            return
         why = f"the model: skip ({d.diagnosis})"
         self._apply(step_id, step, status, RecoveryDecision("skip", why))
 
