@@ -778,6 +778,105 @@ def test_command_help_without_a_sandbox(world: World) -> None:
         Toolbox(replace(world.scene, sandbox=None)).call("command_help", {"command": "ls"})
 
 
+# Outside Docker command_help runs on this machine, unapproved: plain words only.
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ("python3 -c print", "the option '-c' is not allowed"),
+        ("python3 -c 'import os'", "is not a plain word"),
+        ("bash -c id", "the option '-c' is not allowed"),
+        ("perl -e print", "the option '-e' is not allowed"),
+        ("node -e 1", "the option '-e' is not allowed"),
+        ("find . -delete --help", "the option '-delete' is not allowed"),
+        ("rm -rf x --help", "the option '-rf' is not allowed"),
+        ("ls -h", "the option '-h' is not allowed"),
+        ("-m json.tool", "the option '-m' is not allowed"),
+        ("echo $HOME", "is not a plain word"),
+        ('echo "x"', "is not a plain word"),
+        ("ls *.py", "is not a plain word"),
+        ("ls x?", "is not a plain word"),
+        ("ls [ab]", "is not a plain word"),
+        ("ls ~", "is not a plain word"),
+        ("a b c d e f g", "the command has 7 words"),
+        ("LD_PRELOAD=./x.so ls", "no VAR=value before the command"),
+        ("python3 -m base64 /etc/passwd", "out of the step's folder"),
+        ("dd if=/etc/passwd", "out of the step's folder"),
+        ("cat ../wf.yaml", "out of the step's folder"),
+        ("busybox killall no-such-program", "busybox"),
+    ],
+)
+def test_command_help_on_this_machine_refuses_what_is_not_plain(
+    world: World, command: str, why: str
+) -> None:
+    message = world.refused("command_help", command=command)
+    assert why in message
+    assert "at most 6 plain words" in message  # and what is allowed
+    assert "python3 -m pkg.train" in message
+
+
+def test_command_help_on_this_machine_runs_plain_commands(world: World) -> None:
+    sub = world.workspace / "sub"
+    (sub / "tinylm").mkdir()
+    (sub / "tinylm" / "__init__.py").write_text("")
+    (sub / "tinylm" / "train.py").write_text(
+        "import argparse\nargparse.ArgumentParser().add_argument('--epochs').parse_args()\n"
+    )
+    (sub / "train.sh").write_text('#!/bin/sh\necho "train.sh got: $*"\n')
+    (sub / "train.sh").chmod(0o755)
+    shown = {
+        "python3 -m tinylm.train": "--epochs",
+        "python3 -m tinylm.train --help": "--epochs",
+        "./train.sh": "train.sh got: --help",
+        "./train.sh run fast": "train.sh got: run fast --help",
+        "torchrun": "torchrun",  # run, whether it is installed or not
+        "git commit": "git-commit",  # its manual, or that there is none
+        "git help": "git-help",  # --help is added: a last word `help` is a word
+    }
+    for command, part in shown.items():
+        result = world.call("command_help", command=command)
+        asked = command.removesuffix(" --help")
+        assert result.startswith(f"$ {asked} --help\n"), result
+        assert part in result.lower(), result
+
+
+def test_command_help_on_this_machine_reads_help_before_acting(world: World) -> None:
+    victim = world.workspace / "sub" / "victim"
+    victim.write_text("keep me\n")
+    # `help` as the last word once meant "already asks for help": it is an argument.
+    world.call("command_help", command="rm victim help")
+    assert victim.exists()
+    # A GNU program reads options after its arguments, unless POSIXLY_CORRECT is set.
+    posix = replace(world.scene, env={**world.scene.env, "POSIXLY_CORRECT": "1"})
+    Toolbox(posix).call("command_help", {"command": "rm victim"})
+    assert victim.exists()
+
+
+def test_command_help_on_this_machine_runs_no_shell_builtin(world: World) -> None:
+    mark = world.workspace / "sub" / "mark.sh"
+    mark.write_text("#!/bin/sh\ntouch marked\n")
+    mark.chmod(0o755)
+    # The shell's own `trap` would run ./mark.sh when the shell ends, --help or not.
+    result = world.call("command_help", command="trap ./mark.sh EXIT")
+    assert not (world.workspace / "sub" / "marked").exists()
+    assert "not found" in result  # `exec trap`: no such program
+    # The shell's own `kill` signals at once; a number is refused before anything runs.
+    with subprocess.Popen(["sleep", "60"]) as sleeper:
+        try:
+            assert "no number" in world.refused("command_help", command=f"kill {sleeper.pid}")
+            time.sleep(0.2)
+            assert sleeper.poll() is None
+        finally:
+            sleeper.kill()
+
+
+def test_command_help_on_this_machine_refuses_a_link_to_busybox(world: World) -> None:
+    # On Alpine `killall` is busybox, whose applets do not wait for --help.
+    (world.workspace / "sub" / "killall").symlink_to("/no/such/bin/busybox")
+    assert "busybox" in world.refused("command_help", command="./killall python3")
+
+
 # --- search_runbooks -----------------------------------------------------------------------
 
 
@@ -859,6 +958,8 @@ def test_the_tools_look_inside_a_docker_sandbox(boxed: World) -> None:
     noisy = boxed.call("command_help", command="sh noisy.sh")
     assert "mode fast ***" in noisy
     assert "more characters not shown" in noisy
+    # The container is the boundary: the rules of this machine do not apply there.
+    assert "inline-inside" in boxed.call("command_help", command="sh -c 'echo inline-inside'")
 
 
 @pytest.mark.docker
@@ -880,3 +981,50 @@ def test_http_get_and_help_with_python_in_the_sandbox(boxed: World) -> None:
     help_ = boxed.call("command_help", command="python3 -m http.server")
     assert "(exit 0)" in help_
     assert "--bind ADDRESS" in help_
+
+
+# --- the step's rendered workdir -----------------------------------------------------------
+
+
+def test_commands_run_in_the_rendered_workdir(world: World) -> None:
+    # `workdir: ${{ inputs.where }}` in a workflow: only the runner knows the folder.
+    other = world.workspace / "other"
+    other.mkdir()
+    tool = other / "where.sh"
+    tool.write_text('#!/bin/sh\necho "usage: where (in ${PWD##*/})"\n')
+    tool.chmod(0o755)
+    scene = replace(world.scene, workdir=str(other))
+    assert "usage: where (in other)" in Toolbox(scene).call(
+        "command_help", {"command": "./where.sh"}
+    )
+
+
+def test_a_rendered_workdir_that_is_not_there_is_said(world: World) -> None:
+    scene = replace(world.scene, workdir=str(world.workspace / "gone"))
+    tools = Toolbox(scene)
+    help_ = tools.call("command_help", {"command": "ls"})
+    assert "(not run: exit 127)" in help_
+    assert "gone" in help_
+    info = tools.call("sandbox_info", {})
+    assert "not measured" in info
+    assert "gone" in info  # the df of the step's folder, not the workspace's
+
+
+@pytest.mark.docker
+def test_commands_run_in_the_rendered_workdir_inside_docker(boxed: World) -> None:
+    box = boxed.scene.sandbox
+    assert box is not None
+    (boxed.workspace / "other").mkdir()
+    (boxed.workspace / "other" / "where.sh").write_text('echo "in ${PWD}"\n')
+    code, out = box.exec(
+        "mkdir -p /tmp/www && echo up > /tmp/www/index.html && httpd -p 127.0.0.1:8080 -h /tmp/www",
+        "/workspace",
+        10,
+    )
+    assert code == 0, out
+    there = Toolbox(replace(boxed.scene, workdir="/workspace/other"))
+    assert "in /workspace/other" in there.call("command_help", {"command": "sh where.sh"})
+    gone = Toolbox(replace(boxed.scene, workdir="/workspace/gone"))
+    assert "(not run: exit 126)" in gone.call("command_help", {"command": "ls"})
+    # A GET needs no workdir: it is asked from the workspace, which is there.
+    assert "200" in gone.call("http_get", {"url": "http://127.0.0.1:8080/"})
