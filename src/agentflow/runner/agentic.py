@@ -71,6 +71,7 @@ class Agentic(Recovering):
         # The model is asked off the runner's thread: while it looks around and thinks,
         # the runner goes on enforcing timeouts, probes and stop requests. The step waits,
         # pending, and its dependents with it; the answer is carried out at the next look.
+        env = self._step_env(step)
         scene = Scene(
             workspace=self.s.workspace,
             workflow=self.s.workflow,
@@ -82,7 +83,8 @@ class Agentic(Recovering):
             plan=self.s.plan,
             state=self.state,  # a snapshot: states are never changed, only replaced
             step=step_id,
-            env=self._step_env(step),
+            env=env,
+            workdir=self._workdir(step, env),
         )
         # The loop keeps its own deadline; this one holds should a request hang past it.
         limits = diagnoser.limits
