@@ -507,3 +507,70 @@ def test_only_a_running_agentflow_run_of_this_home_may_be_stopped(af: Env) -> No
     results = [json.dumps(r["body"]["messages"][-1]) for r in fake.requests[1:]]
     assert "is not a run id" in results[0]
     assert "no run nope-1 in this home" in results[1]
+
+
+BOTH = """\
+version: 1
+name: both
+planner: {type: anthropic, model: claude-test}
+defaults: {on_failure: diagnose}
+steps:
+  - id: make
+    task: Write one line into data.txt.
+  - id: count
+    needs: [make]
+    run: test "$OK" = 1 && wc -l < data.txt
+"""
+
+
+def test_one_run_that_plans_and_diagnoses_replays_in_the_recorded_order(
+    af: Env, tmp_path: Path
+) -> None:
+    wf = af.write(BOTH)
+    record = tmp_path / "both.jsonl"
+    replies = [
+        answer(call("submit_plan", {"steps": [{"id": "make", "run": "echo a > data.txt"}]})),
+        decide("retry_with_changes", "OK is not set", env={"OK": "1"}),
+    ]
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        af.env["AGENTFLOW_LLM_RECORD"] = str(record)
+        first = af.cli("run", str(wf), "--yes", "--ci")
+    assert first.returncode == 0, first.stdout + first.stderr
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "AGENTFLOW_LLM_RECORD"):
+        af.env.pop(name)
+    af.env["AGENTFLOW_LLM_REPLAY"] = str(record)
+    again = af.cli("run", str(wf), "--yes", "--ci")
+    assert again.returncode == 0, again.stdout + again.stderr
+    steps = af.state(run_id_of(again.stdout))["steps"]
+    assert steps["count"]["env_overrides"] == {"OK": "1"}
+
+
+INPUTS_AFTER_RUN = """\
+version: 1
+name: keep
+inputs:
+  size: {type: integer, default: 64}
+defaults: {on_failure: diagnose}
+steps:
+  - id: train
+    run: echo "size ${{ inputs.size }}"; exit 1
+"""
+
+
+def test_an_input_change_keeps_a_command_approved_before(af: Env) -> None:
+    wf = af.write(INPUTS_AFTER_RUN)
+    approved = 'echo "size 8, by hand"; exit 1'
+    replies = [
+        decide("retry_with_changes", "try a smaller size", run=approved),
+        decide("retry_with_changes", "and the input too", inputs={"size": 8}),
+        decide("abort", "no luck"),
+    ]
+    with FakeAnthropic(replies) as fake:
+        use_fake(af, fake)
+        res = af.cli("run", str(wf), "--yes", "--ci")
+    check_fake(fake)
+    assert res.returncode == 1, res.stdout + res.stderr
+    state = af.state(run_id_of(res.stdout))
+    assert state["input_overrides"] == {"size": 8}
+    assert state["steps"]["train"]["run_override"] == approved

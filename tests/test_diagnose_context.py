@@ -60,3 +60,19 @@ def test_a_short_log_is_sent_once_and_unused_budget_goes_to_the_rest(tmp_path: P
     assert len(context) <= 2000 * 4
     assert len(context) > 0.8 * 2000 * 4
     assert "epoch 149" in context
+
+
+def test_the_models_tool_calls_do_not_push_earlier_attempts_out(tmp_path: Path) -> None:
+    from agentflow.store import Event
+
+    log = steps_log(tmp_path)
+    log.write_text("boom\n")
+    history = [
+        Event(kind="step_finished", step="train", attempt=1, status="failed",
+              message="first attempt: exit code 7"),
+        *[Event(kind="agent_tool", step="train", attempt=1, message=f"read_file {i}")
+          for i in range(30)],
+    ]  # fmt: skip
+    text = build_context(failure(log), history, [], Redactor([]))
+    assert "first attempt: exit code 7" in text
+    assert "read_file" not in text

@@ -88,7 +88,7 @@ def build_context(
     earlier = [
         f"{e.ts:%H:%M:%S} attempt {e.attempt}: {e.kind} {e.status or ''} {e.message or ''}".strip()
         for e in history
-        if e.step == step.id and e.kind not in ("step_started",)
+        if e.step == step.id and e.kind not in ("step_started", "agent_tool")
     ][-12:]
     errors = "\n---\n".join(log.errors)
     if log.more_shapes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,6 @@ class LLMError(AgentflowError):
 
 class BudgetExceeded(LLMError):
     """The run's token budget (``planner.budget``) is spent."""
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """The model's answer: the input it gave the tool, and what the call cost."""
-
-    input: dict[str, Any]
-    tool_use_id: str
-    input_tokens: int
-    output_tokens: int
-    usage: Usage = field(default_factory=Usage)
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
 
 
 @dataclass(frozen=True)
@@ -83,7 +68,6 @@ class LLM:
         """What this client's calls cost, by kind of token."""
         self._client: Any = None
         self._lock = threading.Lock()
-        self._replay: list[dict[str, Any]] | None = None
 
     @staticmethod
     def check_key() -> None:
@@ -111,23 +95,6 @@ class LLM:
     def remaining(self) -> int | None:
         return None if self.budget is None else self.budget - self.used
 
-    def call_tool(
-        self, system: str, messages: list[dict[str, Any]], tool: dict[str, Any]
-    ) -> ToolCall:
-        """One request that must answer by calling ``tool``."""
-        turn = self.turn(system, messages, [tool], {"type": "tool", "name": tool["name"]})
-        for block in turn.tool_uses():
-            if block.get("name") == tool["name"]:
-                u = turn.usage
-                return ToolCall(
-                    dict(block.get("input") or {}),
-                    str(block.get("id")),
-                    u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
-                    u.output_tokens,
-                    u,
-                )
-        raise LLMError(f"the model answered without calling {tool['name']}")
-
     def turn(
         self,
         system: str,
@@ -137,10 +104,12 @@ class LLM:
         *,
         cache: bool = False,
         timeout: float | None = None,
+        time_left: float | None = None,
     ) -> Turn:
         """One request with ``tools`` offered and ``choice`` as the tool choice. With
         ``cache``, the fixed prefix (tools and system) and the conversation so far are
-        marked for the prompt cache, so that each turn of a loop pays for its news only."""
+        marked for the prompt cache, so that each turn of a loop pays for its news only.
+        ``timeout`` bounds each try; ``time_left`` (seconds), the tries together."""
         max_tokens = self._room(system, messages, tools)
         sent_system: Any = system
         if cache:
@@ -157,20 +126,28 @@ class LLM:
         config = settings()
         if config.llm_replay is not None:
             return self._account(self._replayed(config.llm_replay), max_tokens)
-        answer = self._create(request, timeout)
+        answer = self._create(request, timeout, time_left)
         if config.llm_record is not None:
             _record(config.llm_record, request, answer)
         return self._account(answer, max_tokens)
 
-    def _create(self, request: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    def _create(
+        self, request: dict[str, Any], timeout: float | None, time_left: float | None
+    ) -> dict[str, Any]:
         """The API's answer to ``request`` as JSON, or LLMError saying what to do."""
         import anthropic
 
         options: dict[str, Any] = {}
         if timeout is not None:
             options["timeout"] = max(1.0, timeout)
+        client = self.client()
+        retries = MAX_RETRIES
+        if time_left is not None:
+            # The SDK's retries each take up to the timeout: only as many as time allows.
+            retries = min(MAX_RETRIES, max(0, int(time_left // max(1.0, timeout or 120.0)) - 1))
+            client = client.with_options(max_retries=retries)
         try:
-            response = self.client().messages.create(**request, **options)
+            response = client.messages.create(**request, **options)
         except anthropic.AuthenticationError:
             raise EnvironmentProblem(
                 "the Anthropic API refused the key in ANTHROPIC_API_KEY: check it"
@@ -178,7 +155,7 @@ class LLM:
         except anthropic.APIStatusError as e:
             if e.status_code in (408, 409, 429) or e.status_code >= 500:
                 raise LLMError(
-                    f"the Anthropic API answered {e.status_code} after {MAX_RETRIES} retries "
+                    f"the Anthropic API answered {e.status_code} after {retries} retries "
                     f"({_message(e)}): try again later, or run a saved plan with --plan"
                 ) from None
             # Refused as asked (400 "prompt is too long", 404 an unknown model): trying
@@ -191,12 +168,12 @@ class LLM:
         except anthropic.APITimeoutError:
             raise LLMError(
                 f"the model did not answer in time ({options.get('timeout', 120.0):.0f}s a "
-                f"request, after {MAX_RETRIES} retries)"
+                f"request, {retries} retries)"
             ) from None
         except anthropic.APIConnectionError as e:
             where = settings().anthropic_base_url or "the Anthropic API"
             raise LLMError(
-                f"cannot reach {where} ({type(e).__name__}) after {MAX_RETRIES} retries: "
+                f"cannot reach {where} ({type(e).__name__}) after {retries} retries: "
                 "check the network, or run a saved plan with --plan"
             ) from None
         except RecursionError:
@@ -230,17 +207,20 @@ class LLM:
         return Turn(content, answer.get("stop_reason"), usage)
 
     def _replayed(self, path: Path) -> dict[str, Any]:
-        """The next recorded answer (in this process, in order)."""
-        with self._lock:
-            if self._replay is None:
+        """The next recorded answer: one cursor per file for the whole process, so that
+        planning and the diagnoses after it take their answers in the recorded order."""
+        with _REPLAY_LOCK:
+            key = str(path.resolve())
+            if key not in _REPLAYS:
                 try:
                     lines = path.read_text(encoding="utf-8").splitlines()
-                    self._replay = [json.loads(line)["response"] for line in lines if line]
+                    _REPLAYS[key] = [json.loads(line)["response"] for line in lines if line]
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     raise LLMError(f"{path}: cannot replay it ({e})") from None
-            if not self._replay:
+            left = _REPLAYS[key]
+            if not left:
                 raise LLMError(f"{path}: no recorded answer left to replay")
-            answer: dict[str, Any] = self._replay.pop(0)
+            answer: dict[str, Any] = left.pop(0)
         return answer
 
     def _room(
@@ -263,6 +243,9 @@ class LLM:
 
 
 EPHEMERAL = {"type": "ephemeral"}
+_REPLAYS: dict[str, list[dict[str, Any]]] = {}
+"""The answers left to replay, by file (``AGENTFLOW_LLM_REPLAY``)."""
+_REPLAY_LOCK = threading.Lock()
 
 
 def _record(path: Path, request: dict[str, Any], answer: dict[str, Any]) -> None:

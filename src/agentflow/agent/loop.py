@@ -134,6 +134,7 @@ class ToolLoop:
                     choice,
                     cache=bool(looks),
                     timeout=min(left, self.limits.request_timeout),
+                    time_left=left,
                 )
             except BudgetExceeded as e:
                 raise self._exhausted(str(e), out) from None

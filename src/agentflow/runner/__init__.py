@@ -124,6 +124,7 @@ class Runner(Watching, Launching):
         return min(times)
 
     def _finish(self) -> RunState:
+        self._count_usage()
         outcome = self.state.outcome()
         self.state = self.state.with_run(status=outcome, finished_at=now(), message=self.aborting)
         self._save()
@@ -145,6 +146,7 @@ class Runner(Watching, Launching):
 
     def _detach(self) -> None:
         message = "agentflow stopped watching; running steps go on in tmux"
+        self._count_usage()
         self.state = self.state.with_run(status="interrupted", message=message)
         self._save()
         self._emit("run_interrupted", status="interrupted", message=message)
@@ -176,6 +178,7 @@ class Runner(Watching, Launching):
                     "step_finished", step_id, status="failed", exit_code=code, message=reason
                 )
         self.s.sandbox.close()
+        self._count_usage()  # (what answers no longer wanted cost so far)
         self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
         self._save()
         self._emit("run_stopped", status="interrupted", message=reason)

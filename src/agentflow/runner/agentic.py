@@ -126,6 +126,7 @@ class Agentic(Recovering):
     def _collect_diagnoses(self) -> None:
         """Carry out the model's answers that have come (on the runner's thread)."""
         self._collect_holds()
+        self._count_usage()
         for step_id, asked in list(self.diagnoses.items()):
             late = not asked.answer.done() and now() >= asked.deadline
             if not asked.answer.done() and not late:
@@ -137,7 +138,6 @@ class Agentic(Recovering):
                 took = format_duration((now() - asked.asked_at).total_seconds())
                 self._escalate(step_id, f"the model did not answer within {took}")
                 continue
-            self._count_usage()
             try:
                 diagnosis = asked.answer.result()
             except LoopExhausted as e:
@@ -158,10 +158,15 @@ class Agentic(Recovering):
             self._decided(step_id, asked.status, diagnosis)
 
     def _count_usage(self) -> None:
+        """What the model has cost so far, into the checkpoint (a diagnosis counts when
+        its answer comes, and also when it is dropped: late, aborted, stopped)."""
         diagnoser = self.s.diagnoser
-        assert diagnoser is not None
+        if diagnoser is None:
+            return
         llm = diagnoser.llm
-        self.state = self.state.with_run(tokens_used=llm.used, usage=self.usage_base + llm.usage)
+        usage = self.usage_base + llm.usage
+        if usage != self.state.usage or llm.used != self.state.tokens_used:
+            self.state = self.state.with_run(tokens_used=llm.used, usage=usage)
 
     def _transcript(self, step_id: str, transcript: list[LoopStep]) -> None:
         for entry in transcript:
@@ -330,7 +335,7 @@ class Agentic(Recovering):
         )
         return True
 
-    def _patch_result(self, step_id: str, succeeded: bool) -> None:
+    def _patch_result(self, step_id: str, *, succeeded: bool) -> None:
         """After the attempt that followed a patch: a fix that did not work is taken back
         (the next diagnosis starts from the files as they were)."""
         undo = self.state.steps[step_id].patch_undo
@@ -356,7 +361,7 @@ class Agentic(Recovering):
     def _change_inputs(self, step_id: str, inputs: dict[str, Any]) -> None:
         """New input values for the rest of the run: probes and checks render them when
         they run; the commands of steps still to run are rendered again now (a command the
-        planner wrote has its values in it and stays as it is)."""
+        planner wrote, or one approved earlier, has its values in it and stays as it is)."""
         merged = {**self._inputs(), **inputs}
         self.state = self.state.with_run(input_overrides={**self.state.input_overrides, **inputs})
         rendered = []
@@ -365,10 +370,10 @@ class Agentic(Recovering):
             if pst.status in DONE or pst.status == "running" or planned.source != "workflow":
                 continue
             run = self.s.workflow.step(planned.id).run
-            if run is None:
-                continue
+            if run is None or pst.run_override is not None:
+                continue  # (a command approved earlier is kept as it was approved)
             new = render_inputs(run, merged)
-            if new != (pst.run_override or planned.run):
+            if new != planned.run:
                 self._update(planned.id, run_override=new)
                 rendered.append(planned.id)
         self._save()

@@ -43,8 +43,8 @@ class Outcomes(Agentic):
         self._emit("step_finished", step_id, status=status, exit_code=code, message=message)
         if step.service and st.kill_reason != "end":
             self._fail_dependents(step_id, f"service {step_id} stopped ({message or status})")
-        self._patch_result(step_id, status == "succeeded")
         if status == "succeeded":
+            self._patch_result(step_id, succeeded=True)
             self.state = self.state.with_run(consecutive_failures=0)
             return
         if st.kill_reason in ("stop", "abort", "end"):
@@ -203,6 +203,9 @@ class Outcomes(Agentic):
         self._after_failure(step_id, status, code)
 
     def _after_failure(self, step_id: str, status: StepStatus, code: int | None) -> None:
+        # (Here, not where any attempt ends: one that went down with its sandbox runs
+        # again as it was, patch included.)
+        self._patch_result(step_id, succeeded=False)
         self.state = self.state.with_run(consecutive_failures=self.state.consecutive_failures + 1)
         step = self.s.workflow.step(step_id)
         st = self.state.steps[step_id]
