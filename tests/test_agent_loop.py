@@ -39,6 +39,7 @@ class Notes:
 
     def call(self, name: str, args: dict[str, Any]) -> str:
         self.calls.append(args.get("name", ""))
+        time.sleep(float(args.get("sleep", 0)))
         if args.get("name") not in self.notes:
             raise ToolError(f"no note {args.get('name')!r}: notes are {', '.join(self.notes)}")
         return self.notes[args["name"]] * int(args.get("times", 1))
@@ -180,3 +181,40 @@ def test_rate_limits_and_overload_are_retried_and_a_cut_answer_says_what_to_rais
         loop(fake, monkeypatch).run("system", "go")
     assert "cut at" in str(caught.value)
     assert "planner.max_tokens" in str(caught.value)
+
+
+def test_one_answer_runs_at_most_8_looks_and_none_past_the_deadline(
+    fake_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = answer(*[call("read_note", {"name": "a"}) for _ in range(10)])
+    with FakeAnthropic([many, answer(call("finish", {"value": 1}))]) as fake:
+        notes = Notes({"a": "A"})
+        out = loop(fake, monkeypatch, tools=notes).run("system", "go")
+    assert len(notes.calls) == 8
+    results = [r["content"] for r in fake.requests[1]["body"]["messages"][-1]["content"]]
+    assert len(results) == 10  # every call answered, as the API wants
+    assert results[-1].startswith("not run: at most 8 tool calls a turn")
+    assert out.action == {"value": 1}
+    slow = answer(*[call("read_note", {"name": "a", "sleep": 0.6}) for _ in range(5)])
+    with FakeAnthropic([slow]) as fake:
+        notes = Notes({"a": "A"})
+        with pytest.raises(LoopExhausted, match="no action within 1s"):
+            loop(fake, monkeypatch, tools=notes, limits=Limits(seconds=1)).run("system", "go")
+    assert len(notes.calls) == 2  # the rest were past the loop's time
+
+
+def test_an_answer_nested_past_what_can_be_sent_back_is_an_error(
+    fake_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"x": deep}
+    for levels in (50, 300):  # (past 250, what the SDK's models serialise)
+        nested = deep
+        for _ in range(300 - levels):
+            nested = nested["x"]
+        with (
+            FakeAnthropic([answer(call("read_note", nested))]) as fake,
+            pytest.raises(LLMError, match="nested deeper than 40 levels"),
+        ):
+            loop(fake, monkeypatch).run("system", "go")

@@ -312,9 +312,11 @@ def test_build_context_bounds_any_log_and_masks_secrets(tmp_path: Path) -> None:
     assert "loss is nan" in context
 
 
-def answer_in_a_terminal(af: Env, wf: Path, term: Path, answer: str) -> str:
+def answer_in_a_terminal(
+    af: Env, wf: Path, term: Path, answer: str, run: str = "echo fixed-by-model"
+) -> str:
     """Run agentflow in a real terminal (a tmux pane), answer its prompt, return the screen."""
-    fix = decision("retry_with_changes", run="echo fixed-by-model")
+    fix = decision("retry_with_changes", run=run)
     with FakeAnthropic([fix]) as fake:
         use_fake(af, fake)
         env = " ".join(
@@ -338,10 +340,11 @@ def answer_in_a_terminal(af: Env, wf: Path, term: Path, answer: str) -> str:
                 return "\n".join(pane.capture_pane())
 
             af.wait_for(lambda: "Run the changed command?" in screen(), 60, "the prompt")
-            assert "+echo fixed-by-model" in screen()
+            assert "+" + run.split()[0] in screen()
+            shown = screen()
             pane.send_keys(answer, enter=True)
             af.wait_for(lambda: "EXIT=" in screen(), 60, "the run ends")
-            return screen()
+            return shown + "\n=====\n" + screen()
         finally:
             terminal.kill()
 
@@ -355,6 +358,19 @@ def test_approval_prompt_accepted_and_refused(
     screen = answer_in_a_terminal(af, wf, tmp_path / "term.sock", answer)
     assert f"EXIT={code}" in screen, screen
     assert af.state(f"ap-{answer}")["steps"]["count"]["status"] == status
+
+
+def test_the_prompt_shows_all_of_a_long_command_and_what_hides(af: Env, tmp_path: Path) -> None:
+    (af.workspace / "runbook.md").write_text(RUNBOOK)
+    wf = af.write(BROKEN)
+    hidden = "echo ok" + " " * 200 + "; touch TAIL_THAT_RUNS\u200b; echo x" + "y" * 200
+    screen = answer_in_a_terminal(af, wf, tmp_path / "term.sock", "n", run=hidden)
+    prompt = screen.split("=====")[0]
+    # The blanks are counted, the invisible mark spelled out, the long line wrapped: all
+    # of what would run is on the screen before the question.
+    assert "⟨200 blanks⟩" in prompt
+    assert "TAIL_THAT_RUNS\\u200b" in prompt
+    assert "y" * 100 in "".join(prompt.split())
 
 
 @pytest.mark.parametrize("action", ["skip", "abort"])

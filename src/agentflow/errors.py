@@ -86,3 +86,9 @@ class EnvironmentProblem(AgentflowError):
     """Something agentflow needs on this machine is missing (tmux, a Docker daemon, ...)."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+def first_line(e: BaseException) -> str:
+    """An error's first line (its message may go on with details), or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

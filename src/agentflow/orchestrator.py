@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from agentflow.agent.diagnose import Diagnoser
+from agentflow.agent.llm import check_record
 from agentflow.agent.loop import Limits
 from agentflow.errors import EnvironmentProblem, StateError, UsageError
 from agentflow.plan import Plan
@@ -174,6 +175,7 @@ def new_run(
     (a saved plan's was paid once, when it was made)."""
     tmux = _tmux(store)
     secrets = read_secrets(wf.workflow)
+    check_record(wf.workflow, wf.base_dir)
     workflow = plan.workflow_for(wf.workflow)  # with the steps the planner added
     usage = (plan.usage if planned_here else None) or Usage()
     diagnoser = make_diagnoser(workflow, usage.tokens) if diagnose else None
@@ -234,6 +236,7 @@ def reopen(
     if not workspace.is_dir():
         raise UsageError(f"run {run.run_id}: its workspace {workspace} no longer exists")
     values = read_secrets(workflow) if secrets else {}
+    check_record(workflow, workspace)
     box = make_sandbox(
         state.sandbox, workflow, run, workspace, store.home, keep=keep_sandbox, log=log
     )

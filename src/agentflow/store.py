@@ -72,7 +72,7 @@ class Store:
         self.runs = self.home / "runs"
 
     def create(self, run_id: str) -> RunDir:
-        if not _valid_run_id(run_id):
+        if not valid_run_id(run_id):
             raise UsageError(
                 f"run id {run_id!r}: use letters, digits, '-' and '_' only (at most 100)"
             )
@@ -120,14 +120,14 @@ class Store:
 
     def open(self, run_id: str) -> RunDir:
         path = self.runs / run_id
-        if _valid_run_id(run_id) and _never_began(path):
+        if valid_run_id(run_id) and _never_began(path):
             raise UsageError(
                 f"run {run_id} never began: its orchestrator stopped before the first "
                 f"checkpoint, so no step ran; start it again with `agentflow run WORKFLOW "
                 f"--run-id {run_id}`"
             )
         # With only the previous checkpoint left, the run is there: resume rebuilds it.
-        if not _valid_run_id(run_id) or not any(
+        if not valid_run_id(run_id) or not any(
             (path / name).is_file() for name in ("state.json", "state.json.prev")
         ):
             ids = [r.run_id for r in self.list()]
@@ -147,7 +147,7 @@ class Store:
         return sorted(dirs, key=lambda d: d.state_path.stat().st_mtime)
 
 
-def _valid_run_id(run_id: str) -> bool:
+def valid_run_id(run_id: str) -> bool:
     return 0 < len(run_id) <= 100 and all(c.isalnum() or c in "-_" for c in run_id)
 
 

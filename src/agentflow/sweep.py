@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from agentflow.errors import AgentflowError, UsageError
+from agentflow.errors import AgentflowError, UsageError, first_line
 from agentflow.state import UNSUCCESSFUL
 from agentflow.store import Store, new_run_id
 from agentflow.workflow.model import Objective, Scalar
@@ -175,7 +175,7 @@ class Sweep:
                     self.launch(member, member.run_id)
                 except AgentflowError as e:
                     # A combination that cannot even start (a bad value) fails alone.
-                    member.status, member.message = "failed", str(e).splitlines()[0]
+                    member.status, member.message = "failed", first_line(e)
                     self.say(member, f"could not start: {member.message}")
                 else:
                     member.status = "running"

@@ -104,13 +104,18 @@ def one_line(text: str | None, limit: int = 0) -> str:
     return first
 
 
-_HIDDEN = re.compile(f"[{_UNWANTED}]")
+# Also the invisible marks (zero-width, bidirectional, word joiner, BOM): shown, never
+# stripped, in what a person approves.
+_HIDDEN = re.compile(f"[{_UNWANTED}\u200b-\u200f\u2060\ufeff]")
+_LONG_SPACE = re.compile(r"[ \t]{16,}")
 
 
 def revealed(text: str) -> str:
-    """``text`` with each control character shown as its escape (``\\x1b``, ``\\u202e``):
-    for what a person approves to run, where removing would hide what runs."""
-    return _HIDDEN.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+    """``text`` with each control character and invisible mark shown as its escape
+    (``\\x1b``, ``\\u202e``) and each long run of blanks as its length: for what a person
+    approves to run, where removing, or pushing text off the screen, would hide what runs."""
+    shown = _HIDDEN.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+    return _LONG_SPACE.sub(lambda m: f" ⟨{len(m.group(0))} blanks⟩ ", shown)
 
 
 _JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agentflow import safefs
 from agentflow.agent.patch import PatchError, prepare
 from agentflow.errors import AgentflowError
-from agentflow.store import RunDir
+from agentflow.store import RunDir, valid_run_id
 from agentflow.template import TemplateSyntaxError, references
-from agentflow.workflow.model import Scalar
+from agentflow.workflow.model import Input, Scalar
 from agentflow.workflow.types import ENV_PATTERN, parse_duration
 
 Action = Literal["retry", "retry_with_changes", "rerun", "skip", "abort", "escalate"]
@@ -115,6 +115,11 @@ class Rules:
     upstream: frozenset[str]
     """The steps ``step`` needs, directly or not."""
     inputs: dict[str, Scalar]
+    specs: dict[str, Input] = field(default_factory=dict)
+    """The workflow's inputs: the type and choices a changed value must keep."""
+    env_names: frozenset[str] = frozenset()
+    """The names the step's environment declares: all a command the model writes may
+    read with ``${{ env.NAME }}`` (never agentflow's own environment)."""
     secrets: frozenset[str] = frozenset()
     workspace: Path | None = None
     hidden: frozenset[safefs.Identity] = field(default_factory=frozenset)
@@ -154,12 +159,15 @@ def problems(data: dict[str, Any], rules: Rules) -> list[str]:
         out.append("rerun needs `rerun`: the succeeded upstream steps to run again")
     if d.wait:
         try:
-            parse_duration(d.wait)
+            if parse_duration(d.wait) > WAIT_MAX:
+                out.append("wait: at most 1h (a person can wait longer)")
         except ValueError as e:
             out.append(f"wait: {e}")
     out += _env_problems(d.env or {}, rules)
     if d.run is not None:
         out += _template_problems(d.run, rules)
+        if "\x00" in d.run:
+            out.append("run: no NUL character")
     for name in d.rerun or []:
         status = rules.statuses.get(name)
         if status is None:
@@ -168,10 +176,12 @@ def problems(data: dict[str, Any], rules: Rules) -> list[str]:
             out.append(f"rerun: {name} is not upstream of {rules.step}")
         elif status != "succeeded":
             out.append(f"rerun: {name} is {status}, not succeeded")
-    for name in d.inputs or {}:
+    for name, value in (d.inputs or {}).items():
         if name not in rules.inputs:
             known = ", ".join(rules.inputs) or "none"
             out.append(f"inputs: the workflow has no input {name!r} (inputs: {known})")
+        else:
+            out += [f"inputs: {name}: {p}" for p in _input_problems(value, rules.specs.get(name))]
     out += [f"stop_runs: {p}" for p in _stop_problems(d.stop_runs or [], rules)]
     if d.patch and rules.workspace is not None:
         try:
@@ -183,7 +193,9 @@ def problems(data: dict[str, Any], rules: Rules) -> list[str]:
 
 def _env_problems(env: dict[str, str], rules: Rules) -> list[str]:
     out = []
-    for name in env:
+    for name, value in env.items():
+        if "\x00" in value:
+            out.append(f"env: {name}: no NUL character")
         if not re.fullmatch(ENV_PATTERN, name):
             out.append(f"env: {name!r} is not an environment variable name")
         elif name in HOST_ENV or name.startswith(HOST_ENV_PREFIXES):
@@ -204,19 +216,45 @@ def _template_problems(run: str, rules: Rules) -> list[str]:
             out.append(f"run: unknown input {ref.names[0]!r}")
         if ref.kind == "env" and ref.names[0] in rules.secrets:
             out.append(f"run: ${{{{ env.{ref.names[0]} }}}} would write a secret into files")
+        elif ref.kind == "env" and ref.names[0] not in rules.env_names:
+            out.append(
+                f"run: ${{{{ env.{ref.names[0]} }}}} is not in the step's environment (it "
+                f"would read agentflow's own): use ${ref.names[0]} in the script"
+            )
         if ref.kind == "steps" and ref.names[0] not in rules.statuses:
             out.append(f"run: unknown step {ref.names[0]!r}")
     return out
 
 
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+WAIT_MAX = 3600.0
+"""The longest wait the model may ask for before a retry."""
+
+
+def _input_problems(value: Scalar, spec: Input | None) -> list[str]:
+    """A changed input keeps its type and choices, and carries no expression (a value is
+    filled into commands that are rendered again)."""
+    if spec is None:
+        return []
+    kind = spec.kind
+    fits = {
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "string": isinstance(value, str),
+    }[kind]
+    out = [] if fits else [f"must be {'an' if kind == 'integer' else 'a'} {kind}"]
+    if spec.choices is not None and value not in spec.choices:
+        out.append(f"must be one of {', '.join(map(str, spec.choices))}")
+    if isinstance(value, str) and ("${{" in value or "\x00" in value):
+        out.append("no ${{ }} expression and no NUL character in a value")
+    return out
 
 
 def _stop_problems(runs: list[str], rules: Rules) -> list[str]:
     """Only agentflow's own runs, of this home, still running, and never this one."""
     out = []
     for rid in runs:
-        if not RUN_ID.fullmatch(rid):
+        if not valid_run_id(rid):
             out.append(f"{rid[:60]!r} is not a run id")
         elif rid == rules.run_id:
             out.append(f"{rid} is this run")

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentflow.agent import pricing
-from agentflow.errors import AgentflowError, EnvironmentProblem
+from agentflow.errors import AgentflowError, EnvironmentProblem, UsageError
 from agentflow.settings import settings
 from agentflow.state import Usage
+from agentflow.workflow.model import Workflow
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 MAX_RETRIES = 4
@@ -24,6 +26,10 @@ MAX_RETRIES = 4
 connection errors, before the error reaches the user."""
 CHARS_PER_TOKEN = 4
 """A request's size is estimated before it is sent (the budget is a hard cap)."""
+DEPTH_MAX = 40
+"""Levels an answer may nest (a tool's input of JSON in JSON…)."""
+REPLAY_MAX = 64 * 2**20
+"""Bytes of an ``AGENTFLOW_LLM_REPLAY`` file."""
 MIN_ANSWER_TOKENS = 256
 """The least room for an answer worth asking for."""
 
@@ -182,7 +188,10 @@ class LLM:
                 "the model's answer is nested too deeply to read: try again, or run a saved "
                 "plan with --plan"
             ) from None
-        answer: dict[str, Any] = response.model_dump(mode="json", exclude_none=True)
+        try:
+            answer: dict[str, Any] = response.model_dump(mode="json", exclude_none=True)
+        except (ValueError, RecursionError):  # past what pydantic serialises (~250 levels)
+            return {"usage": response.usage.model_dump(), "too_deep": True}
         return answer
 
     def _account(self, answer: dict[str, Any], max_tokens: int) -> Turn:
@@ -204,6 +213,9 @@ class LLM:
                 "raise planner.max_tokens (or planner.budget)"
             )
         content = [b for b in answer.get("content") or [] if isinstance(b, dict)]
+        if answer.get("too_deep") or _depth(content) > DEPTH_MAX:
+            # Sent back in the next request, it would be past what the SDK serialises.
+            raise LLMError(f"the model's answer is nested deeper than {DEPTH_MAX} levels")
         return Turn(content, answer.get("stop_reason"), usage)
 
     def _replayed(self, path: Path) -> dict[str, Any]:
@@ -213,7 +225,7 @@ class LLM:
             key = str(path.resolve())
             if key not in _REPLAYS:
                 try:
-                    lines = path.read_text(encoding="utf-8").splitlines()
+                    lines = _read_replay(path).splitlines()
                     _REPLAYS[key] = [json.loads(line)["response"] for line in lines if line]
                 except (OSError, ValueError, KeyError, TypeError) as e:
                     raise LLMError(f"{path}: cannot replay it ({e})") from None
@@ -249,11 +261,64 @@ _REPLAY_LOCK = threading.Lock()
 
 
 def _record(path: Path, request: dict[str, Any], answer: dict[str, Any]) -> None:
-    """One JSON line: the request as sent (masked already) and the answer."""
+    """One JSON line: the request as sent (masked already) and the answer. Appended to a
+    regular file only, never through a link (a step that could plant one would have the
+    host append text it controls to any file)."""
     line = json.dumps({"request": request, "response": answer}, ensure_ascii=False) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        raise LLMError(f"AGENTFLOW_LLM_RECORD {path}: cannot append to it ({e.strerror})") from None
     with os.fdopen(fd, "a", encoding="utf-8") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise LLMError(f"AGENTFLOW_LLM_RECORD {path} is not a regular file")
         f.write(line)
+
+
+def check_record(workflow: Workflow, workspace: Path) -> None:
+    """``AGENTFLOW_LLM_RECORD`` must lie where no step can write: outside the workspace and
+    the workflow's writable mounts (UsageError, before anything runs)."""
+    record = settings().llm_record
+    if record is None:
+        return
+    where = Path(os.path.realpath(record))
+    writable = [workspace] + [
+        workspace / m.source for m in workflow.sandbox.mounts if not m.read_only
+    ]
+    for folder in writable:
+        real = Path(os.path.realpath(folder))
+        if where == real or real in where.parents:
+            raise UsageError(
+                f"AGENTFLOW_LLM_RECORD {record} lies in {folder}, which steps can write: "
+                "put it elsewhere"
+            )
+
+
+def _read_replay(path: Path) -> str:
+    """The replay file's text: a regular file reached without a link, of bounded size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise LLMError(f"AGENTFLOW_LLM_REPLAY {path}: cannot read it ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise LLMError(f"AGENTFLOW_LLM_REPLAY {path} is not a regular file")
+        data = f.read(REPLAY_MAX + 1)
+    if len(data) > REPLAY_MAX:
+        raise LLMError(f"AGENTFLOW_LLM_REPLAY {path} is larger than {REPLAY_MAX // 2**20} MiB")
+    return data.decode("utf-8", errors="replace")
+
+
+def _depth(value: object, level: int = 0) -> int:
+    """How deeply ``value`` nests (stops counting past DEPTH_MAX)."""
+    if level > DEPTH_MAX:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
 
 
 def _cache_last(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

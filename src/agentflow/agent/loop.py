@@ -20,6 +20,8 @@ from agentflow.agent.llm import LLM, BudgetExceeded, LLMError
 from agentflow.agent.tools import RESULT_MAX, ToolError
 from agentflow.state import Usage
 
+CALLS_PER_TURN = 8
+"""Look-around calls run from one answer (the rest are answered "not run")."""
 EVENT_RESULT_MAX = 1500
 """Characters of a tool result kept in the events and the report (the model saw more)."""
 
@@ -150,22 +152,34 @@ class ToolLoop:
                     {"role": "user", "content": f"Answer by calling a tool; end with {name}."}
                 )
                 continue
-            results, chosen = self._answer(uses, out)
+            results, chosen = self._answer(uses, out, start + self.limits.seconds)
             if chosen is not None:
                 out.action = chosen
                 return out
             messages.append({"role": "user", "content": results})
+            if time.monotonic() >= start + self.limits.seconds:
+                raise self._exhausted(f"no action within {self.limits.seconds:.0f}s", out)
         raise self._exhausted(f"no valid action after {self.limits.turns} turns", out)
 
     def _answer(
-        self, uses: list[dict[str, Any]], out: Outcome
+        self, uses: list[dict[str, Any]], out: Outcome, deadline: float
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """The tool results of one turn, or the action when a valid one was called."""
+        """The tool results of one turn, or the action when a valid one was called. Each
+        call gets a result (the API wants one per call), but past ``CALLS_PER_TURN`` or
+        the loop's deadline a look-around is not run."""
         results = []
+        looked = 0
         for use in uses:
             tool, args = str(use.get("name")), use.get("input")
             args = args if isinstance(args, dict) else {}
-            if tool == self.action["name"]:
+            if tool != self.action["name"] and (
+                looked >= CALLS_PER_TURN or time.monotonic() >= deadline
+            ):
+                result, error = (
+                    f"not run: at most {CALLS_PER_TURN} tool calls a turn, within the loop's time",
+                    True,
+                )
+            elif tool == self.action["name"]:
                 problems = self.check(args)
                 if not problems:
                     return [], args
@@ -176,6 +190,7 @@ class ToolLoop:
                 )
                 error = True
             else:
+                looked += 1
                 result, error = self._look(tool, args)
             self._record(out, Step(tool, args, result, error))
             results.append(

@@ -54,17 +54,21 @@ def approver(yes: bool, ci: bool, lives: list[LiveTable]) -> Approve | None:
     def ask(step: str, old: str, new: str) -> bool:
         with _asking(lives):
             console.print(f"\n[bold]The model wants to change the command of step {step}:[/]")
-            diff = difflib.unified_diff(
-                old.splitlines(True), new.splitlines(True), "planned", "proposed"
-            )
-            # Control characters shown, not stripped: the person approves what will run.
-            console.print(Syntax(revealed("".join(diff)), "diff"))
+            diff = difflib.unified_diff(_lines(old), _lines(new), "planned", "proposed")
+            # Control characters shown, not stripped, and every line whole (wrapped, not
+            # cut at the screen's edge): the person approves what will run.
+            console.print(Syntax(revealed("".join(diff)), "diff", word_wrap=True))
             try:
                 return bool(Confirm.ask("Run the changed command?", default=False))
             except (KeyboardInterrupt, EOFError):
                 return False
 
     return ask
+
+
+def _lines(text: str) -> list[str]:
+    """Every line with its newline: a last line without one must not run into the next."""
+    return (text if text.endswith("\n") else text + "\n").splitlines(keepends=True)
 
 
 class PlanRefused(AgentflowError):

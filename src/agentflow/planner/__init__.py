@@ -32,10 +32,11 @@ def planner_for(wf: WorkflowFile, choice: str | None = None) -> Planner:
         return StaticPlanner()
     if kind != "anthropic":
         raise UsageError(f"--planner {kind}: use static or anthropic")
-    from agentflow.agent.llm import LLM
+    from agentflow.agent.llm import LLM, check_record
     from agentflow.planner.anthropic import AnthropicPlanner
 
     LLM.check_key()  # no key: exit 4 with how to fix it, before anything else
+    check_record(wf.workflow, wf.base_dir)
     from agentflow.agent.loop import Limits
 
     cfg = wf.workflow.planner

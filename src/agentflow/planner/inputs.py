@@ -48,7 +48,7 @@ def resolve_inputs(wf: WorkflowFile, overrides: dict[str, str]) -> dict[str, Sca
 
 
 def _convert(name: str, raw: str, spec: Input) -> Scalar:
-    kind = spec.type or _kind_of(spec.default)
+    kind = spec.kind
     value: Scalar
     try:
         if kind == "integer":
@@ -67,16 +67,6 @@ def _convert(name: str, raw: str, spec: Input) -> Scalar:
         choices = ", ".join(str(c) for c in spec.choices)
         raise UsageError(f"--set {name}={raw}: must be one of {choices}")
     return value
-
-
-def _kind_of(default: Scalar | None) -> str:
-    if isinstance(default, bool):
-        return "boolean"
-    if isinstance(default, int):
-        return "integer"
-    if isinstance(default, float):
-        return "number"
-    return "string"
 
 
 def _article(kind: str) -> str:

@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 
 from agentflow import history
-from agentflow.errors import AgentflowError
+from agentflow.errors import AgentflowError, first_line
 from agentflow.monitor import Waker
 from agentflow.report import Report, write_reports
 from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSetup
@@ -57,7 +57,7 @@ class Runner(Watching, Launching):
             self.s.sandbox.start()
         except AgentflowError as e:
             # No sandbox, no run: say so in the checkpoint (not "running" with nobody there).
-            message = f"the sandbox could not start: {str(e).splitlines()[0]}"
+            message = f"the sandbox could not start: {first_line(e)}"
             self.state = self.state.with_run(status="failed", finished_at=now(), message=message)
             self._save()
             self._emit("run_finished", status="failed", message=message)
@@ -140,7 +140,7 @@ class Runner(Watching, Launching):
         try:
             history.record(home, history.summarize(self.s.run, self.state, report))
         except Exception as e:
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            why = first_line(e)
             with contextlib.suppress(AgentflowError):
                 self._emit("history_not_saved", message=f"warning: {why}")
 

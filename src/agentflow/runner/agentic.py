@@ -26,7 +26,7 @@ from agentflow.agent.loop import LoopExhausted
 from agentflow.agent.loop import Step as LoopStep
 from agentflow.agent.patch import PatchError
 from agentflow.agent.tools import Scene
-from agentflow.errors import AgentflowError
+from agentflow.errors import AgentflowError, first_line
 from agentflow.planner.static import render_inputs
 from agentflow.recovery import Decision as RecoveryDecision
 from agentflow.runner.base import (
@@ -102,6 +102,8 @@ class Agentic(Recovering):
             statuses={k: v.status for k, v in self.state.steps.items()},
             upstream=frozenset(self._upstream(step_id)),
             inputs=self._inputs(),
+            specs=dict(self.s.workflow.inputs),
+            env_names=frozenset(self._step_env(self.s.workflow.step(step_id))),
             secrets=frozenset(self.s.secrets),
             workspace=self.s.workspace,
             hidden=self.hidden,
@@ -141,6 +143,7 @@ class Agentic(Recovering):
             try:
                 diagnosis = asked.answer.result()
             except LoopExhausted as e:
+                e.transcript = self._masked(e.transcript)  # before anything is cut
                 self._transcript(step_id, e.transcript)
                 self._emit(
                     "agent_exhausted",
@@ -152,8 +155,16 @@ class Agentic(Recovering):
                 self._escalate(step_id, f"the model did not decide ({e}); {e.found()}")
                 continue
             except AgentflowError as e:  # the API down, the key refused, an unusable answer
-                self._escalate(step_id, f"the model could not decide: {str(e).splitlines()[0]}")
+                self._escalate(step_id, f"the model could not decide: {first_line(e)}")
                 continue
+            except Exception as e:  # whatever else an answer did: the run goes on
+                self._escalate(
+                    step_id,
+                    f"the model's answer could not be handled ({type(e).__name__}: "
+                    f"{first_line(e)[:200]})",
+                )
+                continue
+            diagnosis.outcome.transcript = self._masked(diagnosis.outcome.transcript)
             self._transcript(step_id, diagnosis.outcome.transcript)
             self._decided(step_id, asked.status, diagnosis)
 
@@ -167,6 +178,12 @@ class Agentic(Recovering):
         usage = self.usage_base + llm.usage
         if usage != self.state.usage or llm.used != self.state.tokens_used:
             self.state = self.state.with_run(tokens_used=llm.used, usage=usage)
+
+    def _masked(self, transcript: list[LoopStep]) -> list[LoopStep]:
+        """The transcript with secrets masked: before anything is cut from it, so that no
+        cut leaves the first part of a secret showing."""
+        r = self.redactor
+        return [LoopStep(s.tool, r.deep(s.input), r(s.result), s.error) for s in transcript]
 
     def _transcript(self, step_id: str, transcript: list[LoopStep]) -> None:
         for entry in transcript:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from docker.types import Mount
 
-from agentflow.errors import AgentflowError
+from agentflow.errors import AgentflowError, first_line
 from agentflow.sandbox import Sandbox
 from agentflow.sandbox.docker import STEPS_MOUNT, DockerSandbox
 from agentflow.sandbox.local import LocalSandbox
@@ -53,7 +53,7 @@ class DockerProbe(DockerSandbox):
             try:
                 self.start()
             except AgentflowError as e:
-                return 125, f"the sandbox to look in could not start: {str(e).splitlines()[0]}"
+                return 125, f"the sandbox to look in could not start: {first_line(e)}"
         return super().exec(script, workdir, timeout, env)
 
 

@@ -54,6 +54,19 @@ class Input(Model):
     choices: list[Scalar] | None = None
     """The only values allowed."""
 
+    @property
+    def kind(self) -> Literal["string", "integer", "number", "boolean"]:
+        """The input's type: ``type``, else the type of ``default``."""
+        if self.type is not None:
+            return self.type
+        if isinstance(self.default, bool):
+            return "boolean"
+        if isinstance(self.default, int):
+            return "integer"
+        if isinstance(self.default, float):
+            return "number"
+        return "string"
+
 
 class Build(Model):
     """How to build the sandbox image from a Dockerfile."""
