@@ -1,20 +1,22 @@
 """File edits the model proposes: a unified diff, confined to the workspace.
 
 Checked before anyone is asked (paths relative and inside the workspace, text files of
-bounded size, every hunk applying), applied through ``safefs`` (no link followed,
-agentflow's home refused by identity, each file replaced by a rename), and reversible: the
-original text of every file is kept so that a fix that did not work is taken back.
+bounded size before and after, every hunk applying in order), applied through ``safefs``
+(no link followed, agentflow's home refused by identity, each file replaced by a rename),
+and reversible: the original text of every file is kept so that a fix that did not work
+is taken back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from unidiff.errors import UnidiffParseError
-from unidiff.patch import PatchedFile, PatchSet
+from unidiff.patch import Hunk, PatchedFile, PatchSet
 
 from agentflow import safefs
 
@@ -23,13 +25,15 @@ PATCH_MAX = 64 * 1024
 FILES_MAX = 20
 """Files one patch may change."""
 FILE_MAX = 1024 * 1024
-"""Bytes of a file a patch may change (source code and configs, not data)."""
+"""Bytes of a file a patch may change (source code and configs, not data), before and
+after."""
 FUZZ = 200
 """Lines a hunk may have moved from where the diff says it starts."""
 
 
 class PatchError(ValueError):
-    """The patch cannot be applied: the message says why, for the model and a person."""
+    """The patch cannot be applied: the message (one line) says why, for the model and a
+    person."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,15 @@ def _target(f: PatchedFile) -> str:
     if name.startswith(("a/", "b/")):
         name = name[2:]
     path = PurePosixPath(name)
-    if not name or path.is_absolute() or ".." in path.parts or "\x00" in name:
+    bad = not name or path.is_absolute() or ".." in path.parts or "\x00" in name
+    if bad or not path.parts:  # (no parts: ".", the workspace itself)
         raise PatchError(f"{name!r} is not a path inside the workspace")
     return str(path)
+
+
+def _reason(e: OSError) -> str:
+    """An OSError in a few words (its own text names the host's full path)."""
+    return str(e.strerror or type(e).__name__)
 
 
 def prepare(
@@ -94,7 +104,7 @@ def _read(workspace: Path, path: str, hidden: frozenset[safefs.Identity]) -> str
     except FileNotFoundError:
         raise PatchError(f"{path} does not exist (a new file's diff says --- /dev/null)") from None
     except OSError as e:
-        raise PatchError(f"{path} cannot be read: {e.strerror or e}") from None
+        raise PatchError(f"{path} cannot be read: {_reason(e)}") from None
     if b"\x00" in data:
         raise PatchError(f"{path} is not a text file")
     try:
@@ -104,51 +114,81 @@ def _read(workspace: Path, path: str, hidden: frozenset[safefs.Identity]) -> str
 
 
 def _folder_exists(workspace: Path, path: str, hidden: frozenset[safefs.Identity]) -> None:
-    names = safefs.parts_below(workspace / path, workspace)
+    """A new file's folder is there (reached without a link, not agentflow's home) and the
+    name is free."""
     try:
+        names = safefs.parts_below(workspace / path, workspace)
         with safefs.open_dir(workspace, names[:-1], hidden):
             pass
-    except OSError as e:
-        raise PatchError(f"{path}: its folder cannot be used ({e.strerror or e})") from None
+    except OSError as e:  # missing, a link or a file on the way, the home, a name too long
+        raise PatchError(f"{path}: its folder cannot be used ({_reason(e)})") from None
     try:
         safefs.lstat(workspace / path, workspace, hidden)
     except FileNotFoundError:
         return
+    except OSError as e:
+        raise PatchError(f"{path} cannot be created: {_reason(e)}") from None
     raise PatchError(f"{path} exists already: give a diff against it")
 
 
+def _lines(text: str) -> list[str]:
+    """The lines of ``text``, each with its newline (the last may have none). Split at
+    ``\\n`` only, as the diff is: a form feed or a ``\\r`` is part of a line."""
+    return io.StringIO(text, newline="\n").readlines()
+
+
 def _apply(f: PatchedFile, path: str, text: str) -> str:
-    lines = text.splitlines(keepends=True)
+    """``text`` with the hunks of ``f`` applied one after the other, each below the end of
+    the one before (as ``patch`` does: a hunk never matches what an earlier one consumed,
+    so a patch of a few KiB cannot repeat a 1 MiB file)."""
+    lines = _lines(text)
     out: list[str] = []
     at = 0  # lines of the original consumed
     for n, hunk in enumerate(f, 1):
         old = [line.value for line in hunk if line.line_type in (" ", "-")]
         new = [line.value for line in hunk if line.line_type in (" ", "+")]
-        start = _find(lines, old, max(at, hunk.source_start - 1))
+        start = _find(lines, old, max(at, _start(hunk, old)), floor=at)
         if start is None:
-            raise PatchError(
-                f"{path}: hunk {n} (@@ -{hunk.source_start},{hunk.source_length}) does not "
-                "match the file: read it again and give exact context lines"
-            )
-        out += lines[at:start] + new
+            raise PatchError(_unmatched(path, n, hunk, old, at))
+        out += lines[at:start]
+        out += new
         at = start + len(old)
-    return "".join(out + lines[at:])
+    out += lines[at:]
+    after = "".join(out)
+    if len(after.encode()) > FILE_MAX:
+        raise PatchError(f"{path} would be larger than {FILE_MAX // 1024} KiB once patched")
+    return after
 
 
-def _find(lines: list[str], old: list[str], hint: int) -> int | None:
-    """Where ``old`` stands in ``lines``, nearest ``hint`` first (within FUZZ lines); a
-    missing newline at the very end of either is not a difference."""
+def _start(hunk: Hunk, old: list[str]) -> int:
+    """The index of the line the hunk's header says it starts at (a hunk with no old
+    line, ``@@ -5,0 +6,2 @@``, inserts after line 5)."""
+    return int(hunk.source_start) - (1 if old else 0)
 
-    def matches(i: int) -> bool:
-        if i < 0 or i + len(old) > len(lines):
-            return False
-        return all(a.rstrip("\n") == b.rstrip("\n") for a, b in zip(lines[i:], old, strict=False))
 
+def _unmatched(path: str, n: int, hunk: Hunk, old: list[str], at: int) -> str:
+    where = f"{path}: hunk {n} (@@ -{hunk.source_start},{hunk.source_length})"
+    if n > 1 and _start(hunk, old) < at:
+        return (
+            f"{where} starts above the end of hunk {n - 1} (line {at}): give the hunks "
+            "in the order of the file, none overlapping"
+        )
+    return f"{where} does not match the file: read it again and give exact context lines"
+
+
+def _find(lines: list[str], old: list[str], hint: int, floor: int) -> int | None:
+    """Where ``old`` stands in ``lines`` at or below line ``floor``, nearest ``hint`` first
+    (within FUZZ lines); a missing newline at the very end of either is not a difference.
+    Each try compares ``len(old)`` lines, whatever the file's length."""
     if not old:
         return min(hint, len(lines))
+    head, last = old[:-1], old[-1].rstrip("\n")
     for delta in range(FUZZ + 1):
         for i in (hint - delta, hint + delta) if delta else (hint,):
-            if matches(i):
+            end = i + len(old)
+            if i < floor or end > len(lines):
+                continue
+            if lines[end - 1].rstrip("\n") == last and lines[i : end - 1] == head:
                 return i
     return None
 
