@@ -2,9 +2,10 @@
 
 Checked before anyone is asked (paths relative and inside the workspace, text files of
 bounded size before and after, every hunk applying in order), applied through ``safefs``
-(no link followed, agentflow's home refused by identity, each file replaced by a rename),
-and reversible: the original text of every file is kept so that a fix that did not work
-is taken back.
+(no link followed, agentflow's home refused by identity, each file replaced by a rename,
+only while it still holds the text the patch was checked against), all or nothing, and
+reversible: the text before is kept so that a fix that did not work is taken back (but
+not over what changed after it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +31,10 @@ FILE_MAX = 1024 * 1024
 after."""
 FUZZ = 200
 """Lines a hunk may have moved from where the diff says it starts."""
+
+
+_Step = tuple[str, str | None, str | None]
+"""A file's path, what it must hold to be replaced, and its new text (None: absent)."""
 
 
 class PatchError(ValueError):
@@ -199,26 +205,134 @@ def write(
     *,
     undo: bool = False,
     hidden: frozenset[safefs.Identity] = frozenset(),
-) -> None:
-    """Write the changes (``undo``: put the text before back; a new file is removed).
-    Each file is replaced by a rename, so a reader never sees half of it."""
-    for c in changes:
-        text = c.before if undo else c.after
-        names = safefs.parts_below(workspace / c.path, workspace)
-        with safefs.open_dir(workspace, names[:-1], hidden) as dfd:
-            if text is None:
-                safefs.remove(dfd, names[-1])
-                continue
-            mode = 0o644
-            with contextlib.suppress(FileNotFoundError):
-                mode = os.stat(names[-1], dir_fd=dfd, follow_symlinks=False).st_mode & 0o777
-            temp = f".{names[-1]}.agentflow-patch"
-            safefs.remove(dfd, temp)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-            fd = os.open(temp, flags, mode, dir_fd=dfd)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.rename(temp, names[-1], src_dir_fd=dfd, dst_dir_fd=dfd)
+) -> list[str]:
+    """Write the changes (``undo``: put the text before back; a new file is removed), all
+    or nothing: on an error the files already written are put back and PatchError says
+    why. A file is replaced (by a rename, so that a reader never sees half of it) only
+    while it holds what the patch expects: the text before (absent for a new file) when
+    applying, else PatchError and nothing is written; the text after when undoing, else
+    it is left as it is (something changed it after the patch). Returns the paths left."""
+    steps: list[_Step] = [
+        (c.path, c.after, c.before) if undo else (c.path, c.before, c.after) for c in changes
+    ]
+    if not undo:
+        stale = _stale(steps, workspace, hidden)
+        if stale:
+            raise PatchError(
+                f"{', '.join(stale)} changed since the patch was checked: nothing was written"
+            )
+    done: list[_Step] = []
+    left: list[str] = []
+    path = ""
+    try:
+        for path, expected, text in steps:
+            if _replace(workspace, path, expected, text, hidden):
+                done.append((path, expected, text))
+            elif undo:
+                left.append(path)
+            else:
+                raise _Changed(path)
+    except (OSError, _Changed) as e:
+        reason = "it changed meanwhile" if isinstance(e, _Changed) else _reason(e)
+        kept = _put_back(done, workspace, hidden)
+        what = "nothing was changed" if not kept else f"{', '.join(kept)} could not be put back"
+        raise PatchError(f"{path} could not be written ({reason}): {what}") from None
+    return left
+
+
+class _Changed(Exception):
+    """A file no longer holds what a write expected of it."""
+
+
+def _stale(
+    steps: list[_Step],
+    workspace: Path,
+    hidden: frozenset[safefs.Identity],
+) -> list[str]:
+    """The paths that no longer hold what is expected of them (checked all before any is
+    written: a patch to a file that changed since the check is refused whole)."""
+    out = []
+    for path, expected, _ in steps:
+        try:
+            names = safefs.parts_below(workspace / path, workspace)
+            with safefs.open_dir(workspace, names[:-1], hidden) as dfd:
+                if not _holds(dfd, names[-1], expected, path):
+                    out.append(path)
+        except OSError as e:
+            raise PatchError(f"{path} cannot be written: {_reason(e)}") from None
+    return out
+
+
+def _replace(
+    workspace: Path,
+    path: str,
+    expected: str | None,
+    text: str | None,
+    hidden: frozenset[safefs.Identity],
+) -> bool:
+    """Put ``text`` (None: no file) at ``path`` if it holds ``expected``; False if not."""
+    names = safefs.parts_below(workspace / path, workspace)
+    with safefs.open_dir(workspace, names[:-1], hidden) as dfd:
+        if not _holds(dfd, names[-1], expected, path):
+            return False
+        if text is None:
+            os.unlink(names[-1], dir_fd=dfd)
+            return True
+        mode = 0o644
+        if expected is not None:
+            # (permission bits only: a set-uid bit would not survive the owner's change)
+            mode = os.stat(names[-1], dir_fd=dfd, follow_symlinks=False).st_mode & 0o777
+        _put(dfd, names[-1], text, mode)
+    return True
+
+
+def _holds(dfd: int, name: str, expected: str | None, where: str) -> bool:
+    """Whether ``name`` in the folder ``dfd`` is a regular file holding ``expected``
+    (None: nothing is there). Whatever else stands there (a link, a FIFO, a folder,
+    other text) does not: it is read through the folder's descriptor, never followed."""
+    try:
+        fd = safefs.open_file(dfd, name, where)
+    except FileNotFoundError:
+        return expected is None
+    except safefs.UnsafePath:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if expected is None:
+            return False
+        want = expected.encode()
+        return f.read(len(want) + 1) == want
+
+
+def _put(dfd: int, name: str, text: str, mode: int) -> None:
+    """Replace ``name`` with a new file holding ``text``, written under a short random name
+    (no clash with a step's file, no name too long) and renamed into place."""
+    temp = f".agentflow-patch-{secrets.token_hex(8)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(text.encode())
+            os.fchmod(out.fileno(), mode)
+        os.rename(temp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dfd)
+        raise
+
+
+def _put_back(
+    done: list[_Step],
+    workspace: Path,
+    hidden: frozenset[safefs.Identity],
+) -> list[str]:
+    """Undo the writes in ``done``, the last first; the paths that could not be."""
+    kept = []
+    for path, expected, text in reversed(done):
+        try:
+            if not _replace(workspace, path, text, expected, hidden):
+                kept.append(path)
+        except OSError:
+            kept.append(path)
+    return kept
 
 
 def files(changes: list[Change]) -> list[str]:
