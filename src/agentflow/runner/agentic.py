@@ -336,7 +336,7 @@ class Agentic(Recovering):
                                   for c in edits])
             )  # fmt: skip
             patch.write(edits, self.s.workspace, hidden=self.hidden)
-        except OSError as e:
+        except (OSError, PatchError) as e:  # (write puts back what it wrote: all or nothing)
             self._escalate(step_id, f"the model's patch could not be written: {e}")
             return False
         try:  # the copy for people is a courtesy: the step's folder is the step's to spoil
@@ -364,15 +364,22 @@ class Agentic(Recovering):
         try:
             records = json.loads((self.s.run.path / undo).read_text())
             edits = [patch.Change(r["path"], r["before"], r["after"]) for r in records]
-            patch.write(edits, self.s.workspace, undo=True, hidden=self.hidden)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            left = patch.write(edits, self.s.workspace, undo=True, hidden=self.hidden)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # (PatchError is a ValueError)
             self._emit("patch_reverted", step_id, message=f"could not take the patch back: {e}")
             return
+        # A file changed after the patch (by the retry, another step) keeps that change.
+        restored = [p for p in patch.files(edits) if p not in left]
+        said = [f"{', '.join(restored)} restored"] if restored else []
+        said += [f"{p} changed after the patch: left as it is" for p in left]
+        data: dict[str, JsonValue] = {"files": list(restored)}
+        if left:
+            data["changed"] = list(left)
         self._emit(
             "patch_reverted",
             step_id,
-            message=f"the patch did not fix it: {', '.join(patch.files(edits))} restored",
-            data={"files": list(patch.files(edits))},
+            message=f"the patch did not fix it: {'; '.join(said)}",
+            data=data,
         )
 
     def _change_inputs(self, step_id: str, inputs: dict[str, Any]) -> None:
