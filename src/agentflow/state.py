@@ -106,6 +106,11 @@ class StepState(StateModel):
     """A command the model wrote for later attempts (approved), instead of the plan's."""
     decisions: NonNegativeInt = 0
     """How often the model has decided about this step."""
+    cached_from: str | None = None
+    """The run whose cached result this step took instead of running (``cache:``)."""
+    fresh: bool = False
+    """Run for real, never from the cache: a person asked for it (``rerun``, or a
+    ``resume --reload`` that changed the step)."""
     patch_undo: str | None = None
     """The run directory's record of a patch the model applied before the current attempt:
     taken back when that attempt fails."""
