@@ -6,6 +6,7 @@ functions here, so a state is always complete and consistent when it is written.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -249,3 +250,35 @@ def prepare_resume(state: RunState) -> RunState:
             "updated_at": now(),
         }
     )
+
+
+def with_dependents(needs: Mapping[str, Sequence[str]], names: Collection[str]) -> list[str]:
+    """``names`` and every step that needs one of them, directly or not, in the order of
+    ``needs`` (a plan's run order, where a step comes after what it needs)."""
+    found: list[str] = []
+    for step_id, its_needs in needs.items():
+        if step_id in names or any(n in found for n in its_needs):
+            found.append(step_id)
+    return found
+
+
+def rerun_changes(message: str, *, fresh: bool = True) -> dict[str, object]:
+    """What a step run again starts from: pending, without its last result (its attempts,
+    logs and earlier outputs stay in the run's step folders). ``fresh``: for real, never
+    from the cache."""
+    return {
+        "status": "pending",
+        "message": message,
+        "exit_code": None,
+        "not_before": None,
+        "ready_at": None,
+        "outputs": {},
+        "fresh": fresh,
+    }
+
+
+def reset_for_rerun(state: RunState, step_ids: Sequence[str], message: str) -> RunState:
+    """``state`` with ``step_ids`` to run again, for real (``rerun``, ``resume --reload``)."""
+    for step_id in step_ids:
+        state = state.with_step(step_id, **rerun_changes(message), retries=0)
+    return state

@@ -25,7 +25,7 @@ from agentflow.agent.patch import PatchError
 from agentflow.planner.static import render_inputs
 from agentflow.recovery import Decision as RecoveryDecision
 from agentflow.runner.recovering import Recovering
-from agentflow.state import DONE, StepStatus, now
+from agentflow.state import DONE, StepStatus, now, rerun_changes, with_dependents
 from agentflow.workflow.model import Step
 
 
@@ -278,20 +278,15 @@ class Acting(Recovering):
         """Run succeeded upstream steps again, and everything that needs them (the failed
         step with them): they are commands that ran before, so no approval is needed."""
         names = list(d.rerun or [])
-        reset: list[str] = []
-        for planned in self.s.plan.steps:
-            if planned.id in names or any(n in self._upstream(planned.id) for n in names):
-                reset.append(planned.id)
+        reset = with_dependents({p.id: p.needs for p in self.s.plan.steps}, names)
         busy = [s for s in reset if self.state.steps[s].status == "running"]
         if busy:
             self._escalate(step_id, f"the model asked to rerun {', '.join(names)}, "
                            f"but {', '.join(busy)} is running")  # fmt: skip
             return
         for target in reset:
-            self._update(
-                target, status="pending", message=f"rerun: asked by the model for {step_id}",
-                exit_code=None, not_before=None, ready_at=None, outputs={},
-            )  # fmt: skip
+            # For real: a result taken from the cache would be the one the model doubts.
+            self._update(target, **rerun_changes(f"rerun: asked by the model for {step_id}"))
         self.schedule.changed()
         self._emit(
             "rerun_scheduled",
