@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
+from agentflow import reload
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
-from agentflow.cli.interactive import approved_planning, approver, interrupt_asker
+from agentflow.cli.interactive import (
+    approved_planning,
+    approved_reload,
+    approver,
+    interrupt_asker,
+)
 from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, StateError, UsageError
@@ -31,7 +38,7 @@ from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
 from agentflow.settings import settings
-from agentflow.state import UNSUCCESSFUL, RunState
+from agentflow.state import UNSUCCESSFUL, RunState, reset_for_rerun, with_dependents
 from agentflow.store import RunDir, Store
 from agentflow.sweep import parse_matrix_options
 from agentflow.textsafe import one_line, printable
@@ -121,6 +128,9 @@ def _conclude(state: RunState, run: RunDir) -> None:
     why = ", ".join(failed) or escape(one_line(state.message))
     console.print(f"[red]✘ run {rid} failed[/] ({why}){where}")
     console.print(f"  report: {run.path / 'report.md'}   resume: agentflow resume {rid}")
+    # The fix is often an edit of the workflow file: a plain resume runs the frozen copy.
+    name = Path(state.workflow_file).name
+    console.print(f"  after editing {name}: agentflow resume {rid} --reload")
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -261,11 +271,15 @@ def _drive_again(
     no_diagnose: bool,
     unattended: bool = False,
     fresh: bool = False,
+    before: Callable[[], None] | None = None,
 ) -> None:
     """Drive an existing run (resume it, or start it when ``fresh``) under its lock.
-    ``unattended``: nobody may be there to approve a changed command (a detached run)."""
+    ``unattended``: nobody may be there to approve a changed command (a detached run).
+    ``before``: a change to the run's directory made under the same lock (rerun, reload)."""
     factory, lives = _observer_factory(ci)
     with run_dir.lock():
+        if before is not None:
+            before()
         prepared = reopen(
             Store(),
             run_dir.run_id,
@@ -304,6 +318,14 @@ def resume_cmd(
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
+    reload_: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Take the edited workflow file into the run: changed steps (and what "
+            "needs them) run again, unchanged succeeded ones are kept.",
+        ),
+    ] = False,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
     run_dir = Store().open(run_id)
@@ -317,12 +339,81 @@ def resume_cmd(
         if note:
             err_console.print(f"[yellow]warning:[/] {note}")
         state = run_dir.read_state()
-    if state.status == "succeeded":
+    before = reloading(run_dir, state, yes=yes, ci=ci) if reload_ else None
+    if before is None and reload.file_changed(run_dir, state):
+        err_console.print(
+            f"note: {state.workflow_file} changed since run {state.run_id} began; this resume "
+            f"runs the run's frozen copy (`agentflow resume {state.run_id} --reload` takes "
+            "the edits)"
+        )
+    if before is None and state.status == "succeeded":
         console.print(f"run {state.run_id} already succeeded: nothing to do")
         raise typer.Exit(EXIT_OK)
     _drive_again(
-        run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose
-    )
+        run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
+        before=before,
+    )  # fmt: skip
+
+
+def reloading(
+    run_dir: RunDir, state: RunState, *, yes: bool, ci: bool
+) -> Callable[[], None] | None:
+    """The edited workflow checked, compared, shown and approved; what to do under the
+    run's lock (None: the file did not change). Nothing is written before that."""
+    if not reload.file_changed(run_dir, state):
+        err_console.print(f"{state.workflow_file} has not changed: resuming as it was")
+        return None
+    plan = reload.prepare(run_dir, state)
+    if not approved_reload(plan, state, yes, ci):
+        raise UsageError(f"run {state.run_id}: the reload was not approved; nothing changed")
+
+    def write() -> None:
+        # Again under the lock: the run may have moved since it was read.
+        if run_dir.read_state() != state:
+            raise UsageError(f"run {state.run_id} changed meanwhile: run the reload again")
+        reload.apply(run_dir, plan)
+
+    return write
+
+
+@command()
+def rerun(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    steps: Annotated[list[str], typer.Argument(help="The steps to run again.")],
+    ci: CiOption = False,
+    junit: JunitOption = None,
+    keep_sandbox: KeepOption = False,
+    yes: YesOption = False,
+    no_diagnose: NoDiagnoseOption = False,
+) -> None:
+    """Run steps again, with everything that needs them, for real (never from the cache);
+    then go on to the run's end as resume does. Earlier attempts stay in the run."""
+    run_dir = Store().open(run_id)
+    state = run_dir.read_state()
+    unknown = [s for s in steps if s not in state.steps]
+    if unknown:
+        raise UsageError(
+            f"run {run_dir.run_id} has no step {', '.join(unknown)}; its steps: "
+            f"{', '.join(state.steps)}"
+        )
+
+    def reset() -> None:
+        current = run_dir.read_state()
+        order = {p.id: p.needs for p in run_dir.read_plan().steps}
+        chosen = with_dependents(order, steps)
+        busy = [s for s in chosen if current.steps[s].status == "running"]
+        if busy:
+            raise UsageError(
+                f"step {', '.join(busy)} of run {run_dir.run_id} is running: wait for it, or "
+                f"`agentflow stop {run_dir.run_id}` first"
+            )
+        run_dir.write_state(reset_for_rerun(current, chosen, "rerun: asked with agentflow rerun"))
+        console.print(f"run {run_dir.run_id}: running again {', '.join(chosen)}")
+
+    _drive_again(
+        run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
+        before=reset,
+    )  # fmt: skip
 
 
 @command()

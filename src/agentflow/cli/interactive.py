@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from rich.markup import escape
 from rich.prompt import Confirm, Prompt
 from rich.syntax import Syntax
 
@@ -22,7 +23,9 @@ from agentflow.errors import EXIT_BLOCKED, AgentflowError, UsageError
 from agentflow.orchestrator import Approve
 from agentflow.plan import Plan
 from agentflow.planner import Planner
+from agentflow.reload import Reload
 from agentflow.runner import InterruptChoice
+from agentflow.state import RunState
 from agentflow.textsafe import revealed
 from agentflow.workflow.load import WorkflowFile
 from agentflow.workflow.model import Scalar
@@ -116,6 +119,42 @@ class _Approving:
                 f"{wf.path.name} -o plan.json` saves one to review, edit and run with --plan)"
             )
         return plan
+
+
+def approved_reload(change: Reload, state: RunState, yes: bool, ci: bool) -> bool:
+    """The reload's diff shown; ``--yes`` approves, a terminal asks, and where nobody can
+    be asked (CI, a pipe) it is refused: a changed command must not run unseen."""
+    print_reload(change, state)
+    if yes:
+        return True
+    if not someone_answers(ci):
+        raise UsageError(
+            f"run {state.run_id}: nobody is here to approve the reloaded workflow: pass --yes"
+        )
+    try:
+        return bool(Confirm.ask("Reload the workflow and go on?", default=False))
+    except (KeyboardInterrupt, EOFError):
+        return False
+
+
+def print_reload(change: Reload, state: RunState) -> None:
+    """Per step, what changed (the command as a diff), and what runs again."""
+    console.print(f"[bold]{escape(change.wf.path.name)} changed since run {state.run_id} began:[/]")
+    for step_id, what in change.changes.items():
+        status = state.steps[step_id].status
+        console.print(f"  ~ {step_id} ({status}): {', '.join(what)}")
+        if "command" in what:
+            diff = difflib.unified_diff(
+                _lines(change.old_commands[step_id]), _lines(change.plan.step(step_id).run),
+                "run's copy", "edited",
+            )  # fmt: skip
+            console.print(Syntax(revealed("".join(diff)), "diff", word_wrap=True))
+    for step_id in change.added:
+        console.print(f"  + {step_id} (new step)")
+    if not change.changes and not change.added:
+        console.print("  no step's definition changed")
+    again = ", ".join(change.rerun) or "none"
+    console.print(f"succeeded steps that run again: {again}")
 
 
 CHOICES: dict[str, InterruptChoice] = {"s": "stop", "d": "detach", "c": "continue"}
