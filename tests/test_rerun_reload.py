@@ -77,7 +77,8 @@ def test_reload_refuses_an_invalid_workflow_and_touches_nothing(af: Env) -> None
     af.write(FIXED.replace("needs: [train]", "needs: [trian]"))
     res = af.cli("resume", rid, "--reload", "--yes", "--ci")
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "trian" in res.stderr and "wf.yaml" in res.stderr
+    assert "trian" in res.stderr
+    assert "wf.yaml" in res.stderr
     assert "Traceback" not in res.stderr
     assert (af.run_dir(rid) / "state.json").read_bytes() == state
     assert not (af.run_dir(rid) / "workflow.1.yaml").exists()
@@ -111,7 +112,8 @@ def test_rerun_an_upstream_step_with_its_dependents(af: Env) -> None:
     assert starts(af) == ["data", "train", "evaluate", "train", "evaluate"]
     after = af.state("r1")["steps"]
     assert after["data"]["started_at"] == before["data"]["started_at"]
-    assert after["train"]["attempts"] == 2 and after["evaluate"]["attempts"] == 2
+    assert after["train"]["attempts"] == 2
+    assert after["evaluate"]["attempts"] == 2
     assert (af.run_dir("r1") / "steps" / "train" / "attempt-1" / "output.log").exists()
 
 
@@ -120,5 +122,38 @@ def test_rerun_names_unknown_steps(af: Env) -> None:
     assert af.cli("run", str(wf), "--run-id", "r1", "--ci").returncode == 0
     res = af.cli("rerun", "r1", "trian", "nope", "--ci")
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "trian, nope" in res.stderr and "data, train, evaluate" in res.stderr
+    assert "trian, nope" in res.stderr
+    assert "data, train, evaluate" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_rerun_detached_goes_on_in_the_background(af: Env) -> None:
+    wf = af.write(FIXED)
+    assert af.cli("run", str(wf), "--run-id", "r1", "--ci").returncode == 0
+    res = af.cli("rerun", "r1", "evaluate", "--detach", "--ci")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "goes on in the background" in res.stdout
+    af.wait_for(
+        lambda: (
+            af.state("r1")["steps"]["evaluate"]["attempts"] == 2
+            and af.state("r1")["status"] == "succeeded"
+        ),
+        message="the detached rerun ends",
+    )
+    assert starts(af) == ["data", "train", "evaluate", "evaluate"]
+
+
+def test_rerun_of_a_run_being_driven_is_refused(af: Env) -> None:
+    wf = af.write(
+        FIXED.replace("echo data >> starts.txt", "while [ ! -e go ]; do sleep 0.05; done")
+    )
+    proc = af.start("run", str(wf), "--run-id", "r1", "--ci")
+    try:
+        af.wait_for(lambda: af.state("r1")["steps"]["data"]["status"] == "running")
+        res = af.cli("rerun", "r1", "data", "--ci")
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "being driven by another agentflow process" in res.stderr
+    finally:
+        (af.workspace / "go").touch()
+        proc.communicate(timeout=30)
+    assert af.state("r1")["steps"]["data"]["attempts"] == 1

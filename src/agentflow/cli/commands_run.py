@@ -385,6 +385,12 @@ def rerun(
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach", "-d", help="Go on in the background: the orchestrator runs in tmux."
+        ),
+    ] = False,
 ) -> None:
     """Run steps again, with everything that needs them, for real (never from the cache);
     then go on to the run's end as resume does. Earlier attempts stay in the run."""
@@ -410,6 +416,23 @@ def rerun(
         run_dir.write_state(reset_for_rerun(current, chosen, "rerun: asked with agentflow rerun"))
         console.print(f"run {run_dir.run_id}: running again {', '.join(chosen)}")
 
+    if detach:
+        with run_dir.lock():
+            reset()
+        # The detached orchestrator (`drive`) resumes the run, as `run --detach` starts one.
+        prepared = reopen(Store(), run_dir.run_id, lambda r, p, h: Observers([]))
+        if prepared.runner.state.count("running"):
+            raise UsageError(
+                f"run {run_dir.run_id} has steps running with nobody driving them: "
+                f"`agentflow resume {run_dir.run_id}` first (or rerun without --detach)"
+            )
+        # Nothing runs in the old session (its windows are ended attempts, their logs are
+        # in the run's folders): a new one, whose first window is the new orchestrator.
+        prepared.runner.s.tmux.kill_session(run_dir.run_id)
+        _run_detached(
+            prepared, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose
+        )
+        return
     _drive_again(
         run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
         before=reset,
