@@ -135,11 +135,13 @@ def _plan(wf: WorkflowFile, inputs: dict[str, Scalar], old_plan: Plan, old: Work
     asked again), and a changed task is refused."""
     if all(s.run is not None for s in wf.workflow.steps):
         plan = StaticPlanner().plan(wf, inputs)
-        return plan.model_copy(update={"planner": old_plan.planner, "usage": old_plan.usage})
+        kept = [_kept_or_new(wf.workflow.step(p.id), inputs, old_plan, old) for p in plan.steps]
+        update = {"planner": old_plan.planner, "usage": old_plan.usage, "steps": kept}
+        return plan.model_copy(update=update)
     steps: list[PlannedStep] = []
     for s in run_order(wf.workflow):
         if s.run is not None:
-            steps.append(PlannedStep(id=s.id, run=render_inputs(s.run, inputs), needs=s.needs))
+            steps.append(_kept_or_new(s, inputs, old_plan, old))
             continue
         if s.id not in {o.id for o in old.steps} or _task(old.step(s.id)) != _task(s):
             raise UsageError(
@@ -148,6 +150,19 @@ def _plan(wf: WorkflowFile, inputs: dict[str, Scalar], old_plan: Plan, old: Work
             )
         steps += [p for p in old_plan.steps if p.expands == s.id or p.id == s.id]
     return old_plan.model_copy(update={"steps": steps, "inputs": inputs})
+
+
+def _kept_or_new(
+    step: Step, inputs: dict[str, Scalar], old_plan: Plan, old: Workflow
+) -> PlannedStep:
+    """A ``run:`` step as planned: the command the model wrote for it (approved with the
+    plan) while the file's command is unchanged, else the file's."""
+    ids = {o.id for o in old.steps}
+    if step.id in ids and old.step(step.id).run == step.run:
+        was = old_plan.step(step.id)
+        if was.source == "planner" and was.expands is None:
+            return was.model_copy(update={"needs": list(step.needs)})
+    return PlannedStep(id=step.id, run=render_inputs(step.run or "", inputs), needs=step.needs)
 
 
 def _task(step: Step) -> dict[str, object]:
