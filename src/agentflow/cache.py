@@ -154,8 +154,10 @@ def store(
     cache's own disk."""
     base = root(home)
     final = base / key
-    if (final / MANIFEST).exists():
+    if lookup(home, key) is not None:
         return None
+    if final.exists() or final.is_symlink():
+        _remove(final)  # an entry that is not whole (a file gone): this result replaces it
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f"{_TMP}{key[:16]}-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -243,9 +245,7 @@ def lookup(home: Path, key: str) -> Entry | None:
     return entry
 
 
-def restore(
-    home: Path, entry: Entry, workspace: Path, hidden: frozenset[safefs.Identity]
-) -> bool:
+def restore(home: Path, entry: Entry, workspace: Path, hidden: frozenset[safefs.Identity]) -> bool:
     """Write an entry's files into the workspace through safefs, each checked by hash as
     it is copied. False when one does not match (the step then runs)."""
     folder = root(home) / entry.key / FILES

@@ -109,8 +109,7 @@ class Settings(BaseSettings):
         except ValidationError:
             # Not a ValueError: it reaches the command line as one line, not a traceback.
             raise UsageError(
-                f"{name}={value!r} is not a size: give bytes, or a "
-                "number with a unit (500MB, 2GiB)"
+                f"{name}={value!r} is not a size: give bytes, or a number with a unit (500MB, 2GiB)"
             ) from None
 
     @field_validator("home", mode="before")

@@ -66,7 +66,7 @@ def _compute_key(r: RunnerBase, step_id: str) -> str | None:
         "env": {k: r.redactor(v) for k, v in sorted(env.items())},
         "secrets": list[JsonValue](sorted(r.s.secrets)),
         "image": image_of(r),
-        "inputs": {k: v for k, v in sorted(r._inputs().items())},
+        "inputs": dict(sorted(r._inputs().items())),
         "needs": needs,
         "files": dict(files),
         "declared": _declared(step),
