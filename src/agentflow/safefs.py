@@ -248,15 +248,27 @@ def tail(path: Path | str, root: Path, size: int) -> str:
 def write_text(path: Path | str, root: Path, text: str, mode: int = 0o644) -> None:
     """Replace ``path`` (below ``root``) with a new regular file: whatever stands at its
     name (a planted link, a FIFO) is removed, never written through."""
+    write_chunks(path, root, [text.encode("utf-8")], mode)
+
+
+def write_chunks(
+    path: Path | str,
+    root: Path,
+    chunks: Iterable[bytes],
+    mode: int = 0o644,
+    hidden: frozenset[Identity] = frozenset(),
+) -> None:
+    """``write_text`` for bytes that come in pieces (a file copied in chunks)."""
     names = parts_below(path, root)
-    with open_dir(root, names[:-1], create=True) as dfd:
+    with open_dir(root, names[:-1], hidden, create=True) as dfd:
         remove(dfd, names[-1])
         try:
             fd = os.open(
                 names[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd
             )
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
         except OSError as e:  # a full disk: say which file, the error alone names none
             raise OSError(e.errno, e.strerror, str(path)) from None
 

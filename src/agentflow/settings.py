@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, ByteSize, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    ByteSize,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentflow.errors import UsageError
@@ -59,6 +67,11 @@ class Settings(BaseSettings):
     in bytes or with a unit (``500MB``, ``2GiB``; default 100 MB). A larger file is only
     recorded, by path, size and sha256; ``0`` records every artifact and copies none."""
 
+    cache_max: ByteSize = Field(ByteSize(5_000_000_000), validation_alias="AGENTFLOW_CACHE_MAX")
+    """``AGENTFLOW_CACHE_MAX``: how large the step cache (``$AGENTFLOW_HOME/cache``) may grow,
+    in bytes or with a unit (default 5 GB). A step whose files would take more is not
+    cached; ``agentflow gc`` removes the least recently used entries over it."""
+
     ci: bool = Field(False, validation_alias=AliasChoices("CI"))
     """``CI``: set (to anything but ``0``, ``false``, ``no``) by CI systems: plain lines,
     no live view, no questions."""
@@ -85,18 +98,18 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return value or None
 
-    @field_validator("artifact_copy_max", mode="before")
+    @field_validator("artifact_copy_max", "cache_max", mode="before")
     @classmethod
-    def _size(cls, value: object) -> object:
+    def _size(cls, value: object, info: ValidationInfo) -> object:
+        name, default = _SIZES[info.field_name or ""]
         if value in ("", None):
-            return ByteSize(100_000_000)
+            return ByteSize(default)
         try:
             return TypeAdapter(ByteSize).validate_python(value)
         except ValidationError:
             # Not a ValueError: it reaches the command line as one line, not a traceback.
             raise UsageError(
-                f"AGENTFLOW_ARTIFACT_COPY_MAX={value!r} is not a size: give bytes, or a "
-                "number with a unit (500MB, 2GiB)"
+                f"{name}={value!r} is not a size: give bytes, or a number with a unit (500MB, 2GiB)"
             ) from None
 
     @field_validator("home", mode="before")
@@ -110,6 +123,13 @@ class Settings(BaseSettings):
         # link on the way to it (a step may replace one in a folder it can write) is
         # never followed again.
         return self.home.resolve()
+
+
+_SIZES = {
+    "artifact_copy_max": ("AGENTFLOW_ARTIFACT_COPY_MAX", 100_000_000),
+    "cache_max": ("AGENTFLOW_CACHE_MAX", 5_000_000_000),
+}
+"""Each size setting's variable and default (an empty value means the default)."""
 
 
 def settings() -> Settings:

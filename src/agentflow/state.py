@@ -191,6 +191,9 @@ class RunState(StateModel):
     """How often the model has decided about a failure in this run."""
     usage: Usage = Field(default_factory=Usage)
     """What the model cost this run: planning and diagnoses, by kind of token."""
+    no_cache: bool = False
+    """``--no-cache``: no step of this run is taken from the cache (kept by ``resume``,
+    which can also set it; results are still stored)."""
     input_overrides: dict[str, Scalar] = Field(default_factory=dict)
     """Inputs the model changed (approved) for the rest of the run: every later command,
     probe and check is rendered with these."""

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from agentflow import reload
+from agentflow import cache, reload
+from agentflow.artifacts import human_size
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
 from agentflow.cli.interactive import (
@@ -64,6 +65,14 @@ NoDiagnoseOption = Annotated[
 ]
 KeepOption = Annotated[
     bool, typer.Option("--keep-sandbox", help="Keep the run's container when it ends.")
+]
+NoCacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-cache",
+        help="Run every step for real: take nothing from the step cache (results are still "
+        "stored). Kept by resume.",
+    ),
 ]
 JunitOption = Annotated[
     Path | None, typer.Option("--junit", help="Also write the JUnit XML report here.")
@@ -157,6 +166,7 @@ def run(
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
+    no_cache: NoCacheOption = False,
     matrix_opts: Annotated[
         list[str] | None,
         typer.Option(
@@ -193,11 +203,11 @@ def run(
     saved = plan_file is not None
     if detach:
         _run_detached(
-            new_run(
+            _without_cache(new_run(
                 Store(), wf, the_plan, lambda r, p, h: Observers([]), run_id=run_id,
                 sandbox=sandbox, junit=junit, keep_sandbox=keep_sandbox, diagnose=not no_diagnose,
                 planned_here=not saved,
-            ),
+            ), no_cache),
             junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
         )  # fmt: skip
         return
@@ -217,9 +227,19 @@ def run(
         diagnose=not no_diagnose,
         planned_here=not saved,
     )
+    _without_cache(prepared, no_cache)
     with prepared.run.lock():
         state = _drive(prepared, lives, prepared.runner.start)
     _conclude(state, prepared.run)
+
+
+def _without_cache(prepared: Prepared, no_cache: bool) -> Prepared:
+    """``--no-cache``: recorded in the run's state, so that a resume keeps it."""
+    if no_cache and not prepared.runner.state.no_cache:
+        runner = prepared.runner
+        runner.state = runner.state.with_run(no_cache=True)
+        prepared.run.write_state(runner.state)
+    return prepared
 
 
 def _run_detached(
@@ -272,6 +292,7 @@ def _drive_again(
     unattended: bool = False,
     fresh: bool = False,
     before: Callable[[], None] | None = None,
+    no_cache: bool = False,
 ) -> None:
     """Drive an existing run (resume it, or start it when ``fresh``) under its lock.
     ``unattended``: nobody may be there to approve a changed command (a detached run).
@@ -291,6 +312,7 @@ def _drive_again(
             on_interrupt=interrupt_asker(ci, lives),
             diagnose=not no_diagnose,
         )
+        _without_cache(prepared, no_cache)
         start = prepared.runner.start if fresh else lambda: resume(prepared)
         final = _drive(prepared, lives, start)
     _conclude(final, run_dir)
@@ -326,6 +348,7 @@ def resume_cmd(
             "needs them) run again, unchanged succeeded ones are kept.",
         ),
     ] = False,
+    no_cache: NoCacheOption = False,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
     run_dir = Store().open(run_id)
@@ -351,7 +374,7 @@ def resume_cmd(
         raise typer.Exit(EXIT_OK)
     _drive_again(
         run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
-        before=before,
+        before=before, no_cache=no_cache,
     )  # fmt: skip
 
 
@@ -385,6 +408,7 @@ def rerun(
     keep_sandbox: KeepOption = False,
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
+    no_cache: NoCacheOption = False,
     detach: Annotated[
         bool,
         typer.Option(
@@ -429,13 +453,14 @@ def rerun(
         # Nothing runs in the old session (its windows are ended attempts, their logs are
         # in the run's folders): a new one, whose first window is the new orchestrator.
         prepared.runner.s.tmux.kill_session(run_dir.run_id)
+        _without_cache(prepared, no_cache)
         _run_detached(
             prepared, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose
         )
         return
     _drive_again(
         run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
-        before=reset,
+        before=reset, no_cache=no_cache,
     )  # fmt: skip
 
 
@@ -464,8 +489,15 @@ def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> Non
 
 @command()
 def gc() -> None:
-    """Remove sandbox containers of runs that are over or gone."""
+    """Remove sandbox containers of runs that are over or gone, and prune the step cache:
+    entries whose files are gone or changed, then the least recently used ones over
+    AGENTFLOW_CACHE_MAX."""
     store = Store()
+    pruned = cache.gc(store.home, settings().cache_max)
+    console.print(
+        f"cache: removed {len(pruned.removed)} entr{'y' if len(pruned.removed) == 1 else 'ies'}, "
+        f"kept {pruned.kept} ({human_size(pruned.size)})"
+    )
     # Live: driven right now, or with steps still running (a detached run).
     live = {
         r.run_id

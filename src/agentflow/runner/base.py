@@ -137,6 +137,10 @@ class RunnerBase:
         self.hidden = safefs.identities(
             [setup.run.path.parent.parent, setup.tmux.socket_path.parent]
         )
+        self.cache_keys: dict[str, str | None] = {}
+        """Each step's cache key as its latest launch computed it (None: not cacheable)."""
+        self.uncacheable: dict[str, str] = {}
+        """Steps whose result must not be cached in this run, and why (a secret's value)."""
         self.next_probe: dict[str, datetime] = {}
         self.last_probe: dict[str, str] = {}
         learned = learned_durations(setup.run.path.parent, state.workflow, state.run_id)

@@ -15,6 +15,7 @@ from agentflow.monitor import (
 )
 from agentflow.plan import PlannedStep
 from agentflow.runner.base import RunnerBase
+from agentflow.runner.caching import take_from_cache
 from agentflow.sandbox import wrapper_script
 from agentflow.state import FINAL, now
 from agentflow.tmux import COMMAND_MAX
@@ -119,6 +120,8 @@ class Launching(RunnerBase):
                 return
             self._sandbox_checked = True
             self._sandbox_down_since = None
+        if take_from_cache(self, planned):
+            return
         step = self.s.workflow.step(planned.id)
         st = self.state.steps[planned.id]
         attempt = st.attempts + 1
@@ -170,7 +173,7 @@ class Launching(RunnerBase):
             planned.id, status="running", attempts=attempt, started_at=now(),
             finished_at=None, exit_code=None, window=None, message=None, kill_reason=None,
             kill_sent_at=None, not_before=None, ready_at=None, progress=None, output_bytes=0,
-            last_output_at=None,
+            last_output_at=None, fresh=False, cached_from=None,
         )  # fmt: skip
         try:
             window = self.s.tmux.new_window(

@@ -11,6 +11,7 @@ from agentflow.artifacts import ArtifactError, Collector
 from agentflow.recovery import decide
 from agentflow.runner.agentic import Agentic
 from agentflow.runner.base import SANDBOX_LOSSES
+from agentflow.runner.caching import store_result
 from agentflow.settings import settings
 from agentflow.state import StepState, StepStatus, now
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
@@ -44,6 +45,7 @@ class Outcomes(Agentic):
         if step.service and st.kill_reason != "end":
             self._fail_dependents(step_id, f"service {step_id} stopped ({message or status})")
         if status == "succeeded":
+            store_result(self, step_id)
             self._patch_result(step_id, succeeded=True)
             self.state = self.state.with_run(consecutive_failures=0)
             return
@@ -117,7 +119,10 @@ class Outcomes(Agentic):
         if problem:
             return "failed", problem
         if outputs is not None:
-            outputs = {k: self.redactor(v) for k, v in outputs.items()}
+            masked = {k: self.redactor(v) for k, v in outputs.items()}
+            if masked != outputs:
+                self.uncacheable[step.id] = "an output holds a secret's value"
+            outputs = masked
             self._update(step.id, outputs=outputs)
             shown = ", ".join(f"{k}={v}" for k, v in outputs.items())
             self._emit("outputs", step.id, message=shown)

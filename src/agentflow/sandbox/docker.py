@@ -408,6 +408,17 @@ class DockerSandbox:
             return False
         return container.status == "running"
 
+    def image_id(self) -> str | None:
+        """The id (``sha256:…``) of the image the run's container runs, for cache keys: a
+        rebuilt or re-pulled image under the same name is another image. None when
+        there is no container to ask."""
+        try:
+            container = self._container or self._find()
+            image = container.attrs.get("Image") if container is not None else None
+        except DOCKER_ERRORS:
+            return None
+        return image if isinstance(image, str) else None
+
     def close(self) -> None:
         """Remove the run's container (unless asked to keep it)."""
         if self.keep:

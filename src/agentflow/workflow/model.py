@@ -245,6 +245,29 @@ class Retry(Model):
 OnFailure = Literal["abort", "continue", "diagnose"]
 
 
+def _cache_glob(pattern: str) -> str:
+    if not pattern.strip():
+        raise ValueError("a cache input pattern cannot be empty")
+    if pattern.startswith("/") or ".." in pattern.split("/"):
+        raise ValueError(
+            f"{pattern!r}: cache inputs are read from the workspace: give a path or glob "
+            "relative to the workflow's folder, without `..`"
+        )
+    list(references(pattern))  # a TemplateSyntaxError (a ValueError) for an unknown form
+    return pattern
+
+
+class Cache(Model):
+    """Take the step's result from an earlier run (same home) whose step had the same key:
+    its command, env, image, inputs, the keys of the steps it needs, and the content of
+    the files ``inputs`` matches."""
+
+    inputs: list[Annotated[str, AfterValidator(_cache_glob)]] = Field(default_factory=list)
+    """Files the step reads: paths or globs (``*``, ``?``, ``[...]``, ``**``) relative to
+    the workspace; a folder means every file in it. A change in any of them runs the step
+    again."""
+
+
 class Defaults(Model):
     """Settings every step gets unless it says otherwise."""
 
@@ -256,6 +279,8 @@ class Defaults(Model):
     """What a failed step does to the run."""
     stall_timeout: Duration | None = None
     """Treat a step that prints nothing for this long as stalled."""
+    cache: Cache | None = None
+    """Cache every step (but services) this way unless it has its own ``cache``."""
 
 
 class Probe(Model):
@@ -463,6 +488,9 @@ class Step(Model):
     no file fails the step."""
     recover: list[RecoverRule] = Field(default_factory=list)
     """Known failure modes and what to do about them."""
+    cache: Cache | None = None
+    """Reuse the result of an earlier run's step with the same key instead of running
+    (``--no-cache`` turns it off for a run)."""
 
     @model_validator(mode="after")
     def _run_or_task(self) -> Step:
@@ -472,6 +500,8 @@ class Step(Model):
             raise ValueError("a step has either `run` or `task`, not both")
         if self.ready and not self.service:
             raise ValueError("`ready` is for services: add `service: true`")
+        if self.cache and self.service:
+            raise ValueError("`cache` is not for services: a service has no result to keep")
         return self
 
 
@@ -547,6 +577,11 @@ class Workflow(Model):
 
     def on_failure_of(self, step: Step) -> OnFailure:
         return step.on_failure or self.defaults.on_failure or "continue"
+
+    def cache_of(self, step: Step) -> Cache | None:
+        if step.service:
+            return None
+        return step.cache or self.defaults.cache
 
     def stall_timeout_of(self, step: Step) -> float | None:
         if step.stall_timeout is not None or step.service:
