@@ -13,6 +13,7 @@ from agentflow.cli import (
     commands_inspect,
     commands_learn,
     commands_report,
+    commands_resume,
     commands_run,
 )
 from agentflow.cli.app import app
@@ -25,6 +26,7 @@ __all__ = [
     "commands_inspect",
     "commands_learn",
     "commands_report",
+    "commands_resume",
     "commands_run",
     "main",
 ]

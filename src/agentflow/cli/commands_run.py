@@ -10,19 +10,18 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from agentflow import cache, reload
+from agentflow import cache
 from agentflow.artifacts import human_size
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
 from agentflow.cli.interactive import (
     approved_planning,
-    approved_reload,
     approver,
     interrupt_asker,
 )
 from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
-from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, StateError, UsageError
+from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.orchestrator import (
     ObserverFactory,
     Prepared,
@@ -39,7 +38,7 @@ from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
 from agentflow.settings import settings
-from agentflow.state import UNSUCCESSFUL, RunState, reset_for_rerun, with_dependents
+from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
 from agentflow.sweep import parse_matrix_options
 from agentflow.textsafe import one_line, printable
@@ -202,8 +201,8 @@ def run(
         the_plan = make_plan(wf, parse_set_options(set_ or []), chosen)
     saved = plan_file is not None
     if detach:
-        _run_detached(
-            _without_cache(new_run(
+        run_detached(
+            without_cache(new_run(
                 Store(), wf, the_plan, lambda r, p, h: Observers([]), run_id=run_id,
                 sandbox=sandbox, junit=junit, keep_sandbox=keep_sandbox, diagnose=not no_diagnose,
                 planned_here=not saved,
@@ -227,13 +226,13 @@ def run(
         diagnose=not no_diagnose,
         planned_here=not saved,
     )
-    _without_cache(prepared, no_cache)
+    without_cache(prepared, no_cache)
     with prepared.run.lock():
         state = _drive(prepared, lives, prepared.runner.start)
     _conclude(state, prepared.run)
 
 
-def _without_cache(prepared: Prepared, no_cache: bool) -> Prepared:
+def without_cache(prepared: Prepared, no_cache: bool) -> Prepared:
     """``--no-cache``: recorded in the run's state, so that a resume keeps it."""
     if no_cache and not prepared.runner.state.no_cache:
         runner = prepared.runner
@@ -242,7 +241,7 @@ def _without_cache(prepared: Prepared, no_cache: bool) -> Prepared:
     return prepared
 
 
-def _run_detached(
+def run_detached(
     prepared: Prepared, *, junit: Path | None, keep_sandbox: bool, yes: bool, no_diagnose: bool
 ) -> None:
     rid = prepared.run.run_id
@@ -277,11 +276,11 @@ def drive(
     run_dir = Store().open(run_id)
     # Its first orchestrator may have died before it started anything: then start.
     fresh = not run_dir.read_events()
-    _drive_again(run_dir, ci=False, junit=junit, keep_sandbox=keep_sandbox, yes=yes,
+    drive_again(run_dir, ci=False, junit=junit, keep_sandbox=keep_sandbox, yes=yes,
                  no_diagnose=no_diagnose, unattended=True, fresh=fresh)  # fmt: skip
 
 
-def _drive_again(
+def drive_again(
     run_dir: RunDir,
     *,
     ci: bool,
@@ -312,7 +311,7 @@ def _drive_again(
             on_interrupt=interrupt_asker(ci, lives),
             diagnose=not no_diagnose,
         )
-        _without_cache(prepared, no_cache)
+        without_cache(prepared, no_cache)
         start = prepared.runner.start if fresh else lambda: resume(prepared)
         final = _drive(prepared, lives, start)
     _conclude(final, run_dir)
@@ -330,138 +329,6 @@ def _read_plan(path: Path) -> Plan:
         where = ".".join(str(x) for x in first["loc"])
         raise UsageError(f"{path}: not a valid plan ({where}: {first['msg']})") from None
     return the_plan
-
-
-@command("resume")
-def resume_cmd(
-    run_id: Annotated[str, typer.Argument(help="The run to continue.")],
-    ci: CiOption = False,
-    junit: JunitOption = None,
-    keep_sandbox: KeepOption = False,
-    yes: YesOption = False,
-    no_diagnose: NoDiagnoseOption = False,
-    reload_: Annotated[
-        bool,
-        typer.Option(
-            "--reload",
-            help="Take the edited workflow file into the run: changed steps (and what "
-            "needs them) run again, unchanged succeeded ones are kept.",
-        ),
-    ] = False,
-    no_cache: NoCacheOption = False,
-) -> None:
-    """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
-    run_dir = Store().open(run_id)
-    try:
-        state = run_dir.read_state()
-    except StateError:
-        # A damaged checkpoint: rebuilt (from the previous copy and the events) under the
-        # run's lock, and said so; a run past saving stays an error.
-        with run_dir.lock():
-            note = run_dir.recover_state()
-        if note:
-            err_console.print(f"[yellow]warning:[/] {note}")
-        state = run_dir.read_state()
-    before = reloading(run_dir, state, yes=yes, ci=ci) if reload_ else None
-    if before is None and reload.file_changed(run_dir, state):
-        err_console.print(
-            f"note: {state.workflow_file} changed since run {state.run_id} began; this resume "
-            f"runs the run's frozen copy (`agentflow resume {state.run_id} --reload` takes "
-            "the edits)"
-        )
-    if before is None and state.status == "succeeded":
-        console.print(f"run {state.run_id} already succeeded: nothing to do")
-        raise typer.Exit(EXIT_OK)
-    _drive_again(
-        run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
-        before=before, no_cache=no_cache,
-    )  # fmt: skip
-
-
-def reloading(
-    run_dir: RunDir, state: RunState, *, yes: bool, ci: bool
-) -> Callable[[], None] | None:
-    """The edited workflow checked, compared, shown and approved; what to do under the
-    run's lock (None: the file did not change). Nothing is written before that."""
-    if not reload.file_changed(run_dir, state):
-        err_console.print(f"{state.workflow_file} has not changed: resuming as it was")
-        return None
-    plan = reload.prepare(run_dir, state)
-    if not approved_reload(plan, state, yes, ci):
-        raise UsageError(f"run {state.run_id}: the reload was not approved; nothing changed")
-
-    def write() -> None:
-        # Again under the lock: the run may have moved since it was read.
-        if run_dir.read_state() != state:
-            raise UsageError(f"run {state.run_id} changed meanwhile: run the reload again")
-        reload.apply(run_dir, plan)
-
-    return write
-
-
-@command()
-def rerun(
-    run_id: Annotated[str, typer.Argument(help="The run.")],
-    steps: Annotated[list[str], typer.Argument(help="The steps to run again.")],
-    ci: CiOption = False,
-    junit: JunitOption = None,
-    keep_sandbox: KeepOption = False,
-    yes: YesOption = False,
-    no_diagnose: NoDiagnoseOption = False,
-    no_cache: NoCacheOption = False,
-    detach: Annotated[
-        bool,
-        typer.Option(
-            "--detach", "-d", help="Go on in the background: the orchestrator runs in tmux."
-        ),
-    ] = False,
-) -> None:
-    """Run steps again, with everything that needs them, for real (never from the cache);
-    then go on to the run's end as resume does. Earlier attempts stay in the run."""
-    run_dir = Store().open(run_id)
-    state = run_dir.read_state()
-    unknown = [s for s in steps if s not in state.steps]
-    if unknown:
-        raise UsageError(
-            f"run {run_dir.run_id} has no step {', '.join(unknown)}; its steps: "
-            f"{', '.join(state.steps)}"
-        )
-
-    def reset() -> None:
-        current = run_dir.read_state()
-        order = {p.id: p.needs for p in run_dir.read_plan().steps}
-        chosen = with_dependents(order, steps)
-        busy = [s for s in chosen if current.steps[s].status == "running"]
-        if busy:
-            raise UsageError(
-                f"step {', '.join(busy)} of run {run_dir.run_id} is running: wait for it, or "
-                f"`agentflow stop {run_dir.run_id}` first"
-            )
-        run_dir.write_state(reset_for_rerun(current, chosen, "rerun: asked with agentflow rerun"))
-        console.print(f"run {run_dir.run_id}: running again {', '.join(chosen)}")
-
-    if detach:
-        with run_dir.lock():
-            reset()
-        # The detached orchestrator (`drive`) resumes the run, as `run --detach` starts one.
-        prepared = reopen(Store(), run_dir.run_id, lambda r, p, h: Observers([]))
-        if prepared.runner.state.count("running"):
-            raise UsageError(
-                f"run {run_dir.run_id} has steps running with nobody driving them: "
-                f"`agentflow resume {run_dir.run_id}` first (or rerun without --detach)"
-            )
-        # Nothing runs in the old session (its windows are ended attempts, their logs are
-        # in the run's folders): a new one, whose first window is the new orchestrator.
-        prepared.runner.s.tmux.kill_session(run_dir.run_id)
-        _without_cache(prepared, no_cache)
-        _run_detached(
-            prepared, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose
-        )
-        return
-    _drive_again(
-        run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
-        before=reset, no_cache=no_cache,
-    )  # fmt: skip
 
 
 @command()
