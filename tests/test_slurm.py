@@ -37,8 +37,19 @@ def cluster() -> None:
         pytest.skip(f"no Slurm cluster answers here ({why}); scripts/slurm-setup starts one")
 
 
-def jobs_of(run_id: str) -> dict[str, str]:
-    """Job name → state, for the run's jobs Slurm still remembers."""
+def jobs_of(run_id: str, *, settled: bool = False) -> dict[str, str]:
+    """Job name → state, for the run's jobs Slurm still remembers; ``settled`` waits (up to
+    30 s) for jobs that ended to leave COMPLETING, which a loaded slurmctld takes a while to
+    do after the step's own end (what agentflow judges by)."""
+    deadline = time.monotonic() + 30
+    found = _jobs_of(run_id)
+    while settled and "COMPLETING" in found.values() and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = _jobs_of(run_id)
+    return found
+
+
+def _jobs_of(run_id: str) -> dict[str, str]:
     out = subprocess.run(
         ["squeue", "-h", "--states=all", "-o", "%j|%T"], capture_output=True, text=True, check=True
     ).stdout
@@ -83,7 +94,7 @@ def test_hello_runs_each_step_as_a_job_with_its_resources(af: Env) -> None:
     second = (af.run_dir("hello") / "steps" / "second" / "output.log").read_text()
     assert "cpus 2" in second  # the step's own resources, not the sandbox's
     assert af.state("hello")["steps"]["second"]["progress"]["done"] == 3
-    assert jobs_of("hello") == {"first": "COMPLETED", "second": "COMPLETED"}
+    assert jobs_of("hello", settled=True) == {"first": "COMPLETED", "second": "COMPLETED"}
     assert af.state("hello")["sandbox"] == "slurm"
 
 
@@ -94,7 +105,7 @@ def test_a_failing_step_fails_with_its_exit_code(af: Env) -> None:
     st = af.state("bad")["steps"]["bad"]
     assert st["status"] == "failed"
     assert st["exit_code"] == 7
-    assert jobs_of("bad") == {"bad": "FAILED"}
+    assert jobs_of("bad", settled=True) == {"bad": "FAILED"}
 
 
 def test_a_timeout_cancels_the_job(af: Env) -> None:
