@@ -74,6 +74,8 @@ def describe(event: Event) -> str:
         return text
     if kind == "run_finished":
         return f"{event.status}: {message}" if message else str(event.status)
+    if kind == "step_cached":  # its message is the sentence: "cached from RUN"
+        return message or "cached"
     words = kind.replace("_", " ").removeprefix("run ").removeprefix("step ")
     return f"{words}: {message}" if message else words
 

@@ -66,3 +66,14 @@ def substitute(text: str, lookup: Callable[[Ref], str | None]) -> str:
         return m.group(0) if value is None else value
 
     return _EXPR.sub(one, text)
+
+
+def input_names(text: str) -> set[str]:
+    """The inputs ``text`` refers to (``${{ inputs.NAME }}``); an expression of another or
+    of no known form is passed over (text that is not checked, such as a description)."""
+    names: set[str] = set()
+    for m in _EXPR.finditer(text):
+        found = _FORMS["inputs"].match(m.group(1).strip())
+        if found:
+            names.add(found.group(1))
+    return names

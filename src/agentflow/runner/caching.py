@@ -5,7 +5,9 @@ Plain functions over the runner (not one more mixin): the cache itself is ``cach
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from pydantic import JsonValue
 
@@ -13,8 +15,12 @@ from agentflow import artifacts, cache
 from agentflow.plan import PlannedStep
 from agentflow.runner.base import RunnerBase
 from agentflow.settings import settings
-from agentflow.state import now
+from agentflow.state import FINAL, now
+from agentflow.template import input_names
 from agentflow.workflow.model import Step
+
+NOT_NEEDED = "not needed: its dependents came from the cache"
+"""Why a service was not started: every step that needs it took its result from the cache."""
 
 
 def _home(r: RunnerBase) -> Path:
@@ -32,21 +38,58 @@ def image_of(r: RunnerBase) -> str:
     return r.s.sandbox.name
 
 
-def key_of(r: RunnerBase, step_id: str) -> str | None:
+def key_of(r: RunnerBase, step_id: str, memo: dict[str, str | None] | None = None) -> str | None:
     """The step's cache key, as computed at its latest launch (or now, for a step that
     succeeded before a resume); None when it cannot be keyed (an input glob matches a
-    link, or too much)."""
-    if step_id not in r.cache_keys:
-        r.cache_keys[step_id] = _compute_key(r, step_id)
-    return r.cache_keys[step_id]
+    link, or too much). ``memo``: keys worked out ahead of a launch (a service deciding
+    whether it is needed), kept apart from the launches' own and said nothing about."""
+    keys = r.cache_keys if memo is None else memo
+    if step_id not in keys:
+        keys[step_id] = _compute_key(r, step_id, keys, quiet=memo is not None)
+    return keys[step_id]
 
 
-def _compute_key(r: RunnerBase, step_id: str) -> str | None:
+def inputs_read(r: RunnerBase, step_id: str) -> list[str]:
+    """The inputs a step refers to (``${{ inputs.NAME }}``): in its command or task, env,
+    workdir, probe, checks, outputs, artifacts, cache globs and recover rules, in what the
+    plan wrote for it, and in the workflow's env (which every step gets). Only these are
+    in its key: an input that only a later step reads (a sweep's ``k``) leaves it alone,
+    and one that an earlier step reads changes it through that step's key (``needs``)."""
+    step = r.s.workflow.step(step_id)
+    planned = r.s.plan.step(step_id)
+    spec = r.s.workflow.cache_of(step)
+    where: list[object] = [
+        step.model_dump(exclude={"description"}),
+        planned.model_dump(include={"run", "ready", "success"}),
+        dict(r.s.workflow.env),
+        spec.model_dump() if spec else None,
+    ]
+    names: set[str] = set()
+    for text in _strings(where):
+        names |= input_names(text)
+    known = r._inputs()
+    return sorted(n for n in names if n in known)
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+def _compute_key(
+    r: RunnerBase, step_id: str, keys: dict[str, str | None], *, quiet: bool
+) -> str | None:
     step = r.s.workflow.step(step_id)
     planned = r.s.plan.step(step_id)
     needs: dict[str, JsonValue] = {}
     for need in planned.needs:
-        k = key_of(r, need)
+        k = key_of(r, need, keys if quiet else None)
         if k is None:
             return None
         needs[need] = k
@@ -56,7 +99,8 @@ def _compute_key(r: RunnerBase, step_id: str) -> str | None:
     try:
         files = cache.hash_inputs(patterns, r.s.workspace, r.hidden, settings().cache_max)
     except cache.NotCacheable as e:
-        r._emit("cache_skipped", step_id, message=f"not cached: {e}")
+        if not quiet:
+            r._emit("cache_skipped", step_id, message=f"not cached: {e}")
         return None
     command = r._render(r.state.steps[step_id].run_override or planned.run, env)
     # Secrets by name only: a hash of a short secret could be guessed back.
@@ -66,7 +110,7 @@ def _compute_key(r: RunnerBase, step_id: str) -> str | None:
         "env": {k: r.redactor(v) for k, v in sorted(env.items())},
         "secrets": list[JsonValue](sorted(r.s.secrets)),
         "image": image_of(r),
-        "inputs": dict(sorted(r._inputs().items())),
+        "inputs": {name: r._inputs()[name] for name in inputs_read(r, step_id)},
         "needs": needs,
         "files": dict(files),
         "declared": _declared(step),
@@ -167,3 +211,66 @@ def _sources(r: RunnerBase, step: Step) -> list[cache.Source]:
             raise cache.NotCacheable(f"output file {name} is outside the workspace")
         found.append(cache.Source(path.relative_to(r.s.workspace).as_posix(), path, r.s.workspace))
     return found
+
+
+# --- services nobody needs ------------------------------------------------------------
+
+
+def skip_unneeded_service(
+    r: RunnerBase, planned: PlannedStep
+) -> Literal["start", "wait", "skipped"]:
+    """Whether a service about to start is needed. ``start``: a step that needs it will
+    run (or cannot be known to come from the cache). ``skipped``: every step that needs it
+    took its result from the cache just now (or has nothing more to do in this run), so it
+    is ``skipped`` and never started. ``wait``: it stays pending until that can be told —
+    a step that needs it waits on other steps too, and its key needs their results."""
+    if r.state.no_cache:
+        return "start"
+    dependents = [p for p in r.s.plan.steps if planned.id in p.needs]
+    left = [p for p in dependents if r.state.steps[p.id].status not in FINAL]
+    if not left:
+        # Another service of theirs was the one to find them in the cache.
+        if dependents and all(r.state.steps[p.id].cached_from for p in dependents):
+            return _skip(r, planned.id)
+        return "start"  # (nobody needs it any more: as before, it starts and ends with the run)
+    waiting = False
+    for p in left:
+        st = r.state.steps[p.id]
+        busy = p.id in r.diagnoses or p.id in r.holds
+        cacheable = r.s.workflow.cache_of(r.s.workflow.step(p.id)) is not None
+        if st.status != "pending" or busy or st.fresh or not cacheable:
+            return "start"
+        if not _knowable(r, p, planned.id):
+            waiting = True
+    if waiting:
+        return "wait"
+    home = _home(r)
+    for p in left:
+        memo = {k: v for k, v in r.cache_keys.items() if k != p.id}
+        key = key_of(r, p.id, memo)
+        if key is None or cache.lookup(home, key) is None:
+            return "start"
+    for p in left:
+        if not take_from_cache(r, p):
+            return "start"  # (its entry went meanwhile: it runs, with the service)
+    return _skip(r, planned.id)
+
+
+def _skip(r: RunnerBase, service: str) -> Literal["skipped"]:
+    r._update(service, status="skipped", message=NOT_NEEDED)
+    r._emit("step_skipped", service, status="skipped", message=NOT_NEEDED)
+    return "skipped"
+
+
+def _knowable(r: RunnerBase, dependent: PlannedStep, service: str) -> bool:
+    """Whether a step's key can be worked out before it launches: what it needs besides
+    the service has succeeded (its outputs are in the key), or is another service whose
+    own needs have (a service's key is its command and its needs' keys)."""
+    for need in dependent.needs:
+        if need == service or r.state.steps[need].status == "succeeded":
+            continue
+        if not r.s.workflow.step(need).service:
+            return False
+        if any(r.state.steps[n].status != "succeeded" for n in r.s.plan.step(need).needs):
+            return False
+    return True

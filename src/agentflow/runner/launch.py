@@ -15,7 +15,7 @@ from agentflow.monitor import (
 )
 from agentflow.plan import PlannedStep
 from agentflow.runner.base import RunnerBase
-from agentflow.runner.caching import take_from_cache
+from agentflow.runner.caching import skip_unneeded_service, take_from_cache
 from agentflow.sandbox import wrapper_script
 from agentflow.state import FINAL, now
 from agentflow.tmux import COMMAND_MAX
@@ -99,8 +99,8 @@ class Launching(RunnerBase):
                 continue
             if st.not_before is not None and now() < st.not_before:
                 continue
-            self._launch(planned)
-            running += 1
+            if self._launch(planned):
+                running += 1
 
     def _cannot_launch(self, step_id: str, attempt: int, why: str) -> None:
         """The attempt cannot start: the step fails, saying why, and the run goes on with
@@ -111,18 +111,25 @@ class Launching(RunnerBase):
         )  # fmt: skip
         self._emit("step_finished", step_id, status="failed", message=why)
 
-    def _launch(self, planned: PlannedStep) -> None:
+    def _launch(self, planned: PlannedStep) -> bool:
+        """Start the step (or take it from the cache, or fail it); False when it is left
+        pending without taking a place (a service that waits to know whether it is needed)."""
         if not self._sandbox_checked:
             try:
                 self.s.sandbox.start()  # idempotent: re-attaches, or starts a new one
             except AgentflowError as e:
                 self._sandbox_down(planned.id, e)
-                return
+                return True
             self._sandbox_checked = True
             self._sandbox_down_since = None
         if take_from_cache(self, planned):
-            return
+            return True
         step = self.s.workflow.step(planned.id)
+        # A service starts only for a step that will run (not one the cache answers).
+        if step.service:
+            verdict = skip_unneeded_service(self, planned)
+            if verdict != "start":
+                return verdict == "skipped"
         st = self.state.steps[planned.id]
         attempt = st.attempts + 1
         step_dir = self.s.run.step_dir(planned.id)
@@ -137,7 +144,7 @@ class Launching(RunnerBase):
             # What a step can do to its folder (make it unwritable, plant something that
             # will not go): this step fails, the run goes on.
             self._cannot_launch(planned.id, attempt, f"its folder cannot be made ready ({e})")
-            return
+            return True
         env.update(
             AGENTFLOW_RUN_ID=self.state.run_id,
             AGENTFLOW_STEP=planned.id,
@@ -164,7 +171,7 @@ class Launching(RunnerBase):
                 f"its command and environment take {size} bytes, more than tmux passes to "
                 f"a window ({COMMAND_MAX}): pass large values through files",
             )  # fmt: skip
-            return
+            return True
         if st.window:
             self.s.tmux.kill_window(st.window)
         # Saved before the window exists: killed in between, a resume finds the attempt
@@ -190,3 +197,4 @@ class Launching(RunnerBase):
         self.clocks[planned.id] = StepClock(self.expected.get(planned.id))
         self.schedule.changed()
         self._emit("step_started", planned.id, status="running")
+        return True
