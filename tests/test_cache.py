@@ -83,6 +83,11 @@ def test_an_unchanged_workflow_runs_nothing_the_second_time(af: Env) -> None:
     assert f"cached from {first}" in report
     events = (af.run_dir(second) / "events.jsonl").read_text()
     assert '"step_cached"' in events
+    # The restored artifacts are the second run's own: copied and in its manifest.
+    manifest = json.loads((af.run_dir(second) / "artifacts.json").read_text())
+    kept = manifest["steps"]["train"]["files"]
+    assert [(a["path"], a["copied"]) for a in kept] == [("out/model.txt", True)]
+    assert (af.run_dir(second) / kept[0]["stored"]).read_text() == "n=3\n"
 
 
 def test_a_changed_input_file_runs_exactly_the_steps_that_read_it(af: Env) -> None:

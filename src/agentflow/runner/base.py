@@ -15,8 +15,9 @@ from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, JsonValue
 
-from agentflow import safefs, stepfiles
+from agentflow import artifacts, safefs, stepfiles
 from agentflow.agent.diagnose import Diagnoser, Diagnosis
+from agentflow.artifacts import ArtifactError, Collector
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -305,3 +306,35 @@ class RunnerBase:
             changes["progress"] = Progress(done=0, total=0, eta_s=left)
         self._update(step_id, **changes)
         return True
+
+    def _collect_artifacts(self, step: Step) -> str | None:
+        """Keep the step's ``artifacts`` with the run (its attempt succeeded so far); what
+        went wrong, or None. The manifest and an ``artifacts`` event record them."""
+        if not step.artifacts:
+            return None
+        env = self._step_env(step)
+        patterns = [self._render(p, env) for p in step.artifacts]
+        home = self.s.run.path.parent.parent
+        collector = Collector(
+            root=self.s.workspace,
+            step_dir=self._where(step, env).host_dir,
+            dest=self.s.run.path / artifacts.COPY_DIR / step.id,
+            copy_max=settings().artifact_copy_max,
+            exclude=(home,),
+        )
+        try:
+            files, skipped = collector.collect(patterns)
+            collected = artifacts.StepArtifacts(
+                attempt=self.state.steps[step.id].attempts,
+                collected_at=now(),
+                patterns=patterns,
+                files=files,
+                skipped=skipped,
+            )
+            artifacts.save(self.s.run, step.id, collected, self.redactor)
+        except ArtifactError as e:
+            return str(e)
+        except OSError as e:  # the manifest cannot be written (a full disk)
+            return f"artifacts: cannot record them in the run directory ({e.strerror or e})"
+        self._emit("artifacts", step.id, message=artifacts.summary(collected))
+        return None

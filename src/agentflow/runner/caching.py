@@ -150,6 +150,12 @@ def take_from_cache(r: RunnerBase, planned: PlannedStep) -> bool:
         r._emit("cache_miss", planned.id, message=f"cannot restore its files ({e})")
     if not restored:
         return False
+    # The restored files are this run's artifacts too: copied and listed in its manifest,
+    # through the same collector as a step that ran (the report and history read them).
+    problem = r._collect_artifacts(step)
+    if problem is not None:
+        r._emit("cache_miss", planned.id, message=problem)
+        return False
     why = f"cached from {entry.run_id}"
     r._update(
         planned.id, status="succeeded", cached_from=entry.run_id, outputs=entry.outputs,

@@ -6,13 +6,11 @@ from __future__ import annotations
 import signal
 from datetime import datetime
 
-from agentflow import artifacts, stepfiles
-from agentflow.artifacts import ArtifactError, Collector
+from agentflow import stepfiles
 from agentflow.recovery import decide
 from agentflow.runner.agentic import Agentic
 from agentflow.runner.base import SANDBOX_LOSSES
 from agentflow.runner.caching import store_result
-from agentflow.settings import settings
 from agentflow.state import StepState, StepStatus, now
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
 from agentflow.workflow.model import Step
@@ -127,38 +125,6 @@ class Outcomes(Agentic):
             shown = ", ".join(f"{k}={v}" for k, v in outputs.items())
             self._emit("outputs", step.id, message=shown)
         return "succeeded", None
-
-    def _collect_artifacts(self, step: Step) -> str | None:
-        """Keep the step's ``artifacts`` with the run (its attempt succeeded so far); what
-        went wrong, or None. The manifest and an ``artifacts`` event record them."""
-        if not step.artifacts:
-            return None
-        env = self._step_env(step)
-        patterns = [self._render(p, env) for p in step.artifacts]
-        home = self.s.run.path.parent.parent
-        collector = Collector(
-            root=self.s.workspace,
-            step_dir=self._where(step, env).host_dir,
-            dest=self.s.run.path / artifacts.COPY_DIR / step.id,
-            copy_max=settings().artifact_copy_max,
-            exclude=(home,),
-        )
-        try:
-            files, skipped = collector.collect(patterns)
-            collected = artifacts.StepArtifacts(
-                attempt=self.state.steps[step.id].attempts,
-                collected_at=now(),
-                patterns=patterns,
-                files=files,
-                skipped=skipped,
-            )
-            artifacts.save(self.s.run, step.id, collected, self.redactor)
-        except ArtifactError as e:
-            return str(e)
-        except OSError as e:  # the manifest cannot be written (a full disk)
-            return f"artifacts: cannot record them in the run directory ({e.strerror or e})"
-        self._emit("artifacts", step.id, message=artifacts.summary(collected))
-        return None
 
     def _fail_dependents(self, service: str, why: str) -> None:
         """A service went away: the running steps that need it cannot go on."""
