@@ -49,7 +49,7 @@ class Notify(BaseModel):
     def _url(cls, value: str | None) -> str | None:
         if value is None or ENV_REF.match(value) or re.match(r"^https?://[^\s/]+", value):
             return value
-        raise ValueError("webhook: an http:// or https:// URL, or ${{ env.NAME }}")
+        raise ValueError("use an http:// or https:// URL, or ${{ env.NAME }}")
 
     @field_validator("command")
     @classmethod
