@@ -26,8 +26,13 @@ SECRET = "s3cr3t-tok-9f2e"
 class Receiver:
     """A webhook receiver: answers with ``codes`` in turn (then 200), keeps every body."""
 
-    def __init__(self, codes: list[int] | None = None) -> None:
+    def __init__(self, codes: list[int] | None = None, hold: bool = False) -> None:
         self.codes = list(codes or [])
+        self.release = threading.Event()
+        """Until set, a held receiver keeps each request waiting (at most 60 s)."""
+        if not hold:
+            self.release.set()
+        self.held = 0
         self.tries: list[int] = []
         self.bodies: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -37,6 +42,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.arrived:
+                    receiver.held += 1
+                receiver.release.wait(60)
                 with receiver.arrived:
                     code = receiver.codes.pop(0) if receiver.codes else 200
                     receiver.tries.append(code)
@@ -61,6 +69,7 @@ class Receiver:
             return list(self.bodies)
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
@@ -230,6 +239,41 @@ def test_a_receiver_that_fails_first_gets_it_on_a_retry(af: Env) -> None:
         assert "notification_failed" not in kinds
     finally:
         flaky.close()
+
+
+def test_a_receiver_that_hangs_never_holds_the_runner_up(af: Env) -> None:
+    """The blocked notification hangs in the receiver; meanwhile the runner still stops
+    the other step at its timeout (a runner that waited for the receiver could not: it
+    would sit out 5 s a try, four tries)."""
+    stuck = Receiver(hold=True)
+    wf = af.write(
+        """\
+        version: 1
+        name: hang
+        steps:
+          - id: esc
+            run: echo 'HTTP 403'; exit 1
+            recover: [{match: 'HTTP 403', action: escalate}]
+          - id: slow
+            timeout: 2s
+            run: sleep 60
+        """
+    )
+    proc = af.start("run", str(wf), "--ci", "--run-id", "hang-1", "--notify", stuck.url)
+    try:
+        af.wait_for(lambda: af.state("hang-1")["steps"]["slow"]["status"] == "timeout", 15)
+        assert stuck.held >= 1
+        assert stuck.bodies == []  # still held: nothing was answered yet
+        stuck.release.set()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, out + err
+        (note,) = stuck.wait(1)
+        assert note["event"] == "blocked"
+        assert note["step"] == "esc"
+    finally:
+        proc.kill()
+        proc.communicate()
+        stuck.close()
 
 
 def test_a_command_gets_the_notification_in_its_environment_and_stdin(af: Env) -> None:
