@@ -353,3 +353,35 @@ def test_step_text_is_masked_cleaned_bounded_and_cannot_mention(tmp_path: Path) 
     assert "<!channel>" not in note.text
     assert "&lt;!channel&gt;" in note.text
     assert "<http" not in note.text
+
+
+def test_a_question_unanswered_at_the_terminal_is_a_blocked_notification(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A person asked to approve a changed command who does not answer (gone for the
+    night) is told; one who answers at once (``--yes``) is not."""
+    run = Store(tmp_path).create("r-2")
+    notifier = Notifier(Targets(webhooks=(receiver.url,)), run, Redactor([]), ask_notice=0.2)
+    state = RunState(
+        run_id="r-2", workflow="w", workflow_file="w.yaml", workspace=str(tmp_path),
+        sandbox="local", steps={"s": StepState()},
+    )  # fmt: skip
+    at_once = notifier.watching(lambda step, old, new: True, lambda: state)
+    assert at_once("s", "old", "new") is True
+    answered = threading.Event()
+
+    def person(step: str, old: str, new: str) -> bool:
+        answered.wait(60)  # the answer comes once the notification has arrived
+        return False
+
+    slow = notifier.watching(person, lambda: state)
+    done = threading.Thread(target=lambda: slow("s", "old", "new"))
+    done.start()
+    (note,) = receiver.wait(1)
+    answered.set()
+    done.join()
+    notifier.close()
+    assert note["event"] == "blocked"
+    assert note["step"] == "s"
+    assert "waits for an answer at the terminal" in note["message"]
+    assert len(receiver.bodies) == 1  # the question answered at once sent nothing

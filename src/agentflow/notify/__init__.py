@@ -15,132 +15,62 @@ wrote (messages quoting its log) is made printable and bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
-import os
 import queue
-import re
-import signal
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-from agentflow.errors import UsageError
+from agentflow.notify.deliver import (
+    COMMAND_TIMEOUT,
+    DeliveryError,
+    Notification,
+    post,
+    run_command,
+    site,
+)
+from agentflow.notify.targets import Targets, checked_url, remember, remembered, targets_for
 from agentflow.redact import Redactor
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import Event, RunDir
 from agentflow.textsafe import one_line, printable
 from agentflow.verify import tail
-from agentflow.workflow.notify import DEFAULT_ON, ENV_REF, NotifyEvent
+from agentflow.workflow.notify import NotifyEvent
 
 if TYPE_CHECKING:
     from agentflow.runner import Observer, Runner
     from agentflow.workflow.model import Workflow
 
-NOTIFY_FILE = "notify.json"
-"""In the run directory: the ``--notify`` URL given to ``run``, ``resume`` or ``rerun``."""
+__all__ = [
+    "Notification",
+    "Notifier",
+    "Notifying",
+    "Targets",
+    "attach",
+    "checked_url",
+    "finish",
+    "remember",
+    "remembered",
+]
+
+Approve = Callable[[str, str, str], bool]
 
 DELAYS = (1.0, 2.0, 4.0)
 """Seconds before each retry of a delivery that failed: four tries at most."""
-REQUEST_TIMEOUT = 5.0
-"""Seconds a webhook may take to answer one request."""
-COMMAND_TIMEOUT = 30.0
-"""Seconds a notification command may run."""
 CLOSE_WAIT = 20.0
 """Seconds the end of a run waits for notifications still being delivered."""
 LOG_LINES = 2
 """How many of a failed step's last log lines a failure notification quotes."""
+ASK_NOTICE = 60.0
+"""Seconds a question at the terminal (approve a changed command?) waits for an answer
+before it is a ``blocked`` notification."""
+ASKING = "the model changed a command: a question waits for an answer at the terminal"
 MESSAGE_CHARS = 600
 """The longest ``message`` sent (it may quote what a step printed)."""
-
-
-class Notification(BaseModel):
-    """What is sent: the webhook's JSON body, the command's standard input."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    text: str
-    """One line for people (Slack's ``text``)."""
-    event: NotifyEvent
-    run_id: str
-    workflow: str
-    status: str
-    """The run's status: ``succeeded``, ``failed``, ``blocked``, or ``running``."""
-    step: str | None = None
-    message: str | None = None
-    report: str
-    """The run's report (written when the run ends)."""
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Where notifications go, and which events are wanted."""
-
-    webhooks: tuple[str, ...] = ()
-    command: str | None = None
-    on: frozenset[NotifyEvent] = frozenset(DEFAULT_ON)
-    cwd: Path = Path()
-    """Where the command runs: the workflow's folder."""
-
-
-def checked_url(url: str | None) -> str | None:
-    """``--notify``'s value, checked before anything is made."""
-    if url is not None and not re.match(r"^https?://[^\s/]+", url):
-        raise UsageError(f"{url!r} is not an http:// or https:// URL")
-    return url
-
-
-def remember(run: RunDir, url: str) -> None:
-    """Keep a ``--notify`` URL with the run (private: a webhook's URL is a credential)."""
-    checked_url(url)
-    path = run.path / NOTIFY_FILE
-    tmp = path.with_name(f".{NOTIFY_FILE}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"webhook": url}, f)
-    tmp.replace(path)
-
-
-def remembered(run: RunDir) -> str | None:
-    try:
-        data = json.loads((run.path / NOTIFY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    url = data.get("webhook") if isinstance(data, dict) else None
-    return url if isinstance(url, str) else None
-
-
-def targets_for(workflow: Workflow, run: RunDir, cwd: Path) -> tuple[Targets | None, list[str]]:
-    """The run's targets (None: nobody to tell) and warnings about them."""
-    cfg = workflow.notify
-    warnings: list[str] = []
-    hooks: list[str] = []
-    if cfg is not None and cfg.webhook is not None:
-        ref = ENV_REF.match(cfg.webhook)
-        url = os.environ.get(ref.group(1), "") if ref else cfg.webhook
-        if url.startswith(("http://", "https://")):
-            hooks.append(url)
-        else:
-            name = ref.group(1) if ref else cfg.webhook
-            warnings.append(f"notify.webhook: {name} is not set to an http(s) URL: not used")
-    cli = remembered(run)
-    if cli is not None and cli not in hooks:
-        hooks.append(cli)
-    command = cfg.command if cfg is not None else None
-    if not hooks and command is None:
-        return None, warnings
-    on = frozenset(cfg.on) if cfg is not None else frozenset(DEFAULT_ON)
-    return Targets(tuple(hooks), command, on, cwd), warnings
 
 
 def attach(runner: Runner, workflow: Workflow) -> tuple[Notifier | None, list[str]]:
@@ -151,71 +81,10 @@ def attach(runner: Runner, workflow: Workflow) -> tuple[Notifier | None, list[st
         return None, warnings
     notifier = Notifier(targets, run, runner.redactor)
     runner.observer = Notifying(runner.observer, notifier)
+    if runner.s.approve is not None:
+        approve = notifier.watching(runner.s.approve, lambda: runner.state)
+        runner.s = dataclasses.replace(runner.s, approve=approve)
     return notifier, warnings
-
-
-def site(url: str) -> str:
-    """A webhook named without its path and query (which may be its secret)."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-
-
-class DeliveryError(Exception):
-    """One try failed; ``final``: trying again will not help (the receiver refused)."""
-
-    def __init__(self, why: str, final: bool = False) -> None:
-        super().__init__(why)
-        self.final = final
-
-
-def post(url: str, body: bytes, timeout: float = REQUEST_TIMEOUT) -> None:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "agentflow"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            answer.read(4096)
-    except urllib.error.HTTPError as e:
-        # A client error other than "too many" or "too slow" will not change on a retry.
-        final = 400 <= e.code < 500 and e.code not in (408, 429)
-        raise DeliveryError(f"HTTP {e.code}", final) from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = e.reason if isinstance(e, urllib.error.URLError) else e
-        raise DeliveryError(str(getattr(reason, "strerror", None) or reason)) from None
-
-
-def run_command(command: str, note: Notification, cwd: Path, timeout: float) -> None:
-    """The author's command on this machine: the notification in its environment and on
-    its standard input, never on its command line (a step's words are no shell code)."""
-    env = {**os.environ, **{f"AGENTFLOW_{k.upper()}": v for k, v in _fields(note).items()}}
-    try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own group: a timeout ends what it started too
-        )
-    except OSError as e:
-        raise DeliveryError(f"cannot start: {e.strerror}") from None
-    try:
-        _, err = proc.communicate(note.model_dump_json().encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise DeliveryError(f"still running after {timeout:.0f}s: killed") from None
-    if proc.returncode != 0:
-        last = printable(err.decode(errors="replace")).strip().splitlines()
-        raise DeliveryError(f"exit code {proc.returncode}" + (f": {last[-1]}" if last else ""))
-
-
-def _fields(note: Notification) -> dict[str, str]:
-    return {k: "" if v is None else str(v) for k, v in note.model_dump().items()}
 
 
 @dataclass
@@ -229,18 +98,53 @@ class Notifier:
     failures: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue)
     """Failed deliveries not yet shown (the runner's thread shows them)."""
     _queue: queue.Queue[Notification | None] = field(default_factory=queue.Queue)
+    ask_notice: float = ASK_NOTICE
     _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _blocked: set[str] = field(default_factory=set)
 
     def event(self, event: Event, state: RunState) -> None:
         """On the runner's thread: queue what ``event`` means to the people told."""
         note = self.notification(event, state)
-        if note is None or note.event not in self.targets.on:
+        if note is not None:
+            self._send(note)
+
+    def _send(self, note: Notification) -> None:
+        if note.event not in self.targets.on:
             return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="notify", daemon=True)
-            self._thread.start()
-        self._queue.put(note)
+        with self._lock:  # (the runner's thread, or a question's timer)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="notify", daemon=True)
+                self._thread.start()
+            self._queue.put(note)
+
+    def watching(self, approve: Approve, state: Callable[[], RunState]) -> Approve:
+        """``approve`` (a question to the person at the terminal), with a ``blocked``
+        notification when it has waited ``ask_notice`` seconds for an answer: the person
+        who started the run may have walked away. An answer at once (``--yes``) sends
+        nothing."""
+
+        def asking(step: str, old: str, new: str) -> bool:
+            run = state()
+            note = Notification(
+                text=_text("blocked", run, step, ASKING),
+                event="blocked",
+                run_id=run.run_id,
+                workflow=run.workflow,
+                status="running",
+                step=step,
+                message=ASKING,
+                report=str(self.run.path / "report.md"),
+            )
+            timer = threading.Timer(self.ask_notice, self._send, [note])
+            timer.daemon = True
+            timer.start()
+            try:
+                return approve(step, old, new)
+            finally:
+                timer.cancel()
+
+        return asking
 
     def notification(self, event: Event, state: RunState) -> Notification | None:
         kind: NotifyEvent
