@@ -233,19 +233,22 @@ class Notifier:
         except Exception:  # (a full disk must not end the delivery thread)
             return
 
-    def close(self, wait: float = CLOSE_WAIT) -> None:
-        """At the run's end: wait up to ``wait`` seconds for what is queued. What is still
+    def close(self, wait: float = CLOSE_WAIT, waiting: Callable[[], None] | None = None) -> None:
+        """At the run's end: wait up to ``wait`` seconds for what is queued (``waiting``
+        is told when that takes more than a second; Ctrl-C stops waiting). What is still
         undelivered then is recorded as failed (the thread dies with the process)."""
         if self._thread is None:
             return
         self._queue.put(None)
-        self._thread.join(wait)
+        try:
+            self._thread.join(min(1.0, wait))
+            if self._thread.is_alive() and waiting is not None:
+                waiting()
+            self._thread.join(max(0.0, wait - 1.0))
+        except KeyboardInterrupt:
+            pass
         if self._thread.is_alive():
-            left = self._queue.qsize()
-            message = (
-                f"warning: notifications still undelivered after {wait:.0f}s "
-                f"({left} more queued): agentflow exits without them"
-            )
+            message = "warning: notifications not delivered yet: agentflow exits without them"
             event = Event(kind="notification_failed", message=message)
             self._record(event)
             self.failures.put(event)
@@ -309,8 +312,10 @@ class Notifying:
 
 def finish(notifier: Notifier | None, observer: object, state: RunState) -> None:
     """The end of a run: wait for the notifications, then show what failed."""
-    if notifier is None:
+    if notifier is None or not isinstance(observer, Notifying):
         return
-    notifier.close()
-    if isinstance(observer, Notifying):
-        observer.show_failures(state)
+    said = f"waiting up to {CLOSE_WAIT:.0f}s for notifications to be delivered (Ctrl-C: skip)"
+    notifier.close(
+        waiting=lambda: observer.inner.event(Event(kind="notifying", message=said), state)
+    )
+    observer.show_failures(state)
