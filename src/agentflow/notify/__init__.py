@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agentflow.errors import first_line
 from agentflow.notify.deliver import (
     COMMAND_TIMEOUT,
     DeliveryError,
@@ -222,8 +223,11 @@ class Notifier:
                     break
 
     def _failed(self, note: Notification, where: str, why: str) -> None:
-        message = self.redactor(f"warning: the {note.event} notification to {where} failed: {why}")
-        event = Event(kind="notification_failed", step=note.step, message=message)
+        self.failed(f"warning: the {note.event} notification to {where} failed: {why}", note.step)
+
+    def failed(self, message: str, step: str | None = None) -> None:
+        """Record a notification that did not go out, to be shown on the runner's thread."""
+        event = Event(kind="notification_failed", step=step, message=self.redactor(message))
         self._record(event)
         self.failures.put(event)
 
@@ -248,10 +252,7 @@ class Notifier:
         except KeyboardInterrupt:
             pass
         if self._thread.is_alive():
-            message = "warning: notifications not delivered yet: agentflow exits without them"
-            event = Event(kind="notification_failed", message=message)
-            self._record(event)
-            self.failures.put(event)
+            self.failed("warning: notifications not delivered yet: agentflow exits without them")
 
 
 def _joined(items: list[tuple[str, str | None]]) -> str:
@@ -294,7 +295,10 @@ class Notifying:
 
     def event(self, event: Event, state: RunState) -> None:
         self.inner.event(event, state)
-        self.notifier.event(event, state)
+        try:
+            self.notifier.event(event, state)
+        except Exception as e:  # a notification must never cost the run
+            self.notifier.failed(f"warning: no notification of {event.kind}: {first_line(e)}")
         self.show_failures(state)
 
     def update(self, state: RunState) -> None:
