@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from agentflow.notify import Notifier, Targets
+from agentflow.notify import Notification, Notifier, Targets
+from agentflow.notify.deliver import DeliveryError, run_command
 from agentflow.redact import Redactor
 from agentflow.state import RunState, StepState
 from agentflow.store import Event, Store
 
-from conftest import Env, run_id_of
+from conftest import Env, group_alive, run_id_of
 
 SECRET = "s3cr3t-tok-9f2e"
 
@@ -282,7 +283,10 @@ def test_a_command_gets_the_notification_in_its_environment_and_stdin(af: Env) -
         version: 1
         name: cmd
         notify:
-          command: cat > note.json; env | grep '^AGENTFLOW_' | sort > note.env
+          command: |
+            # busy the first time: tried again
+            test -e tried || { touch tried; echo busy >&2; exit 3; }
+            cat > note.json; env | grep '^AGENTFLOW_' | sort > note.env
         steps:
           - id: bad
             run: |
@@ -303,6 +307,21 @@ def test_a_command_gets_the_notification_in_its_environment_and_stdin(af: Env) -
     assert "AGENTFLOW_MESSAGE=bad: exit code 7 | $(touch pwned)" in env
     # What the step wrote reached the command as data, never as shell code.
     assert not list(af.workspace.glob("pwned*"))
+    kinds = [e["kind"] for e in events(af, rid)]
+    assert "notified" in kinds
+    assert "notification_failed" not in kinds
+
+
+def test_a_command_that_fails_says_why_and_one_that_hangs_is_killed(tmp_path: Path) -> None:
+    note = Notification(
+        text="t", event="end", run_id="r", workflow="w", status="succeeded", report="r.md"
+    )
+    with pytest.raises(DeliveryError, match=r"^exit code 3: no pager here$"):
+        run_command("echo starting; echo 'no pager here' >&2; exit 3", note, tmp_path, 10)
+    with pytest.raises(DeliveryError, match="killed"):
+        run_command("echo $$ > group; sleep 300 & wait", note, tmp_path, 1)
+    # The command's whole process group went, the sleep it left in the background too.
+    assert not group_alive(int((tmp_path / "group").read_text()))
 
 
 def test_a_detached_run_notifies_from_its_own_orchestrator(af: Env, receiver: Receiver) -> None:

@@ -194,6 +194,8 @@ class Notifier:
                 if note is None:
                     return
                 self._deliver(note)
+            except Exception as e:  # the thread must live on for the next one
+                self.failed(f"warning: the {note.event if note else ''} notification: {e!r}")
             finally:
                 self._queue.task_done()
 

@@ -4,9 +4,12 @@ the notification in its environment and on its standard input. One try each; the
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import signal
 import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,7 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from agentflow.textsafe import printable
+from agentflow.errors import first_line
+from agentflow.textsafe import one_line, printable
 from agentflow.workflow.notify import NotifyEvent
 
 REQUEST_TIMEOUT = 5.0
@@ -69,6 +73,8 @@ def post(url: str, body: bytes, timeout: float = REQUEST_TIMEOUT) -> None:
         # A client error other than "too many" or "too slow" will not change on a retry.
         final = 400 <= e.code < 500 and e.code not in (408, 429)
         raise DeliveryError(f"HTTP {e.code}", final) from None
+    except (ValueError, http.client.HTTPException) as e:  # a URL or an answer it cannot read
+        raise DeliveryError(first_line(e)) from None
     except (urllib.error.URLError, OSError) as e:
         reason = e.reason if isinstance(e, urllib.error.URLError) else e
         raise DeliveryError(str(getattr(reason, "strerror", None) or reason)) from None
@@ -78,27 +84,34 @@ def run_command(command: str, note: Notification, cwd: Path, timeout: float) -> 
     """The author's command on this machine: the notification in its environment and on
     its standard input, never on its command line (a step's words are no shell code)."""
     env = {**os.environ, **{f"AGENTFLOW_{k.upper()}": v for k, v in _fields(note).items()}}
-    try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own group: a timeout ends what it started too
-        )
-    except OSError as e:
-        raise DeliveryError(f"cannot start: {e.strerror}") from None
-    try:
-        _, err = proc.communicate(note.model_dump_json().encode(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise DeliveryError(f"still running after {timeout:.0f}s: killed") from None
-    if proc.returncode != 0:
-        last = printable(err.decode(errors="replace")).strip().splitlines()
-        raise DeliveryError(f"exit code {proc.returncode}" + (f": {last[-1]}" if last else ""))
+    # Its error output in a file, of which only the end is read: a command that writes
+    # without end costs disk for 30 s at most, never the orchestrator's memory.
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,  # its own group: a timeout ends what it started too
+            )
+        except OSError as e:
+            raise DeliveryError(f"cannot start: {e.strerror}") from None
+        try:
+            proc.communicate(note.model_dump_json().encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise DeliveryError(f"still running after {timeout:.0f}s: killed") from None
+        if proc.returncode != 0:
+            size = err.seek(0, os.SEEK_END)
+            err.seek(max(0, size - 4096))
+            last = printable(err.read().decode(errors="replace")).strip().splitlines()
+            said = f": {one_line(last[-1], 200)}" if last else ""
+            raise DeliveryError(f"exit code {proc.returncode}{said}")
 
 
 def _fields(note: Notification) -> dict[str, str]:
