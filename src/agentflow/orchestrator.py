@@ -19,6 +19,7 @@ from agentflow.agent.diagnose import Diagnoser
 from agentflow.agent.llm import check_record
 from agentflow.agent.loop import Limits
 from agentflow.errors import EnvironmentProblem, StateError, UsageError
+from agentflow.notify import Notifier, attach, remember
 from agentflow.plan import Plan
 from agentflow.runner import STOP_REQUEST, InterruptChoice, Observer, Runner, RunSetup
 from agentflow.sandbox import Sandbox
@@ -44,6 +45,8 @@ class Prepared:
     run: RunDir
     attach_hint: str
     warnings: list[str]
+    notifier: Notifier | None = None
+    """Tells the run's ``notify:`` targets (and ``--notify``'s) how it goes."""
 
 
 def choose_backend(workflow: Workflow, choice: SandboxChoice | None) -> tuple[str, list[str]]:
@@ -168,11 +171,13 @@ def new_run(
     on_interrupt: Callable[[], InterruptChoice] | None = None,
     diagnose: bool = True,
     planned_here: bool = True,
+    notify: str | None = None,
 ) -> Prepared:
     """Create the run directory (workflow and plan frozen in it) and a runner for it.
     Everything that can be missing (tmux, a daemon, a secret, a key) is checked first.
     ``planned_here``: the plan was made for this run, whose usage starts with its cost
-    (a saved plan's was paid once, when it was made)."""
+    (a saved plan's was paid once, when it was made). ``notify``: ``--notify``'s URL, kept
+    with the run."""
     tmux = _tmux(store)
     secrets = read_secrets(wf.workflow)
     check_record(wf.workflow, wf.base_dir)
@@ -181,6 +186,8 @@ def new_run(
     diagnoser = make_diagnoser(workflow, usage.tokens) if diagnose else None
     backend, warnings = choose_backend(wf.workflow, sandbox)
     run = store.create(run_id or new_run_id(wf.workflow.name))
+    if notify is not None:
+        remember(run, notify)
     box = make_sandbox(backend, workflow, run, wf.base_dir, store.home, keep=keep_sandbox, log=log)
     run.write_text("workflow.yaml", wf.text)
     run.write_plan(plan)
@@ -202,7 +209,8 @@ def new_run(
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     runner = Runner(setup, state, observer_for(run, plan, hint))
-    return Prepared(runner, run, hint, warnings)
+    notifier, more = attach(runner, workflow)
+    return Prepared(runner, run, hint, warnings + more, notifier)
 
 
 def reopen(
@@ -218,10 +226,14 @@ def reopen(
     approve: Approve | None = None,
     on_interrupt: Callable[[], InterruptChoice] | None = None,
     diagnose: bool = True,
+    notify: str | None = None,
 ) -> Prepared:
     """A runner for an existing run, from what its directory froze. ``secrets=False``
-    for a runner that only stops the run (no step starts, no secret is needed)."""
+    for a runner that only stops the run (no step starts, no secret is needed).
+    ``notify``: a ``--notify`` URL, kept with the run from now on."""
     run = store.open(run_id)
+    if notify is not None:
+        remember(run, notify)
     state = run.read_state()
     plan = run.read_plan()
     workspace = Path(state.workspace)
@@ -246,7 +258,9 @@ def reopen(
         diagnoser, approve, on_interrupt,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
-    return Prepared(Runner(setup, state, observer_for(run, plan, hint)), run, hint, [])
+    runner = Runner(setup, state, observer_for(run, plan, hint))
+    notifier, warnings = attach(runner, workflow)
+    return Prepared(runner, run, hint, warnings, notifier)
 
 
 def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> None:

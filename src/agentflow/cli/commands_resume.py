@@ -16,6 +16,7 @@ from agentflow.cli.commands_run import (
     KeepOption,
     NoCacheOption,
     NoDiagnoseOption,
+    NotifyOption,
     YesOption,
     drive_again,
     run_detached,
@@ -46,6 +47,7 @@ def resume_cmd(
         ),
     ] = False,
     no_cache: NoCacheOption = False,
+    notify: NotifyOption = None,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
     run_dir = Store().open(run_id)
@@ -71,7 +73,7 @@ def resume_cmd(
         raise typer.Exit(EXIT_OK)
     drive_again(
         run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
-        before=before, no_cache=no_cache,
+        before=before, no_cache=no_cache, notify=notify,
     )  # fmt: skip
 
 
@@ -106,6 +108,7 @@ def rerun(
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
     no_cache: NoCacheOption = False,
+    notify: NotifyOption = None,
     detach: Annotated[
         bool,
         typer.Option(
@@ -141,7 +144,7 @@ def rerun(
         with run_dir.lock():
             reset()
         # The detached orchestrator (`drive`) resumes the run, as `run --detach` starts one.
-        prepared = reopen(Store(), run_dir.run_id, lambda r, p, h: Observers([]))
+        prepared = reopen(Store(), run_dir.run_id, lambda r, p, h: Observers([]), notify=notify)
         if prepared.runner.state.count("running"):
             raise UsageError(
                 f"run {run_dir.run_id} has steps running with nobody driving them: "
@@ -157,5 +160,5 @@ def rerun(
         return
     drive_again(
         run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
-        before=reset, no_cache=no_cache,
+        before=reset, no_cache=no_cache, notify=notify,
     )  # fmt: skip

@@ -22,6 +22,7 @@ from agentflow.cli.interactive import (
 from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
+from agentflow.notify import checked_url, finish
 from agentflow.orchestrator import (
     ObserverFactory,
     Prepared,
@@ -73,6 +74,25 @@ NoCacheOption = Annotated[
         "stored). Kept by resume.",
     ),
 ]
+
+
+def _notify_url(url: str | None) -> str | None:
+    try:
+        return checked_url(url)
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+NotifyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        metavar="URL",
+        callback=_notify_url,
+        help="POST a JSON notification (Slack-compatible) here when the run ends, fails or "
+        "waits for a person. Kept by resume and by a detached run.",
+    ),
+]
 JunitOption = Annotated[
     Path | None, typer.Option("--junit", help="Also write the JUnit XML report here.")
 ]
@@ -103,10 +123,17 @@ def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
     for w in prepared.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     console.print(f"run [bold cyan]{prepared.run.run_id}[/]   watch: {prepared.attach_hint}")
+    runner = prepared.runner
     if lives:
         with lives[0]:
-            return fn()  # type: ignore[operator,no-any-return]
-    return fn()  # type: ignore[operator,no-any-return]
+            try:
+                return fn()  # type: ignore[operator,no-any-return]
+            finally:  # (a failed notification shows as a line of the live view)
+                finish(prepared.notifier, runner.observer, runner.state)
+    try:
+        return fn()  # type: ignore[operator,no-any-return]
+    finally:
+        finish(prepared.notifier, runner.observer, runner.state)
 
 
 def _conclude(state: RunState, run: RunDir) -> None:
@@ -166,6 +193,7 @@ def run(
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
     no_cache: NoCacheOption = False,
+    notify: NotifyOption = None,
     matrix_opts: Annotated[
         list[str] | None,
         typer.Option(
@@ -180,10 +208,10 @@ def run(
     wf = load_workflow(file)
     matrix = {**(wf.workflow.matrix or {}), **parse_matrix_options(matrix_opts or [])}
     if matrix:
-        if detach or plan_file is not None or run_id is not None:
+        if detach or plan_file is not None or run_id is not None or notify is not None:
             raise UsageError(
-                "a sweep makes one detached run per combination: "
-                "--detach, --plan and --run-id do not apply"
+                "a sweep makes one detached run per combination: --detach, --plan, "
+                "--run-id and --notify do not apply (notify: in the workflow does)"
             )
         chosen = approved_planning(planner_for(wf, planner), file, yes, ci)
         run_sweep(
@@ -205,7 +233,7 @@ def run(
             without_cache(new_run(
                 Store(), wf, the_plan, lambda r, p, h: Observers([]), run_id=run_id,
                 sandbox=sandbox, junit=junit, keep_sandbox=keep_sandbox, diagnose=not no_diagnose,
-                planned_here=not saved,
+                planned_here=not saved, notify=notify,
             ), no_cache),
             junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
         )  # fmt: skip
@@ -225,6 +253,7 @@ def run(
         on_interrupt=interrupt_asker(ci, lives),
         diagnose=not no_diagnose,
         planned_here=not saved,
+        notify=notify,
     )
     without_cache(prepared, no_cache)
     with prepared.run.lock():
@@ -268,6 +297,7 @@ def drive(
     yes: YesOption = False,
     no_diagnose: NoDiagnoseOption = False,
     env_file: Annotated[Path | None, typer.Option("--env-file")] = None,
+    notify: NotifyOption = None,
 ) -> None:
     """The orchestrator of a detached run, in the first window of the run's session.
     Changed commands need --yes: nobody may be there to approve them (else: blocked)."""
@@ -277,7 +307,7 @@ def drive(
     # Its first orchestrator may have died before it started anything: then start.
     fresh = not run_dir.read_events()
     drive_again(run_dir, ci=False, junit=junit, keep_sandbox=keep_sandbox, yes=yes,
-                 no_diagnose=no_diagnose, unattended=True, fresh=fresh)  # fmt: skip
+                 no_diagnose=no_diagnose, unattended=True, fresh=fresh, notify=notify)  # fmt: skip
 
 
 def drive_again(
@@ -292,6 +322,7 @@ def drive_again(
     fresh: bool = False,
     before: Callable[[], None] | None = None,
     no_cache: bool = False,
+    notify: str | None = None,
 ) -> None:
     """Drive an existing run (resume it, or start it when ``fresh``) under its lock.
     ``unattended``: nobody may be there to approve a changed command (a detached run).
@@ -310,6 +341,7 @@ def drive_again(
             approve=approver(yes, ci or unattended, lives),
             on_interrupt=interrupt_asker(ci, lives),
             diagnose=not no_diagnose,
+            notify=notify,
         )
         without_cache(prepared, no_cache)
         start = prepared.runner.start if fresh else lambda: resume(prepared)

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from agentflow.template import references
+from agentflow.workflow.notify import Notify
 from agentflow.workflow.types import Duration, Env, EnvName, StepId, parse_size
 
 
@@ -555,6 +556,9 @@ class Workflow(Model):
     """How to rank the runs of a sweep."""
     max_parallel_runs: int = Field(default=1, ge=1)
     """The most runs of a sweep at once."""
+    notify: Notify | None = None
+    """Who is told when a run ends, fails or waits for a person (``--notify URL`` adds a
+    webhook)."""
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
