@@ -40,7 +40,7 @@ from agentflow.runner import Observer
 from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
-from agentflow.sweep import parse_matrix_options
+from agentflow.sweep import SweepOptions, parse_matrix_options
 from agentflow.textsafe import one_line, printable
 from agentflow.workflow import load_workflow
 
@@ -180,16 +180,16 @@ def run(
     wf = load_workflow(file)
     matrix = {**(wf.workflow.matrix or {}), **parse_matrix_options(matrix_opts or [])}
     if matrix:
-        if detach or plan_file is not None or run_id is not None:
+        if detach or plan_file is not None or run_id is not None or junit is not None:
             raise UsageError(
-                "a sweep makes one detached run per combination: "
-                "--detach, --plan and --run-id do not apply"
+                "a sweep makes one detached run per combination, each with its own "
+                "junit.xml: --detach, --plan, --run-id and --junit do not apply"
             )
-        chosen = approved_planning(planner_for(wf, planner), file, yes, ci)
-        run_sweep(
-            wf, matrix, parse_set_options(set_ or []), chosen,
-            sandbox=sandbox, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
+        options = SweepOptions(
+            sandbox=sandbox, planner=planner, keep_sandbox=keep_sandbox, yes=yes,
+            no_diagnose=no_diagnose, no_cache=no_cache,
         )  # fmt: skip
+        run_sweep(wf, matrix, parse_set_options(set_ or []), options, ci=ci)
         return
     if plan_file is not None:
         if set_:
