@@ -46,7 +46,10 @@ def members_table(record: SweepRecord, states: dict[int, RunState], width: int) 
         arrow = "↑" if objective.goal == "maximize" else "↓"
         metric = f"{objective.metric} {arrow}"
         table.add_column(metric, justify="right", no_wrap=True, min_width=len(metric))
-    table.add_column("run", overflow="fold")  # last: the one that may wrap
+    # Narrow: no room for ids; each run is <sweep-id>-<#> (see ``runs_note``).
+    wide = width >= WIDE
+    if wide:
+        table.add_column("run", no_wrap=True)
     for m in record.members:
         state = states.get(m.index)
         # A run the record still calls running may have ended since (nobody followed it).
@@ -70,9 +73,21 @@ def members_table(record: SweepRecord, states: dict[int, RunState], width: int) 
             row += [step, cell]
         if objective is not None:
             row.append("" if m.score is None else f"{m.score:g}")
-        row.append(m.run_id or "")
+        if wide:
+            row.append(m.run_id or "")
         table.add_row(*row)
     return table
+
+
+WIDE = 120
+"""Columns from which the members' table has its run ids."""
+
+
+def runs_note(record: SweepRecord, width: int) -> Text | None:
+    """Under a table without run ids, how they are made."""
+    if width >= WIDE:
+        return None
+    return Text(f"run of #N: {record.sweep_id}-N", style="dim", overflow="ellipsis")
 
 
 def run_states(store: Store, record: SweepRecord) -> dict[int, RunState]:
@@ -118,9 +133,12 @@ class _Frame:
         record = self.owner.record
         yield header(record)
         yield members_table(record, self.owner.states, options.max_width)
+        note = runs_note(record, options.max_width)
+        if note is not None:
+            yield note
         going = next((m.run_id for m in record.members if m.status == "running"), None)
-        hint = f"agentflow attach {going}   " if going else ""
-        yield Text(f"{hint}Ctrl-C: stop, detach or continue", style="dim", overflow="ellipsis")
+        hint = f"   agentflow attach {going}" if going else ""
+        yield Text(f"Ctrl-C: stop, detach or continue{hint}", style="dim", overflow="ellipsis")
 
 
 class SweepLive:

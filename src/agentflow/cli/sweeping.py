@@ -18,7 +18,14 @@ from rich.table import Table
 
 from agentflow.cli.app import console, plain_output
 from agentflow.cli.interactive import approved_planning, someone_answers
-from agentflow.cli.sweep_view import SweepLive, header, members_table, run_states, shown_status
+from agentflow.cli.sweep_view import (
+    SweepLive,
+    header,
+    members_table,
+    run_states,
+    runs_note,
+    shown_status,
+)
 from agentflow.display import Observers
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.orchestrator import SandboxChoice, new_run, reopen, start_detached
@@ -204,7 +211,7 @@ def _conclude(store: Store, record: SweepRecord, outcome: str) -> None:
     sid = record.sweep_id
     console.print(header(record, record.status))
     if outcome != "over":
-        console.print(members_table(record, run_states(store, record), console.width))
+        _members(store, record)
         going = [m.run_id for m in record.members if m.status == "running"]
         waiting = sum(m.status == "pending" for m in record.members)
         if outcome == "stopped":
@@ -255,6 +262,13 @@ def _ranking(record: SweepRecord) -> None:
         console.print(f"{failed} of {len(record.members)} runs did not succeed")
 
 
+def _members(store: Store, record: SweepRecord) -> None:
+    console.print(members_table(record, run_states(store, record), console.width))
+    note = runs_note(record, console.width)
+    if note is not None:
+        console.print(note)
+
+
 def show_sweep(sweep_id: str, as_json: bool) -> None:
     """``agentflow status SWEEP``: the sweep's line and its runs; ``--json``: the record."""
     store = Store()
@@ -266,7 +280,7 @@ def show_sweep(sweep_id: str, as_json: bool) -> None:
     console.print(header(record, shown))
     if record.message:
         console.print(record.message, markup=False, highlight=False)
-    console.print(members_table(record, run_states(store, record), console.width))
+    _members(store, record)
     best = record.best()
     if record.best_command and best is not None:
         console.print(f"best: {label(best.values)}   {record.best_command}", markup=False)
