@@ -5,8 +5,9 @@ the ``objective``.
 Each combination is an ordinary run, with its own run directory, sandbox and tmux session,
 driven by an orchestrator of its own in that session (as ``run --detach`` does): a failed
 combination does not stop the others, and a run of a sweep can be watched, stopped and
-resumed like any other. The sweep itself only launches runs, waits for them, and keeps a
-record (``$AGENTFLOW_HOME/sweeps/<sweep-id>.json``) of which run is which combination.
+resumed like any other. The sweep has an id and a status of its own; its record
+(``$AGENTFLOW_HOME/sweeps/<sweep-id>.json``) says which run is which combination, how each
+ended, and at the end the ranking. ``sweep_follow`` launches and follows the runs.
 """
 
 from __future__ import annotations
