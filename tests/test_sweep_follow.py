@@ -201,3 +201,41 @@ def test_a_sweep_id_is_not_taken_for_a_prefix_of_its_run(af: Env) -> None:
     run = af.cli("status", f"{sid}-1")
     assert run.stdout.startswith(f"{sid}-1  gated  succeeded"), run.stdout
     assert (af.workspace / "ran-4.log").read_text() == "started\n"
+
+
+def test_ctrl_c_stop_stops_every_run_and_resume_continues_the_same_runs(
+    af: Env, tmp_path: Path
+) -> None:
+    af.write(GATED)
+    with terminal(af, tmp_path, "run", "wf.yaml", "--sandbox", "local", "--set", "scale=10") as t:
+        af.wait_for(lambda: started(af, 1) and started(af, 2), message="two runs going")
+        t.cmd("send-keys", "C-c")
+        af.wait_for(lambda: "What now" in screen(t), message="the question")
+        t.cmd("send-keys", "c", "Enter")  # back to watching: nothing interrupted
+        af.wait_for(lambda: "Ctrl-C: stop, detach" in screen(t).split("What now")[-1],
+                    message="the table again")  # fmt: skip
+        t.cmd("send-keys", "C-c")
+        af.wait_for(lambda: screen(t).count("What now") == 2, message="asked again")
+        t.cmd("send-keys", "s", "Enter")
+        af.wait_for(lambda: "EXIT=" in screen(t), timeout=60, message="stopped")
+        shown = screen(t)
+    assert "EXIT=130" in shown
+    sid = sweep_id(af)
+    assert f"sweep {sid} stopped (1 run(s) not started)" in shown
+    rec = record(af)
+    assert rec.status == "interrupted"
+    assert rec.message == "stopped: 2 run(s) stopped, 1 not started"
+    assert [m.status for m in rec.members] == ["interrupted", "interrupted", "pending"]
+    for i in (1, 2):
+        state = af.state(f"{sid}-{i}")
+        assert state["status"] == "interrupted"
+        assert state["steps"]["train"]["status"] == "failed"  # stopped, not left running
+
+    (af.workspace / "go").touch()
+    res = af.cli("resume", sid, "--ci", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_ranked(res.stdout, sid)
+    assert_final_record(af)
+    # The stopped runs were resumed, not made again: still one run per combination.
+    assert sorted(p.name for p in (af.home / "runs").iterdir()) == [f"{sid}-{i}" for i in (1, 2, 3)]
+    assert (af.workspace / "ran-3.log").read_text() == "started\n"

@@ -59,6 +59,8 @@ class Sweep:
         self.look = Look()
         self._seen: dict[int, dict[str, str]] = {}
         self._orphan_seen: set[int] = set()
+        self._mine: set[int] = set()
+        """Members this process launched or took over, and follows."""
 
     def save(self) -> None:
         save_record(self.store.home, self.record)
@@ -68,6 +70,8 @@ class Sweep:
         self.record.status, self.record.message, self.record.finished_at = "running", None, None
         self.save()
         for member in self.record.members:
+            if member.index in self._mine:
+                continue  # followed again after Ctrl-C then `c`: nothing to take over
             if member.status in ("running", "interrupted") or (
                 member.status == "pending" and self._began(member)
             ):
@@ -112,6 +116,7 @@ class Sweep:
         else:
             self.say(member, f"following run {member.run_id} ({state.status})")
         member.status = "running"
+        self._mine.add(member.index)
         self.save()
 
     def _start_waiting(self) -> None:
@@ -129,6 +134,7 @@ class Sweep:
                 self._ended(member, "failed", f"could not start: {first_line(e)}")
                 continue
             member.status = "running"
+            self._mine.add(member.index)
             running += 1
             self.say(member, f"started run {member.run_id}")
             self.save()
