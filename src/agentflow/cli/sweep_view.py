@@ -21,7 +21,7 @@ from agentflow.display import STATUS_MARK, STATUS_STYLE, progress_cell
 from agentflow.errors import StateError
 from agentflow.runner import InterruptChoice
 from agentflow.state import RunState, now
-from agentflow.store import Store
+from agentflow.store import RunDir, Store
 from agentflow.sweep import Member, SweepRecord, follower, label
 from agentflow.textsafe import one_line
 from agentflow.workflow import format_duration
@@ -53,7 +53,8 @@ def members_table(record: SweepRecord, states: dict[int, RunState], width: int) 
     for m in record.members:
         state = states.get(m.index)
         # A run the record still calls running may have ended since (nobody followed it).
-        shown = state.status if m.status == "running" and state is not None else m.status
+        # (or begun: a launch cut short by Ctrl-C).
+        shown = state.status if m.status in ("pending", "running") and state else m.status
         style = STATUS_STYLE.get(shown, "")
         steps, step, progress = "", "", Text("")
         cell: RenderableType = progress
@@ -94,10 +95,12 @@ def run_states(store: Store, record: SweepRecord) -> dict[int, RunState]:
     """The started runs' states, read from their directories."""
     states: dict[int, RunState] = {}
     for m in record.members:
-        if m.run_id is None:
+        # Exactly this run, never a prefix match: `<id>-1` must not find `<id>-10`.
+        path = store.runs / m.run_id if m.run_id else None
+        if path is None or not (path / "state.json").is_file():
             continue
         with contextlib.suppress(StateError, OSError):
-            states[m.index] = store.open(m.run_id).read_state()
+            states[m.index] = RunDir(path).read_state()
     return states
 
 

@@ -129,7 +129,8 @@ def resume_sweep(sweep_id: str, *, ci: bool, flags: SweepOptions) -> None:
         wf = WorkflowFile(path, text, parse_workflow(text, str(path), base_dir=path.parent))
     else:  # a record of an earlier version: the file as it is now
         wf = load_workflow(path)
-    waiting = sum(m.status == "pending" for m in record.members)
+    began = run_states(store, record)  # a launch cut short may have made its run
+    waiting = sum(m.status == "pending" and m.index not in began for m in record.members)
     console.print(
         f"sweep [bold cyan]{sweep_id}[/]: resuming; {waiting} of {len(record.members)} runs "
         f"not started, {sum(m.status in ENDED for m in record.members)} over"
