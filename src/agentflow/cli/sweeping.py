@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.table import Table
@@ -145,13 +145,14 @@ def _frozen_path(store: Store, sweep_id: str) -> Path:
 def _follow(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) -> None:
     options = record.options
     planner = approved_planning(planner_for(wf, options.planner), wf.path, options.yes, ci)
-    argv_flags = {
-        "junit": None,
-        "keep_sandbox": options.keep_sandbox,
-        "yes": options.yes,
-        "no_diagnose": options.no_diagnose,
-    }
-    sandbox: SandboxChoice | None = options.sandbox  # type: ignore[assignment]
+    sandbox = cast(SandboxChoice | None, options.sandbox)  # checked by `run`'s option
+
+    def argv(run_id: str) -> list[str]:
+        # Each run writes junit.xml in its own directory: none elsewhere.
+        return detached_argv(
+            run_id, junit=None, keep_sandbox=options.keep_sandbox, yes=options.yes,
+            no_diagnose=options.no_diagnose,
+        )  # fmt: skip
 
     def launch(member: Member, run_id: str) -> None:
         values = {**record.sets, **{k: str(v) for k, v in member.values.items()}}
@@ -163,11 +164,11 @@ def _follow(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) -> No
         )  # fmt: skip
         if options.no_cache:  # in the run's state: its orchestrator, and a resume, keep it
             prepared.runner.state = prepared.runner.state.with_run(no_cache=True)
-        start_detached(prepared, detached_argv(run_id, **argv_flags))  # type: ignore[arg-type]
+        start_detached(prepared, argv(run_id))
 
     def redrive(run_id: str) -> None:
         prepared = reopen(store, run_id, lambda r, p, h: Observers([]))
-        start_detached(prepared, detached_argv(run_id, **argv_flags))  # type: ignore[arg-type]
+        start_detached(prepared, argv(run_id))
 
     view = SweepLive(record, live=not plain_output(ci))
     sweep = Sweep(store, record, launch, redrive, view.say)
