@@ -39,7 +39,7 @@ def status(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print state.json's content.")] = False,
 ) -> None:
-    """Show all runs, or one run's steps."""
+    """Show all runs, one run's steps, or a sweep's runs (--json: its record)."""
     store = Store()
     if run_id is not None and is_sweep(store.home, run_id):
         show_sweep(run_id, as_json)
