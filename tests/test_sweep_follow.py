@@ -17,7 +17,7 @@ import libtmux
 
 from agentflow.sweep import SweepRecord
 
-from conftest import AGENTFLOW, Env
+from conftest import AGENTFLOW, Env, group_alive
 
 # Each run notes that it started (one line per time its step runs), then waits for the
 # test's `go` file: nothing depends on how fast anything is.
@@ -239,3 +239,35 @@ def test_ctrl_c_stop_stops_every_run_and_resume_continues_the_same_runs(
     # The stopped runs were resumed, not made again: still one run per combination.
     assert sorted(p.name for p in (af.home / "runs").iterdir()) == [f"{sid}-{i}" for i in (1, 2, 3)]
     assert (af.workspace / "ran-3.log").read_text() == "started\n"
+
+
+def test_sigterm_detaches_the_follower_and_stop_sweep_stops_its_runs(af: Env) -> None:
+    af.write(GATED)
+    follower = af.start("run", "wf.yaml", "--sandbox", "local", "--ci", "--set", "scale=10")
+    try:
+        af.wait_for(lambda: started(af, 1) and started(af, 2), message="two runs going")
+        af.wait_for(lambda: record(af).members[1].status == "running", message="recorded")
+    finally:
+        follower.terminate()
+        out, _ = follower.communicate(timeout=60)
+    assert follower.returncode == 130, out
+    sid = sweep_id(af)
+    assert f"detached from sweep {sid}" in out
+    rec = record(af)
+    assert (rec.status, rec.message) == (
+        "interrupted",
+        "detached (SIGTERM): 2 run(s) go on, 1 not started",
+    )
+    steps = [
+        int((af.run_dir(f"{sid}-{i}") / "steps" / "train" / "pid").read_text()) for i in (1, 2)
+    ]
+    assert all(group_alive(pid) for pid in steps)  # detached: the runs went on
+
+    res = af.cli("stop", sid)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"sweep {sid} stopped: 2 run(s) stopped, 1 not started" in res.stdout
+    assert not any(group_alive(pid) for pid in steps)
+    rec = record(af)
+    assert rec.status == "interrupted"
+    assert [m.status for m in rec.members] == ["interrupted", "interrupted", "pending"]
+    assert all(af.state(f"{sid}-{i}")["status"] == "interrupted" for i in (1, 2))

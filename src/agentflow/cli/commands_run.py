@@ -19,7 +19,7 @@ from agentflow.cli.interactive import (
     approver,
     interrupt_asker,
 )
-from agentflow.cli.sweeping import detached_argv, run_sweep
+from agentflow.cli.sweeping import detached_argv, run_sweep, stop_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.orchestrator import (
@@ -40,7 +40,7 @@ from agentflow.runner import Observer
 from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
-from agentflow.sweep import SweepOptions, parse_matrix_options
+from agentflow.sweep import SweepOptions, is_sweep, parse_matrix_options
 from agentflow.textsafe import one_line, printable
 from agentflow.workflow import load_workflow
 
@@ -332,9 +332,13 @@ def _read_plan(path: Path) -> Plan:
 
 
 @command()
-def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> None:
-    """Stop a run: its steps' processes, its tmux session, its orchestrator."""
+def stop(run_id: Annotated[str, typer.Argument(help="The run (or sweep) to stop.")]) -> None:
+    """Stop a run: its steps' processes, its tmux session, its orchestrator. Or every
+    running run of a sweep (its exact id)."""
     store = Store()
+    if is_sweep(store.home, run_id):
+        stop_sweep(run_id)
+        return
     run_dir = store.open(run_id)
     if request_stop(run_dir):
         console.print(f"run {run_dir.run_id} stopped")

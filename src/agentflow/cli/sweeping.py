@@ -28,7 +28,7 @@ from agentflow.cli.sweep_view import (
 )
 from agentflow.display import Observers
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
-from agentflow.orchestrator import SandboxChoice, new_run, reopen, start_detached
+from agentflow.orchestrator import SandboxChoice, new_run, reopen, request_stop, start_detached
 from agentflow.planner import make_plan, planner_for
 from agentflow.store import Store
 from agentflow.sweep import (
@@ -37,6 +37,7 @@ from agentflow.sweep import (
     SweepOptions,
     SweepRecord,
     expand,
+    follower,
     follower_lock,
     label,
     members_of,
@@ -288,3 +289,25 @@ def show_sweep(sweep_id: str, as_json: bool) -> None:
         console.print(f"best: {label(best.values)}   {record.best_command}", markup=False)
     if shown in ("orphaned", "interrupted"):
         console.print(f"continue it: `agentflow resume {sweep_id}`")
+
+
+def stop_sweep(sweep_id: str) -> None:
+    """``agentflow stop SWEEP``: every running run of it stopped. A live follower records
+    them (and ends ``interrupted``); else this process does, as the follower would."""
+    store = Store()
+    record = read_record(store.home, sweep_id)
+    view = SweepLive(record, live=False)
+
+    def never(*args: object) -> None:
+        raise AssertionError("stop starts no run")
+
+    if follower(store.home, sweep_id) is not None:
+        going = [m.run_id for m in record.members if m.status == "running" and m.run_id]
+        for run_id in going:
+            request_stop(store.open(run_id))
+        console.print(f"sweep {sweep_id}: {len(going)} run(s) stopped; its follower records them")
+        return
+    with follower_lock(store.home, sweep_id):
+        done = Sweep(store, record, never, never, view.say).stop_all()
+    console.print(f"sweep {sweep_id} {done.message}")
+    console.print(f"  continue: agentflow resume {sweep_id}")
