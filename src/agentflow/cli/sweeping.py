@@ -5,8 +5,10 @@ detached run per combination, followed here and ranked at the end; ``resume SWEE
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +29,8 @@ from agentflow.cli.sweep_view import (
     shown_status,
 )
 from agentflow.display import Observers
-from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
-from agentflow.orchestrator import SandboxChoice, new_run, reopen, request_stop, start_detached
+from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, EnvironmentProblem, UsageError
+from agentflow.orchestrator import SandboxChoice, new_run, reopen, start_detached
 from agentflow.planner import make_plan, planner_for
 from agentflow.store import Store
 from agentflow.sweep import (
@@ -292,22 +294,27 @@ def show_sweep(sweep_id: str, as_json: bool) -> None:
 
 
 def stop_sweep(sweep_id: str) -> None:
-    """``agentflow stop SWEEP``: every running run of it stopped. A live follower records
-    them (and ends ``interrupted``); else this process does, as the follower would."""
+    """``agentflow stop SWEEP``: its follower detached first (SIGTERM; else it would start
+    the runs not started as the stopped ones end), then every running run stopped."""
     store = Store()
-    record = read_record(store.home, sweep_id)
-    view = SweepLive(record, live=False)
+    pid = follower(store.home, sweep_id)
+    if pid is not None and pid > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while follower(store.home, sweep_id) is not None:
+            if time.monotonic() > deadline:
+                raise EnvironmentProblem(
+                    f"the follower of sweep {sweep_id} (pid {pid}) did not let go within 30s"
+                )
+            time.sleep(0.1)
+    record = read_record(store.home, sweep_id)  # as the follower left it
 
     def never(*args: object) -> None:
         raise AssertionError("stop starts no run")
 
-    if follower(store.home, sweep_id) is not None:
-        going = [m.run_id for m in record.members if m.status == "running" and m.run_id]
-        for run_id in going:
-            request_stop(store.open(run_id))
-        console.print(f"sweep {sweep_id}: {len(going)} run(s) stopped; its follower records them")
-        return
     with follower_lock(store.home, sweep_id):
+        view = SweepLive(record, live=False)
         done = Sweep(store, record, never, never, view.say).stop_all()
     console.print(f"sweep {sweep_id} {done.message}")
     console.print(f"  continue: agentflow resume {sweep_id}")
