@@ -108,3 +108,31 @@ def test_a_matrix_is_checked_against_the_inputs_and_outputs(af: Env) -> None:
     assert res.returncode == 2
     assert "the matrix names 'aa', which is no input (did you mean 'a'?)" in res.stderr
     assert "no step has an output 'speed' to rank runs by (outputs: score)" in res.stderr
+
+
+def test_a_sweep_ends_with_a_status_a_ranking_and_a_command_with_every_set() -> None:
+    from agentflow.sweep import Member
+    from agentflow.workflow.model import Objective
+
+    def ended(*statuses: str) -> SweepRecord:
+        members = [
+            Member(index=i, values={"k": i}, status=s, score=float(i) if s == "succeeded" else None)
+            for i, s in enumerate(statuses, 1)
+        ]
+        rec = SweepRecord(
+            sweep_id="s", workflow="w", workflow_file="/w s/wf.yaml", members=members,
+            objective=Objective(metric="loss", goal="minimize"), sets={"note": "a b"},
+        )  # fmt: skip
+        rec.conclude()
+        return rec
+
+    rec = ended("succeeded", "succeeded", "succeeded")
+    assert (rec.status, rec.ranking) == ("succeeded", [1, 2, 3])  # minimize: smallest first
+    # Quoted for a shell, the command line's --set first, then the combination.
+    assert rec.best_command == "agentflow run '/w s/wf.yaml' --set 'note=a b' --set k=1"
+    assert rec.finished_at is not None
+    assert ended("succeeded", "failed").status == "failed"
+    assert ended("failed", "blocked").status == "blocked"
+    assert ended("succeeded", "interrupted", "blocked").status == "interrupted"  # resume has work
+    assert ended("succeeded", "pending").status == "interrupted"
+    assert ended("failed").best_command is None  # no run gave the objective

@@ -280,11 +280,15 @@ def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> N
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(env, f)
     command = shlex.join([*argv, "--env-file", str(env_file)])
-    runner.s.tmux.ensure_session(run.run_id, runner.s.workspace, command)
+    said = _size(run.events_path)
+    # A run driven again (a sweep's run whose orchestrator is gone) may still have its
+    # session, with steps going on: its first window, the dead orchestrator's, starts anew.
+    if not runner.s.tmux.respawn_first(run.run_id, runner.s.workspace, command):
+        runner.s.tmux.ensure_session(run.run_id, runner.s.workspace, command)
     deadline = time.monotonic() + wait
     # Going: it holds the lock, or it has already said something (a short run may be over
     # before a look finds the lock held).
-    while run.lock_holder() is None and not run.events_path.exists():
+    while run.lock_holder() is None and _size(run.events_path) <= said:
         ended, shown = runner.s.tmux.first_pane(run.run_id)
         if ended or time.monotonic() > deadline:
             why = "ended at once" if ended else f"did not start within {wait:.0f}s"
@@ -294,6 +298,13 @@ def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> N
                 f"(see `agentflow attach {run.run_id}`)"
             )
         time.sleep(0.1)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 DRIVE_ENV = "drive-env.json"

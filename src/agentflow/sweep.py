@@ -5,23 +5,28 @@ the ``objective``.
 Each combination is an ordinary run, with its own run directory, sandbox and tmux session,
 driven by an orchestrator of its own in that session (as ``run --detach`` does): a failed
 combination does not stop the others, and a run of a sweep can be watched, stopped and
-resumed like any other. The sweep itself only launches runs, waits for them, and keeps a
-record (``$AGENTFLOW_HOME/sweeps/<sweep-id>.json``) of which run is which combination.
+resumed like any other. The sweep has an id and a status of its own; its record
+(``$AGENTFLOW_HOME/sweeps/<sweep-id>.json``) says which run is which combination, how each
+ended, and at the end the ranking. ``sweep_follow`` launches and follows the runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import itertools
-import time
-from collections.abc import Callable, Iterator
+import os
+import shlex
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentflow.errors import AgentflowError, UsageError, first_line
-from agentflow.state import UNSUCCESSFUL
-from agentflow.store import Store, new_run_id
+from agentflow.errors import RunLockedError, StateError, UsageError, first_line
+from agentflow.store import new_run_id, valid_run_id
 from agentflow.workflow.model import Objective, Scalar
 
 MATRIX_KEYWORDS = ("include", "exclude")
@@ -72,7 +77,25 @@ def label(values: dict[str, Scalar]) -> str:
 
 
 def set_line(values: dict[str, Scalar]) -> str:
-    return " ".join(f"--set {k}={v}" for k, v in values.items())
+    return " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in values.items())
+
+
+SweepStatus = Literal["running", "succeeded", "failed", "blocked", "interrupted"]
+
+
+class SweepOptions(BaseModel):
+    """What the sweep's command line gave every run of it, kept for ``resume``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sandbox: str | None = None
+    """``--sandbox``, else the workflow's choice."""
+    planner: str | None = None
+    """``--planner``, else the workflow's."""
+    keep_sandbox: bool = False
+    yes: bool = False
+    no_diagnose: bool = False
+    no_cache: bool = False
 
 
 class Member(BaseModel):
@@ -84,14 +107,16 @@ class Member(BaseModel):
     values: dict[str, Scalar]
     run_id: str | None = None
     status: str = "pending"
-    """``pending`` (not started), then the run's own status."""
+    """``pending`` (not started), ``running``, then how its run ended (``succeeded``,
+    ``failed``, ``blocked``, ``interrupted``: stopped, or its orchestrator gone)."""
     score: float | None = None
     """The objective's value, when the run gave it."""
     message: str | None = None
 
 
 class SweepRecord(BaseModel):
-    """``sweeps/<id>.json``: the combinations, their runs, how each went."""
+    """``sweeps/<id>.json``: the combinations, their runs, how each went, and the sweep's
+    own status and ranking."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,6 +125,22 @@ class SweepRecord(BaseModel):
     workflow_file: str
     objective: Objective | None
     members: list[Member]
+    status: SweepStatus = "running"
+    """``running`` while followed (or its follower died: ``status`` says ``orphaned``),
+    then ``succeeded`` (every run did), ``failed``, ``blocked`` (a run waits for a person),
+    or ``interrupted`` (detached or stopped, or a run was: ``resume`` continues it)."""
+    message: str | None = None
+    sets: dict[str, str] = Field(default_factory=dict)
+    """The ``--set`` values of the command line, given to every run."""
+    options: SweepOptions = Field(default_factory=SweepOptions)
+    parallel: int = 1
+    """At most this many runs at once (``max_parallel_runs``)."""
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    ranking: list[int] = Field(default_factory=list)
+    """Member indices, best first, written when the sweep ends."""
+    best_command: str | None = None
+    """The command that runs the best combination again, with every ``--set``."""
 
     def ranked(self) -> list[Member]:
         """Best first: runs that gave the objective by it, then the rest in order."""
@@ -117,6 +158,28 @@ class SweepRecord(BaseModel):
             return None
         return ranked[0]
 
+    def command_for(self, member: Member) -> str:
+        """``agentflow run FILE`` with every ``--set`` of the sweep and the combination."""
+        values: dict[str, Scalar] = {**self.sets, **member.values}
+        return f"agentflow run {shlex.quote(self.workflow_file)} {set_line(values)}".rstrip()
+
+    def conclude(self) -> None:
+        """The final status (``interrupted`` first: a resume has work; then ``blocked``,
+        ``failed``), the ranking and the best command."""
+        statuses = {m.status for m in self.members}
+        if statuses & {"interrupted", "running", "pending"}:
+            self.status = "interrupted"
+        elif "blocked" in statuses:
+            self.status = "blocked"
+        elif statuses != {"succeeded"}:
+            self.status = "failed"
+        else:
+            self.status = "succeeded"
+        self.ranking = [m.index for m in self.ranked()]
+        best = self.best()
+        self.best_command = self.command_for(best) if best is not None else None
+        self.finished_at = datetime.now(UTC)
+
 
 def score_of(outputs: dict[str, dict[str, str]], objective: Objective | None) -> float | None:
     """The objective's metric: the first step output of that name that is a number."""
@@ -131,82 +194,6 @@ def score_of(outputs: dict[str, dict[str, str]], objective: Objective | None) ->
     return None
 
 
-FINAL_RUN = {"succeeded", "failed", "blocked", "interrupted"}
-
-Launch = Callable[[Member, str], None]
-"""Starts the run of a member under the given run id (planning it first)."""
-
-
-class Sweep:
-    """Launches the members' runs, at most ``parallel`` at once, and follows them."""
-
-    def __init__(
-        self,
-        store: Store,
-        record: SweepRecord,
-        parallel: int,
-        launch: Launch,
-        say: Callable[[Member, str], None],
-        poll: float = 0.5,
-    ) -> None:
-        self.store = store
-        self.record = record
-        self.parallel = parallel
-        self.launch = launch
-        self.say = say
-        self.poll = poll
-        self.path = store.home / "sweeps" / f"{record.sweep_id}.json"
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(self.record.model_dump_json(indent=2), encoding="utf-8")
-        tmp.replace(self.path)
-
-    def run(self) -> SweepRecord:
-        self.save()
-        waiting = list(self.record.members)
-        active: list[Member] = []
-        while waiting or active:
-            while waiting and len(active) < self.parallel:
-                member = waiting.pop(0)
-                member.run_id = f"{self.record.sweep_id}-{member.index}"
-                try:
-                    self.launch(member, member.run_id)
-                except AgentflowError as e:
-                    # A combination that cannot even start (a bad value) fails alone.
-                    member.status, member.message = "failed", first_line(e)
-                    self.say(member, f"could not start: {member.message}")
-                else:
-                    member.status = "running"
-                    active.append(member)
-                    self.say(member, f"started run {member.run_id}")
-                self.save()
-            time.sleep(self.poll)
-            for member in list(active):
-                if self._ended(member):
-                    active.remove(member)
-                    self.save()
-        return self.record
-
-    def _ended(self, member: Member) -> bool:
-        assert member.run_id is not None
-        run = self.store.open(member.run_id)
-        state = run.read_state()
-        if state.status not in FINAL_RUN or run.lock_holder() is not None:
-            return False
-        member.status = state.status
-        failed = [f"{k} {st.status}" for k, st in state.steps.items() if st.status in UNSUCCESSFUL]
-        member.message = ", ".join(failed) or state.message
-        outputs = {k: st.outputs for k, st in state.steps.items()}
-        member.score = score_of(outputs, self.record.objective)
-        shown = f"{state.status}" + (f" ({member.message})" if member.message else "")
-        if member.score is not None and self.record.objective is not None:
-            shown += f", {self.record.objective.metric}={member.score:g}"
-        self.say(member, shown)
-        return True
-
-
 def new_sweep_id(workflow: str) -> str:
     return new_run_id(workflow).replace(workflow, f"{workflow}-sweep", 1)
 
@@ -215,6 +202,75 @@ def members_of(combos: list[dict[str, Scalar]]) -> list[Member]:
     return [Member(index=i, values=values) for i, values in enumerate(combos, 1)]
 
 
+def sweep_path(home: Path, sweep_id: str) -> Path:
+    return home / "sweeps" / f"{sweep_id}.json"
+
+
+def is_sweep(home: Path, name: str) -> bool:
+    """An exact sweep id (never a prefix: a sweep's runs' ids start with it)."""
+    return valid_run_id(name) and sweep_path(home, name).is_file()
+
+
+def read_record(home: Path, sweep_id: str) -> SweepRecord:
+    path = sweep_path(home, sweep_id)
+    try:
+        return SweepRecord.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as e:
+        raise StateError(f"{path}: not a readable sweep record ({first_line(e)})") from None
+
+
+def save_record(home: Path, record: SweepRecord) -> None:
+    path = sweep_path(home, record.sweep_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(record.model_dump_json(indent=2), encoding="utf-8")
+    tmp.replace(path)
+
+
 def records(home: Path) -> Iterator[SweepRecord]:
     for path in sorted((home / "sweeps").glob("*.json")):
         yield SweepRecord.model_validate_json(path.read_bytes())
+
+
+@contextlib.contextmanager
+def follower_lock(home: Path, sweep_id: str) -> Iterator[None]:
+    """Held by the process that follows the sweep (launches its runs, records them): one at
+    a time. Its pid is in the file, for ``status`` (no holder while ``running``: orphaned)."""
+    path = sweep_path(home, sweep_id).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            pid = follower(home, sweep_id)
+            raise RunLockedError(
+                f"sweep {sweep_id} is being followed by another agentflow process"
+                f"{f' (pid {pid})' if pid else ''}: `agentflow status {sweep_id}` shows it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def follower(home: Path, sweep_id: str) -> int | None:
+    """The pid of the live process following the sweep, or None."""
+    path = sweep_path(home, sweep_id).with_suffix(".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = path.read_text().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

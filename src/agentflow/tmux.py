@@ -220,6 +220,16 @@ class Tmux:
         shown = self.server.cmd("capture-pane", "-p", "-t", target)
         return (dead.stdout == ["1"] or dead.returncode != 0), "\n".join(shown.stdout).strip()
 
+    def respawn_first(self, session: str, cwd: Path, command: str) -> bool:
+        """Run ``command`` in the session's first window if that window's command has
+        ended (remain-on-exit keeps it); False when there is no such session or window."""
+        target = f"={session}:^"
+        dead = self.server.cmd("display-message", "-p", "-t", target, "#{pane_dead}")
+        if dead.returncode != 0 or dead.stdout != ["1"]:
+            return False
+        result = self.server.cmd("respawn-pane", "-t", target, "-c", str(cwd), command)
+        return result.returncode == 0
+
     def kill_window(self, window_id: str) -> None:
         self.server.cmd("kill-window", "-t", window_id)
 

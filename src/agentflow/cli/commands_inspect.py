@@ -14,10 +14,12 @@ from rich.text import Text
 
 from agentflow import safefs
 from agentflow.cli.app import command, console
+from agentflow.cli.sweeping import show_sweep
 from agentflow.display import STATUS_STYLE, last_line, steps_table
 from agentflow.errors import StateError, UsageError
 from agentflow.state import RunState, now
 from agentflow.store import RunDir, Store
+from agentflow.sweep import is_sweep
 from agentflow.textsafe import json_text, one_line, printable
 from agentflow.tmux import Tmux, socket_path_for
 from agentflow.workflow import format_duration
@@ -32,11 +34,16 @@ def _run_status(run: RunDir, state: RunState) -> str:
 
 @command()
 def status(
-    run_id: Annotated[str | None, typer.Argument(help="A run; all runs when omitted.")] = None,
+    run_id: Annotated[
+        str | None, typer.Argument(help="A run or a sweep; all runs when omitted.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print state.json's content.")] = False,
 ) -> None:
-    """Show all runs, or one run's steps."""
+    """Show all runs, one run's steps, or a sweep's runs (--json: its record)."""
     store = Store()
+    if run_id is not None and is_sweep(store.home, run_id):
+        show_sweep(run_id, as_json)
+        return
     if run_id is not None:
         run = store.open(run_id)
         if as_json:

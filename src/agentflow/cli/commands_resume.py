@@ -23,11 +23,13 @@ from agentflow.cli.commands_run import (
     without_cache,
 )
 from agentflow.cli.interactive import approved_reload
+from agentflow.cli.sweeping import resume_sweep
 from agentflow.display import Observers
 from agentflow.errors import EXIT_OK, StateError, UsageError
 from agentflow.orchestrator import reopen
 from agentflow.state import RunState, reset_for_rerun, with_dependents
 from agentflow.store import RunDir, Store
+from agentflow.sweep import SweepOptions, is_sweep
 
 
 @command("resume")
@@ -49,7 +51,16 @@ def resume_cmd(
     no_cache: NoCacheOption = False,
     notify: NotifyOption = None,
 ) -> None:
-    """Continue a run: skip what succeeded, re-attach to what runs, redo the rest."""
+    """Continue a run: skip what succeeded, re-attach to what runs, redo the rest. Or a
+    sweep (its exact id): start its runs not started, follow the others."""
+    if is_sweep(Store().home, run_id):  # before prefix matching: its runs' ids start with it
+        if reload_ or junit is not None:
+            raise UsageError("--reload and --junit apply to a run, not to a sweep")
+        flags = SweepOptions(
+            keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose, no_cache=no_cache
+        )
+        resume_sweep(run_id, ci=ci, flags=flags)
+        return
     run_dir = Store().open(run_id)
     try:
         state = run_dir.read_state()

@@ -19,7 +19,7 @@ from agentflow.cli.interactive import (
     approver,
     interrupt_asker,
 )
-from agentflow.cli.sweeping import detached_argv, run_sweep
+from agentflow.cli.sweeping import detached_argv, run_sweep, stop_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.notify import checked_url, finish
@@ -41,7 +41,7 @@ from agentflow.runner import Observer
 from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
-from agentflow.sweep import parse_matrix_options
+from agentflow.sweep import SweepOptions, is_sweep, parse_matrix_options
 from agentflow.textsafe import one_line, printable
 from agentflow.workflow import load_workflow
 
@@ -208,16 +208,20 @@ def run(
     wf = load_workflow(file)
     matrix = {**(wf.workflow.matrix or {}), **parse_matrix_options(matrix_opts or [])}
     if matrix:
-        if detach or plan_file is not None or run_id is not None or notify is not None:
+        if (
+            detach or plan_file is not None or run_id is not None or junit is not None
+            or notify is not None
+        ):  # fmt: skip
             raise UsageError(
-                "a sweep makes one detached run per combination: --detach, --plan, "
-                "--run-id and --notify do not apply (notify: in the workflow does)"
+                "a sweep makes one detached run per combination, each with its own "
+                "junit.xml: --detach, --plan, --run-id, --junit and --notify do not apply "
+                "(notify: in the workflow does)"
             )
-        chosen = approved_planning(planner_for(wf, planner), file, yes, ci)
-        run_sweep(
-            wf, matrix, parse_set_options(set_ or []), chosen,
-            sandbox=sandbox, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
+        options = SweepOptions(
+            sandbox=sandbox, planner=planner, keep_sandbox=keep_sandbox, yes=yes,
+            no_diagnose=no_diagnose, no_cache=no_cache,
         )  # fmt: skip
+        run_sweep(wf, matrix, parse_set_options(set_ or []), options, ci=ci)
         return
     if plan_file is not None:
         if set_:
@@ -364,9 +368,13 @@ def _read_plan(path: Path) -> Plan:
 
 
 @command()
-def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> None:
-    """Stop a run: its steps' processes, its tmux session, its orchestrator."""
+def stop(run_id: Annotated[str, typer.Argument(help="The run (or sweep) to stop.")]) -> None:
+    """Stop a run: its steps' processes, its tmux session, its orchestrator. Or every
+    running run of a sweep (its exact id)."""
     store = Store()
+    if is_sweep(store.home, run_id):
+        stop_sweep(run_id)
+        return
     run_dir = store.open(run_id)
     if request_stop(run_dir):
         console.print(f"run {run_dir.run_id} stopped")
