@@ -333,6 +333,18 @@ def test_a_detached_run_notifies_from_its_own_orchestrator(af: Env, receiver: Re
     assert note["run_id"] == "bg-1"
 
 
+def test_every_run_of_a_sweep_notifies_with_notify_given_once(af: Env, receiver: Receiver) -> None:
+    wf = af.write(
+        "version: 1\nname: sw\ninputs:\n  n: {default: 0}\n"
+        "steps:\n  - id: a\n    run: echo ${{ inputs.n }}\n"
+    )
+    res = af.cli("run", str(wf), "--ci", "--matrix", "n=1,2", "--notify", receiver.url)
+    assert res.returncode == 0, res.stdout + res.stderr
+    notes = receiver.wait(2)
+    assert sorted(n["event"] for n in notes) == ["end", "end"]
+    assert len({n["run_id"] for n in notes}) == 2  # one from each run, by its own orchestrator
+
+
 def test_a_bad_webhook_is_a_located_error(af: Env) -> None:
     wf = af.write(
         "version: 1\nname: x\nnotify:\n  webhook: ftp://example.com\n"

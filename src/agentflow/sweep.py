@@ -96,6 +96,8 @@ class SweepOptions(BaseModel):
     yes: bool = False
     no_diagnose: bool = False
     no_cache: bool = False
+    notify: str | None = None
+    """``--notify``'s URL: each run of the sweep keeps it (``notify.json``) and notifies."""
 
 
 class Member(BaseModel):

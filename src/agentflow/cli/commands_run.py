@@ -208,18 +208,14 @@ def run(
     wf = load_workflow(file)
     matrix = {**(wf.workflow.matrix or {}), **parse_matrix_options(matrix_opts or [])}
     if matrix:
-        if (
-            detach or plan_file is not None or run_id is not None or junit is not None
-            or notify is not None
-        ):  # fmt: skip
+        if detach or plan_file is not None or run_id is not None or junit is not None:
             raise UsageError(
                 "a sweep makes one detached run per combination, each with its own "
-                "junit.xml: --detach, --plan, --run-id, --junit and --notify do not apply "
-                "(notify: in the workflow does)"
+                "junit.xml: --detach, --plan, --run-id and --junit do not apply"
             )
         options = SweepOptions(
             sandbox=sandbox, planner=planner, keep_sandbox=keep_sandbox, yes=yes,
-            no_diagnose=no_diagnose, no_cache=no_cache,
+            no_diagnose=no_diagnose, no_cache=no_cache, notify=notify,
         )  # fmt: skip
         run_sweep(wf, matrix, parse_set_options(set_ or []), options, ci=ci)
         return

@@ -163,7 +163,7 @@ def _follow(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) -> No
         prepared = new_run(
             store, wf, the_plan, lambda r, p, h: Observers([]), run_id=run_id,
             sandbox=sandbox, keep_sandbox=options.keep_sandbox,
-            diagnose=not options.no_diagnose,
+            diagnose=not options.no_diagnose, notify=options.notify,
         )  # fmt: skip
         if options.no_cache:  # in the run's state: its orchestrator, and a resume, keep it
             prepared.runner.state = prepared.runner.state.with_run(no_cache=True)
