@@ -22,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from agentflow.sparkline import metric_table
 from agentflow.state import UNSUCCESSFUL, RunState, StepState, now
 from agentflow.store import Event
 from agentflow.textsafe import MESSAGE_LIMIT, VALUE_LIMIT, one_line, printable
@@ -335,6 +336,8 @@ class _LiveView:
         order, more = visible_steps(state, owner.order, rows)
         lines = {k: owner.last_line(k) for k in order if state.steps[k].status == "running"}
         yield steps_table(state, order, last_lines=lines, width=width)
+        if metrics := metric_table(state, order):  # sparklines of expect.metrics
+            yield metrics
         if more:
             yield Text(more, style="dim")
         yield Text(
@@ -372,6 +375,8 @@ class LiveTable:
         self.live.__exit__(None, None, None)
         if self.state is not None:
             self.console.print(steps_table(self.state, self.order, width=self.console.width))
+            if metrics := metric_table(self.state, self.order):
+                self.console.print(metrics)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

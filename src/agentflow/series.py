@@ -105,6 +105,13 @@ class StepSeries(BaseModel):
     """How far each metric's JSON-lines file has been read (by metric name)."""
     step: float | None = None
     """The progress pattern's latest step number."""
+    attempt: int = 0
+    """The attempt whose output.log was read last."""
+    output_bytes: int = 0
+    """How much of that output.log the series has taken in (a resume after a crash
+    between this file's write and the checkpoint's does not count a value twice)."""
+    carry: str = ""
+    """The unfinished last line read so far (its end comes at a later look)."""
 
     def add(self, name: str, value: float, t: float, step: float | None = None) -> None:
         self.series.setdefault(name, Series(name=name)).add(value, t, step)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agentflow import series
+from agentflow.monitor import READ_LIMIT
 from agentflow.series import StepSeries
 from agentflow.state import MetricSummary, now
 from agentflow.stepfiles import NewOutput
@@ -20,11 +21,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Meter:
-    """A step's series in memory, and the unfinished end of its output's last line."""
+    """A step's series in memory (and on disk)."""
 
     data: StepSeries
-    carry: str = ""
-    attempt: int = 0
 
 
 def _meter(r: RunnerBase, step_id: str) -> Meter:
@@ -35,7 +34,7 @@ def _meter(r: RunnerBase, step_id: str) -> Meter:
 
 
 def look(
-    r: RunnerBase, step_id: str, new: NewOutput | None, *, skipped: bool, final: bool
+    r: RunnerBase, step_id: str, new: NewOutput | None, *, final: bool
 ) -> dict[str, MetricSummary] | None:
     """Add what the step reported since the last look to its series; the series in short
     when something was added (None: nothing new, or the step follows no metric)."""
@@ -43,33 +42,51 @@ def look(
     metrics = step.expect.metrics if step.expect else {}
     if not metrics:
         return None
-    meter = _meter(r, step_id)
-    attempt = r.state.steps[step_id].attempts
-    if meter.attempt != attempt:  # a new attempt's log: nothing of the old one's last line
-        meter.carry, meter.attempt = "", attempt
-    before = {k: s.count for k, s in meter.data.series.items()}
+    data = _meter(r, step_id).data
+    before = {k: s.count for k, s in data.series.items()}
     patterns = {k: re.compile(m.log) for k, m in metrics.items() if m.log is not None}
     if patterns and (new is not None or final):
-        text = new.text if new is not None else ""
-        if skipped:  # output was left unread: the text begins halfway through a line
-            meter.carry, text = "", re.split(r"[\r\n]", text, maxsplit=1)[-1]
-        lines, meter.carry = series.split_complete(meter.carry, text)
-        if final and meter.carry:
-            lines, meter.carry = [*lines, meter.carry], ""
+        lines = _new_lines(r, step_id, data, new, final)
         progress = step.expect.progress if step.expect else None
         # Only done/total progress gives a step number (a lone group is a percentage).
         regex = re.compile(progress) if progress and re.compile(progress).groups == 2 else None
-        found, meter.data.step = series.parse_lines(lines, patterns, regex, meter.data.step)
+        found, data.step = series.parse_lines(lines, patterns, regex, data.step)
         t = (new.written if new is not None else now()).timestamp()
         for f in found:
-            meter.data.add(f.name, f.value, t, f.step)
+            data.add(f.name, f.value, t, f.step)
     for name, m in metrics.items():
         if m.jsonl is not None:
-            _read_jsonl(r, step_id, meter.data, name, m.jsonl, m.key or name)
-    if {k: s.count for k, s in meter.data.series.items()} == before:
+            _read_jsonl(r, step_id, data, name, m.jsonl, m.key or name)
+    if {k: s.count for k, s in data.series.items()} == before:
         return None
-    series.save(r.s.run.path, step_id, meter.data)
-    return summaries(meter.data)
+    series.save(r.s.run.path, step_id, data)
+    return summaries(data)
+
+
+def _new_lines(
+    r: RunnerBase, step_id: str, data: StepSeries, new: NewOutput | None, final: bool
+) -> list[str]:
+    """The complete lines of the output not yet taken in (with the unfinished last one when
+    the attempt has ended)."""
+    st = r.state.steps[step_id]
+    if data.attempt != st.attempts:  # a new attempt: a new output.log
+        data.attempt, data.output_bytes, data.carry = st.attempts, 0, ""
+    text = ""
+    if new is not None:
+        begin = max(st.output_bytes, new.size - READ_LIMIT)  # where new.text starts
+        text = new.text
+        if data.output_bytes < st.output_bytes:
+            data.carry = ""  # saved before output that had no value: its line is stale
+        if begin > st.output_bytes:  # output left unread: the text starts mid-line
+            data.carry, text = "", re.split(r"[\r\n]", text, maxsplit=1)[-1]
+        elif data.output_bytes > begin:  # taken in already, before a crash and resume
+            skip = data.output_bytes - begin
+            text = text.encode()[skip:].decode("utf-8", errors="replace")
+        data.output_bytes = max(data.output_bytes, new.size)
+    lines, data.carry = series.split_complete(data.carry, text)
+    if final and data.carry:
+        lines, data.carry = [*lines, data.carry], ""
+    return lines
 
 
 def _read_jsonl(
