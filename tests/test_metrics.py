@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -271,3 +272,45 @@ def test_compare_html_overlays_the_curves_of_several_runs(af: Env, tmp_path: Pat
     res = af.cli("compare", *rids)
     assert res.returncode == 2
     assert "--html" in res.stderr
+
+
+HALTING = """\
+version: 1
+name: halting
+steps:
+  - id: fit
+    run: |
+      for i in 1 2 3 4 5; do echo "loss=$i"; done
+      printf 'loss=6'
+      while [ ! -e release ]; do sleep 0.05; done
+      echo 5
+      for i in 7 8 9; do echo "loss=$i"; done
+    expect:
+      metrics: {loss: 'loss=([0-9.]+)'}
+"""
+
+
+def test_a_series_survives_the_orchestrators_death_and_resume(af: Env) -> None:
+    proc = af.start("run", str(af.write(HALTING)), "--run-id", "m1")
+    log = af.run_dir("m1") / "steps" / "fit" / "output.log"
+    # Killed once it has looked at everything, the unfinished line `loss=6` included.
+    af.wait_for(
+        lambda: (
+            log.read_text().endswith("loss=6")
+            and af.state("m1")["steps"]["fit"]["output_bytes"] == log.stat().st_size
+            and af.state("m1")["steps"]["fit"]["metrics"]["loss"]["count"] == 5
+        ),
+        message="five values read",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = af.start("resume", "m1")
+    af.wait_for(lambda: "run_resumed" in (af.run_dir("m1") / "events.jsonl").read_text())
+    (af.workspace / "release").touch()
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, out + err
+    loss = series.load(af.run_dir("m1"), "fit").series["loss"]
+    # Each value once, the line cut by the crash whole (`loss=6` + `5`).
+    assert [p.v for p in loss.points] == [1, 2, 3, 4, 5, 65, 7, 8, 9]
+    assert [p.step for p in loss.points] == list(range(1, 10))
+    assert af.state("m1")["steps"]["fit"]["outputs"] == {"loss": "9"}

@@ -108,8 +108,7 @@ class StepSeries(BaseModel):
     attempt: int = 0
     """The attempt whose output.log was read last."""
     output_bytes: int = 0
-    """How much of that output.log the series has taken in (a resume after a crash
-    between this file's write and the checkpoint's does not count a value twice)."""
+    """How much of that output.log the series has taken in."""
     carry: str = ""
     """The unfinished last line read so far (its end comes at a later look)."""
 

@@ -290,7 +290,7 @@ class RunnerBase:
         output. ``final``: the attempt has ended (an unfinished last line counts)."""
         st = self.state.steps[step_id]
         new = stepfiles.new_output(self.s.run.step_dir(step_id), st.output_bytes, READ_LIMIT)
-        metrics = metering.look(self, step_id, new, final=final)
+        metrics = metering.look(self, step_id, final=final)
         if new is None:
             if metrics is not None:  # values from a JSON-lines file alone
                 self._update(step_id, metrics=metrics)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from agentflow import series
+from agentflow import series, stepfiles
 from agentflow.monitor import READ_LIMIT
 from agentflow.series import StepSeries
 from agentflow.state import MetricSummary, now
-from agentflow.stepfiles import NewOutput
 from agentflow.verify import OutputError
 
 if TYPE_CHECKING:
@@ -33,11 +33,10 @@ def _meter(r: RunnerBase, step_id: str) -> Meter:
     return meter
 
 
-def look(
-    r: RunnerBase, step_id: str, new: NewOutput | None, *, final: bool
-) -> dict[str, MetricSummary] | None:
+def look(r: RunnerBase, step_id: str, *, final: bool) -> dict[str, MetricSummary] | None:
     """Add what the step reported since the last look to its series; the series in short
-    when something was added (None: nothing new, or the step follows no metric)."""
+    when something was added (None: nothing new, or the step follows no metric).
+    ``final``: the attempt has ended (its unfinished last line counts)."""
     step = r.s.workflow.step(step_id)
     metrics = step.expect.metrics if step.expect else {}
     if not metrics:
@@ -45,48 +44,45 @@ def look(
     data = _meter(r, step_id).data
     before = {k: s.count for k, s in data.series.items()}
     patterns = {k: re.compile(m.log) for k, m in metrics.items() if m.log is not None}
-    if patterns and (new is not None or final):
-        lines = _new_lines(r, step_id, data, new, final)
+    if patterns:
+        lines, written = _new_lines(r, step_id, data, final)
         progress = step.expect.progress if step.expect else None
         # Only done/total progress gives a step number (a lone group is a percentage).
         regex = re.compile(progress) if progress and re.compile(progress).groups == 2 else None
         found, data.step = series.parse_lines(lines, patterns, regex, data.step)
-        t = (new.written if new is not None else now()).timestamp()
         for f in found:
-            data.add(f.name, f.value, t, f.step)
+            data.add(f.name, f.value, written.timestamp(), f.step)
     for name, m in metrics.items():
         if m.jsonl is not None:
             _read_jsonl(r, step_id, data, name, m.jsonl, m.key or name)
     if {k: s.count for k, s in data.series.items()} == before:
         return None
+    # With the offset it read to: values are saved as soon as found, so a resume after a
+    # crash reads on from there, counting none twice and losing none.
     series.save(r.s.run.path, step_id, data)
     return summaries(data)
 
 
 def _new_lines(
-    r: RunnerBase, step_id: str, data: StepSeries, new: NewOutput | None, final: bool
-) -> list[str]:
-    """The complete lines of the output not yet taken in (with the unfinished last one when
-    the attempt has ended)."""
-    st = r.state.steps[step_id]
-    if data.attempt != st.attempts:  # a new attempt: a new output.log
-        data.attempt, data.output_bytes, data.carry = st.attempts, 0, ""
+    r: RunnerBase, step_id: str, data: StepSeries, final: bool
+) -> tuple[list[str], datetime]:
+    """The complete lines of the output after what the series has taken in (read here, from
+    the series' own offset: the checkpoint's may be ahead or behind it after a crash), with
+    the unfinished last one when the attempt has ended; and when they were written."""
+    attempt = r.state.steps[step_id].attempts
+    if data.attempt != attempt:  # a new attempt: a new output.log
+        data.attempt, data.output_bytes, data.carry = attempt, 0, ""
+    new = stepfiles.new_output(r.s.run.step_dir(step_id), data.output_bytes, READ_LIMIT)
     text = ""
     if new is not None:
-        begin = max(st.output_bytes, new.size - READ_LIMIT)  # where new.text starts
         text = new.text
-        if data.output_bytes < st.output_bytes:
-            data.carry = ""  # saved before output that had no value: its line is stale
-        if begin > st.output_bytes:  # output left unread: the text starts mid-line
+        if new.size - data.output_bytes > READ_LIMIT:  # output left unread: mid-line start
             data.carry, text = "", re.split(r"[\r\n]", text, maxsplit=1)[-1]
-        elif data.output_bytes > begin:  # taken in already, before a crash and resume
-            skip = data.output_bytes - begin
-            text = text.encode()[skip:].decode("utf-8", errors="replace")
-        data.output_bytes = max(data.output_bytes, new.size)
+        data.output_bytes = new.size
     lines, data.carry = series.split_complete(data.carry, text)
     if final and data.carry:
         lines, data.carry = [*lines, data.carry], ""
-    return lines
+    return lines, new.written if new is not None else now()
 
 
 def _read_jsonl(
