@@ -14,11 +14,12 @@ from agentflow.report.model import StepReport
 from agentflow.series import Series
 from agentflow.sparkline import short
 
-WIDTH, HEIGHT = 540, 220
+WIDTH, HEIGHT = 520, 220
 LEFT, RIGHT, TOP, BOTTOM = 62, 14, 12, 34
 RUN_COLOURS = ("#1c7ed6", "#e8590c", "#2f9e44", "#ae3ec9", "#f08c00", "#0b7285", "#c2255c")
 """One colour per run of a comparison (the first is the single run's colour)."""
 TICKS = 5
+"""The most intervals between ticks on an axis."""
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,12 @@ class Curve:
 
 
 def nice_ticks(low: float, high: float, count: int = TICKS) -> list[float]:
-    """Round numbers (1, 2 or 5 times a power of ten apart) from ``low`` to ``high``."""
+    """Round numbers (1, 2 or 5 times a power of ten apart) from ``low`` to ``high``: at
+    most ``count`` intervals."""
     span = high - low
     if span <= 0 or not math.isfinite(span):
         return [low]
-    raw = span / max(1, count - 1)
+    raw = span / max(1, count)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.ceil(low / step - 1e-9) * step
