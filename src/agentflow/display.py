@@ -332,11 +332,13 @@ class _LiveView:
             header.append(f", {running} running")
         header.append(f"  {format_duration(round((now() - state.created_at).total_seconds()))}")
         yield header
-        rows = max(3, (options.height or console.height) - 4)
+        metrics = metric_table(state, owner.order)  # sparklines of expect.metrics
+        spark = metrics.row_count if metrics else 0
+        rows = max(3, (options.height or console.height) - 4 - spark)
         order, more = visible_steps(state, owner.order, rows)
         lines = {k: owner.last_line(k) for k in order if state.steps[k].status == "running"}
         yield steps_table(state, order, last_lines=lines, width=width)
-        if metrics := metric_table(state, order):  # sparklines of expect.metrics
+        if metrics:
             yield metrics
         if more:
             yield Text(more, style="dim")
