@@ -16,6 +16,7 @@ from PIL import Image
 from agentflow import series
 from agentflow.report.curves import RUN_COLOURS
 from agentflow.series import MAX_POINTS, Series
+from test_experience import terminal
 from test_report_html import chromium
 
 from conftest import Env, run_id_of
@@ -314,3 +315,38 @@ def test_a_series_survives_the_orchestrators_death_and_resume(af: Env) -> None:
     assert [p.v for p in loss.points] == [1, 2, 3, 4, 5, 65, 7, 8, 9]
     assert [p.step for p in loss.points] == list(range(1, 10))
     assert af.state("m1")["steps"]["fit"]["outputs"] == {"loss": "9"}
+
+
+LIVE = """\
+version: 1
+name: live
+steps:
+  - id: train
+    run: |
+      for i in $(seq 1 60); do echo "epoch $i/60 loss=$(awk "BEGIN{print 4/$i}")"; sleep 0.2; done
+    expect:
+      progress: 'epoch (\\d+)/(\\d+)'
+      metrics: {loss: 'loss=([0-9.eE+-]+)'}
+"""
+
+
+def test_the_live_view_shows_a_sparkline_and_the_last_value(af: Env, tmp_path: Path) -> None:
+    af.write(LIVE)
+    with terminal(af, tmp_path, "run", "wf.yaml", "--run-id", "sp") as term:
+
+        def sparkline_row() -> str:
+            rows = [x for x in term.screen().splitlines() if re.match(r"train\s+loss\s", x)]
+            return rows[0] if rows else ""
+
+        # While it runs: a falling line of bars, ending in the latest value.
+        af.wait_for(lambda: len(re.findall("[▁▂▃▄▅▆▇█]", sparkline_row())) >= 5, message="bars")
+        row = sparkline_row()
+        assert "▶ running" in term.screen()
+        bars = re.search("[▁▂▃▄▅▆▇█]+", row)
+        assert bars is not None
+        assert bars.group()[0] == "█"
+        assert bars.group()[-1] in "▁▂"
+        value = float(row.split()[-1])
+        assert 4 / 60 <= value < 4 / 4
+        af.wait_for(lambda: "EXIT=" in term.screen(), timeout=60, message="the run ends")
+        assert re.search(r"train\s+loss\s+█[▁▂▃▄▅▆▇█]+\s+0\.06667", term.screen()), term.screen()
