@@ -83,10 +83,6 @@ class Series(BaseModel):
             if self.points[-1] is not latest:
                 self.points.append(latest)
 
-    @property
-    def last(self) -> float | None:
-        return self.points[-1].v if self.points else None
-
     def shape(self, width: int = SHAPE_POINTS) -> list[float]:
         """At most ``width`` values spread evenly over the series, the last one included."""
         values = [p.v for p in self.points]
