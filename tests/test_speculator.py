@@ -41,6 +41,13 @@ def test_the_speculator_pipeline_runs_end_to_end(af: Env, tmp_path: Path) -> Non
     for step in ("train-target", "serve-target", "generate", "train-draft"):
         assert steps[step]["status"] == "succeeded", (step, res.stdout)
     assert steps["serve-target"]["ready_at"] is not None
+    # Both trainers print their loss: a series each, the last value as an output.
+    for step, key in (("train-target", "target_steps"), ("train-draft", "draft_steps")):
+        loss = json.loads((af.run_dir(rid) / "metrics" / f"{step}.json").read_text())
+        points = loss["series"]["loss"]["points"]
+        assert [p["step"] for p in points] == list(range(10, int(FAST[key]) + 1, 10)), step
+        assert points[-1]["v"] < points[0]["v"], f"{step} learned nothing"
+        assert steps[step]["outputs"]["loss"] == f"{points[-1]['v']:g}"
     results = json.loads((work / ".speculator" / "results.json").read_text())
     assert results["lossless"] is True
     assert 0 <= results["acceptance_rate"] <= 1

@@ -22,6 +22,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from agentflow.sparkline import metric_table
 from agentflow.state import UNSUCCESSFUL, RunState, StepState, now
 from agentflow.store import Event
 from agentflow.textsafe import MESSAGE_LIMIT, VALUE_LIMIT, one_line, printable
@@ -333,10 +334,14 @@ class _LiveView:
             header.append(f", {running} running")
         header.append(f"  {format_duration(round((now() - state.created_at).total_seconds()))}")
         yield header
-        rows = max(3, (options.height or console.height) - 4)
+        metrics = metric_table(state, owner.order)  # sparklines of expect.metrics
+        spark = metrics.row_count if metrics else 0
+        rows = max(3, (options.height or console.height) - 4 - spark)
         order, more = visible_steps(state, owner.order, rows)
         lines = {k: owner.last_line(k) for k in order if state.steps[k].status == "running"}
         yield steps_table(state, order, last_lines=lines, width=width)
+        if metrics:
+            yield metrics
         if more:
             yield Text(more, style="dim")
         yield Text(
@@ -374,6 +379,8 @@ class LiveTable:
         self.live.__exit__(None, None, None)
         if self.state is not None:
             self.console.print(steps_table(self.state, self.order, width=self.console.width))
+            if metrics := metric_table(self.state, self.order):
+                self.console.print(metrics)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

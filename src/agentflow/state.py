@@ -115,6 +115,20 @@ class StepState(StateModel):
     patch_undo: str | None = None
     """The run directory's record of a patch the model applied before the current attempt:
     taken back when that attempt fails."""
+    metrics: dict[str, MetricSummary] = Field(default_factory=dict)
+    """Each ``expect.metrics`` series in short: its last value and shape (the whole series
+    is in ``metrics/<step>.json``)."""
+
+
+class MetricSummary(StateModel):
+    """A metric series in short, for the live view and ``status``."""
+
+    last: float
+    """The latest value."""
+    shape: list[float] = Field(default_factory=list)
+    """A few values spread evenly over the series, the latest last (a sparkline's)."""
+    count: NonNegativeInt = 0
+    """How many values the step reported."""
 
 
 class Progress(StateModel):

@@ -7,8 +7,8 @@ generated: distillation). Saves a checkpoint every N steps and resumes from the 
 The target is a transformer (--d, --layers, --heads); the draft by default a window model
 (--window, --emb, --hidden), which guesses a token for a few percent of a target pass.
 
-Prints ``step 120/300 loss 2.31`` lines (the workflow's progress pattern); the final
-model is ``<ckpt>/<role>.npz``.
+Prints ``step 120/300 loss=2.3100`` lines (the workflow's progress pattern and its ``loss``
+metric); the final model is ``<ckpt>/<role>.npz``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step(params, grads)
         if step % 10 == 0 or step == args.steps:
             rate = (step - start) / max(1e-9, time.time() - began)
-            print(f"step {step}/{args.steps} loss {loss:.3f} ({rate:.1f} steps/s)", flush=True)
+            print(f"step {step}/{args.steps} loss={loss:.4f} ({rate:.1f} steps/s)", flush=True)
         if step % args.every == 0 or step == args.steps:
             extra = {"opt.t": np.array(opt.t)}
             extra |= {f"opt.m.{k}": v for k, v in opt.m.items()}

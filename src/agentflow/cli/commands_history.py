@@ -16,8 +16,10 @@ from rich.text import Text
 from agentflow import history
 from agentflow.cli.app import command, console
 from agentflow.display import STATUS_STYLE
+from agentflow.errors import UsageError
 from agentflow.history import Comparison, Row, RunSummary
 from agentflow.report import build_report
+from agentflow.report.curves import overlay_page
 from agentflow.report.text import human_duration, usd
 from agentflow.store import Store
 from agentflow.textsafe import one_line
@@ -87,16 +89,48 @@ def history_command(
 def compare(
     run_a: Annotated[str, typer.Argument(help="A run (an id, or a prefix of one).")],
     run_b: Annotated[str, typer.Argument(help="Another run.")],
+    more: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="More runs, for --html (their curves overlaid too).", show_default=False
+        ),
+    ] = None,
     as_json: JsonOption = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the runs' metric curves, overlaid, to this file."),
+    ] = None,
 ) -> None:
     """Show two runs side by side: inputs, steps (status, tries, time), outputs and
-    metrics, with the change from the first to the second."""
+    metrics, with the change from the first to the second. ``--html FILE`` draws the
+    runs' ``expect.metrics`` curves on shared charts (a colour per run; more runs may be
+    given)."""
+    if more and html is None:
+        raise UsageError("compare takes two runs; more only with --html FILE (their curves)")
+    if html is not None:
+        _write_curves(html, [run_a, run_b, *(more or [])])
+        if more:
+            return
     a, b = _summary(run_a), _summary(run_b)
     result = history.compare(a, b)
     if as_json:
         _print_json(result.model_dump(mode="json"))
         return
     _print_comparison(result)
+
+
+def _write_curves(path: Path, run_ids: list[str]) -> None:
+    store = Store()
+    runs = []
+    for run_id in run_ids:
+        run = store.open(run_id)
+        runs.append((run.run_id, build_report(run, run.read_state()).steps))
+    try:
+        path.write_text(overlay_page(runs), encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+    # On stderr: stdout stays the comparison (and --json stays JSON).
+    print(f"curves of {len(runs)} runs: {path}", file=sys.stderr)
 
 
 def _workflow_name(workflow: str | None) -> str | None:

@@ -17,6 +17,7 @@ from agentflow.cli.app import command, console
 from agentflow.cli.sweeping import show_sweep
 from agentflow.display import STATUS_STYLE, last_line, steps_table
 from agentflow.errors import StateError, UsageError
+from agentflow.sparkline import metric_table
 from agentflow.state import RunState, now
 from agentflow.store import RunDir, Store
 from agentflow.sweep import is_sweep
@@ -65,6 +66,8 @@ def status(
             if st.status == "running"
         }
         console.print(steps_table(state, last_lines=lines, width=console.width))
+        if metrics := metric_table(state):  # sparklines of expect.metrics
+            console.print(metrics)
         if shown == "orphaned":
             console.print(f"its orchestrator is gone: `agentflow resume {state.run_id}`")
         return

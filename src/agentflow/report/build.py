@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
+from agentflow import series
 from agentflow.artifacts import StepArtifacts, read_manifest
 from agentflow.redact import Redactor
 from agentflow.report.agent import model_use
@@ -139,6 +140,7 @@ def _step(
         history=history,
         metrics=metric_results(step, st, events),
         artifacts=kept.files if kept else [],
+        series=list(series.load(run.path, step_id).series.values()),
     )
     if report.went_wrong:
         report = report.model_copy(update={"log_tail": log_tail(log, TAIL_LINES)})

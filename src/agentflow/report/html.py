@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from agentflow.artifacts import human_size
+from agentflow.report.curves import curves_section
 from agentflow.report.gantt import gantt_svg
 from agentflow.report.model import Diagnosis, Report, StepReport, ToolCall
 from agentflow.report.palette import COLOURS, READY, colour
@@ -111,6 +112,7 @@ def html_page(report: Report) -> str:
     sections = [
         _summary(report),
         _timeline(report),
+        curves_section(report.steps),
         _steps(report),
         _outputs(report),
         _metrics(report),

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from agentflow.artifacts import Artifact
+from agentflow.series import Series
 from agentflow.state import UNSUCCESSFUL, Usage
 from agentflow.store import Event
 from agentflow.workflow.model import Scalar
@@ -104,6 +105,8 @@ class StepReport(ReportModel):
     directory, or recorded by path, size and sha256 only."""
     log_tail: str | None = None
     """The end of the log of a step that did not succeed (cleaned of colour codes)."""
+    series: list[Series] = Field(default_factory=list)
+    """Its ``expect.metrics`` over time (``metrics/<step>.json``)."""
 
     @property
     def ready_after_s(self) -> float | None:

@@ -28,6 +28,7 @@ from agentflow.monitor import (
 )
 from agentflow.plan import Plan
 from agentflow.redact import Redactor
+from agentflow.runner import metering
 from agentflow.sandbox import Sandbox
 from agentflow.settings import settings
 from agentflow.state import FINAL, Progress, RunState, StepStatus, now
@@ -143,6 +144,8 @@ class RunnerBase:
         self.uncacheable: dict[str, str] = {}
         """Steps whose result must not be cached in this run, and why (a secret's value)."""
         self.next_probe: dict[str, datetime] = {}
+        self.meters: dict[str, metering.Meter] = {}
+        """Each step's metric series (``expect.metrics``), loaded at its first look."""
         self.last_probe: dict[str, str] = {}
         learned = learned_durations(setup.run.path.parent, state.workflow, state.run_id)
         self.expected: dict[str, float] = {}
@@ -282,16 +285,22 @@ class RunnerBase:
         self.s.run.append_event(event)
         self.observer.event(event, self.state)
 
-    def _look_at_output(self, step_id: str) -> bool:
+    def _look_at_output(self, step_id: str, *, final: bool = False) -> bool:
         """Read what the step printed since the last look (the end of it, at most
-        READ_LIMIT); update its progress and ETA. True when there was new output."""
+        READ_LIMIT); update its progress, ETA and metric series. True when there was new
+        output. ``final``: the attempt has ended (an unfinished last line counts)."""
         st = self.state.steps[step_id]
         new = stepfiles.new_output(self.s.run.step_dir(step_id), st.output_bytes, READ_LIMIT)
+        metrics = metering.look(self, step_id, final=final)
         if new is None:
+            if metrics is not None:  # values from a JSON-lines file alone
+                self._update(step_id, metrics=metrics)
             return False
         step = self.s.workflow.step(step_id)
         # When the output was written, not when we looked: the stall timer is exact.
         changes: dict[str, object] = {"output_bytes": new.size, "last_output_at": new.written}
+        if metrics is not None:
+            changes["metrics"] = metrics
         found = parse_progress(new.text, step.expect.progress if step.expect else None)
         if found is not None:
             done, total = found

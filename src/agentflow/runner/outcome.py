@@ -8,6 +8,7 @@ from datetime import datetime
 
 from agentflow import stepfiles
 from agentflow.recovery import decide
+from agentflow.runner import metering
 from agentflow.runner.agentic import Agentic
 from agentflow.runner.base import SANDBOX_LOSSES
 from agentflow.runner.caching import store_result
@@ -22,7 +23,7 @@ class Outcomes(Agentic):
     def _attempt_ended(self, step_id: str, code: int, ended: datetime | None) -> None:
         st = self.state.steps[step_id]
         step = self.s.workflow.step(step_id)
-        self._look_at_output(step_id)  # the last lines: final progress
+        self._look_at_output(step_id, final=True)  # the last lines: final progress, metrics
         status, message = self._judge(step, st, code)
         lost = self._output_lost(step_id)
         if lost:
@@ -113,6 +114,9 @@ class Outcomes(Agentic):
                 outputs = read_outputs(rendered, where)
             except OutputError as e:
                 return "failed", f"outputs: {e}"
+        followed = metering.last_values(self, step.id)  # an output declared by name wins
+        if followed and not step.service:
+            outputs = {**followed, **(outputs or {})}
         problem = self._collect_artifacts(step)
         if problem:
             return "failed", problem

@@ -480,8 +480,9 @@ def _sweep_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
         if not values:
             yield located.at(("matrix", key), f"'{key}' has no values to sweep over")
     objective = workflow.objective
-    if objective is not None and not any(objective.metric in s.outputs for s in workflow.steps):
-        outputs = sorted({o for s in workflow.steps for o in s.outputs}) or ["none"]
+    named = any(objective.metric in s.output_names for s in workflow.steps) if objective else True
+    if objective is not None and not named:
+        outputs = sorted({o for s in workflow.steps for o in s.output_names}) or ["none"]
         yield located.at(
             ("objective", "metric"),
             f"no step has an output '{objective.metric}' to rank runs by "
@@ -648,7 +649,7 @@ def _step_ref_problems(
         yield located.at(loc, f"unknown step '{target}' in ${{{{ steps.{target}... }}}}")
         return
     implicit = output == "host" and by_id[target].service  # where the service listens
-    if output not in by_id[target].outputs and not implicit:
+    if output not in by_id[target].output_names and not implicit:
         yield located.at(loc, f"step '{target}' declares no output '{output}' (add it to outputs)")
         return
     if target not in _ancestors(step.id, by_id):

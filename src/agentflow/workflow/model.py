@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from agentflow.template import references
+from agentflow.workflow.metric import Metric
 from agentflow.workflow.notify import Notify
 from agentflow.workflow.types import Duration, Env, EnvName, StepId, parse_size
 
@@ -330,6 +331,9 @@ class Expect(Model):
     progress: str | None = None
     """A regular expression over output lines with two groups, done and total (or one, a
     percentage)."""
+    metrics: dict[StepId, Metric] = Field(default_factory=dict)
+    """Numbers to follow over the run (``{loss: 'loss=([0-9.eE+-]+)'}``), kept as series
+    for the live view, ``status`` and the report; their last values become outputs."""
 
 
 class MetricCheck(Model):
@@ -504,6 +508,12 @@ class Step(Model):
         if self.cache and self.service:
             raise ValueError("`cache` is not for services: a service has no result to keep")
         return self
+
+    @property
+    def output_names(self) -> set[str]:
+        """What ``${{ steps.<id>.outputs.<name> }}`` can read: the declared outputs and the
+        last values of ``expect.metrics``."""
+        return set(self.outputs) | set(self.expect.metrics if self.expect else ())
 
 
 class Objective(Model):
