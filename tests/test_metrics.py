@@ -76,6 +76,24 @@ def test_series_from_real_output_become_outputs_and_survive_in_the_run(af: Env) 
     assert line.rstrip().endswith("0.01"), status.stdout
 
 
+def test_a_step_taken_from_the_cache_keeps_the_curves_of_the_run_it_came_from(af: Env) -> None:
+    wf = af.write(TRAIN.replace("  - id: train\n", "  - id: train\n    cache: {inputs: []}\n"))
+    first = run_id_of(af.cli("run", str(wf)).stdout)
+    res = af.cli("run", str(wf))
+    assert res.returncode == 0, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    st = af.state(rid)["steps"]["train"]
+    assert st["cached_from"] == first
+    assert st["attempts"] == 0
+    assert st["metrics"]["loss"]["last"] == 0.01
+    saved = json.loads((af.run_dir(rid) / "metrics" / "train.json").read_text())
+    assert saved["series"]["loss"]["count"] == 31
+    assert saved["output_bytes"] == 0  # where the other run's reading stopped is not kept
+    report = json.loads((af.run_dir(rid) / "report.json").read_text())
+    step = next(s for s in report["steps"] if s["id"] == "train")
+    assert {s["name"] for s in step["series"]} == {"loss", "acc"}
+
+
 def test_a_series_of_10000_values_is_bounded_and_evenly_downsampled() -> None:
     s = Series(name="loss")
     for i in range(10_000):

@@ -11,11 +11,13 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from agentflow import artifacts, cache
+from agentflow import artifacts, cache, series
 from agentflow.plan import PlannedStep
 from agentflow.runner.base import RunnerBase
+from agentflow.runner.metering import summaries
 from agentflow.settings import settings
 from agentflow.state import FINAL, now
+from agentflow.store import valid_run_id
 from agentflow.template import input_names
 from agentflow.workflow.model import Step
 
@@ -161,6 +163,7 @@ def take_from_cache(r: RunnerBase, planned: PlannedStep) -> bool:
         planned.id, status="succeeded", cached_from=entry.run_id, outputs=entry.outputs,
         started_at=now(), finished_at=now(), exit_code=None, message=why,
     )  # fmt: skip
+    _carry_series(r, planned.id, entry.run_id)
     r.schedule.changed()
     data: dict[str, JsonValue] = {
         "run": entry.run_id, "key": key, "files": len(entry.files), "size": entry.size,
@@ -280,3 +283,18 @@ def _knowable(r: RunnerBase, dependent: PlannedStep, service: str) -> bool:
         if any(r.state.steps[n].status != "succeeded" for n in r.s.plan.step(need).needs):
             return False
     return True
+
+
+def _carry_series(r: RunnerBase, step_id: str, from_run: str) -> None:
+    """A cached step's metric curves are those of the run it came from (kept in that run's
+    ``metrics/``, written by agentflow, not the step), when that run is still there."""
+    if not valid_run_id(from_run):
+        return
+    data = series.load(r.s.run.path.parent / from_run, step_id)
+    if not data.series:
+        return
+    # Only the values: where reading stopped belongs to the other run's files.
+    kept = series.StepSeries(series=data.series)
+    series.save(r.s.run.path, step_id, kept)
+    r.meters.pop(step_id, None)
+    r._update(step_id, metrics=summaries(kept))
