@@ -19,7 +19,7 @@ def frozen_workflow(run: RunDir) -> Workflow | None:
     cannot be read (the report goes on without what only the workflow knows)."""
     try:
         text = run.workflow_path.read_text(encoding="utf-8")
-        workflow = parse_workflow(text, str(run.workflow_path))
+        workflow = parse_workflow(text, str(run.workflow_path), bare_seconds=True)
     except (AgentflowError, OSError, ValueError):
         return None
     try:
