@@ -75,18 +75,20 @@ def test_the_cli_prints_the_hint_on_one_line(af: Env) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith(f"error: {wf}:5:24: YAML syntax error: mapping values")
-    assert "quote the whole value" in lines[0] and "|" in lines[0]
+    assert "quote the whole value" in lines[0]
+    assert "write it as a block with |" in lines[0]
 
 
 # --- durations need a unit ---------------------------------------------------------------------
 
+SERVICE = "    run: x\n    service: true\n"
 PLACES = {
     "steps[0].timeout": "    run: x\n    timeout: {d}\n",
     "steps[0].stall_timeout": "    run: x\n    stall_timeout: {d}\n",
-    "steps[0].ready.timeout": "    run: x\n    service: true\n    ready: {{log: up, timeout: {d}}}\n",
-    "steps[0].ready.interval": "    run: x\n    service: true\n    ready: {{log: up, interval: {d}}}\n",
-    "steps[0].recover[0].wait": "    run: x\n    recover: [{{match: x, action: retry, wait: {d}}}]\n",
-    "steps[0].retry.backoff.initial": "    run: x\n    retry: {{limit: 1, backoff: {{initial: {d}}}}}\n",
+    "steps[0].ready.timeout": SERVICE + "    ready: {{log: up, timeout: {d}}}\n",
+    "steps[0].ready.interval": SERVICE + "    ready: {{log: up, interval: {d}}}\n",
+    "steps[0].recover[0].wait": "    run: x\n    recover: [{{match: x, action: retry, wait: {d}}}]\n",  # noqa: E501
+    "steps[0].retry.backoff.initial": "    run: x\n    retry: {{backoff: {{initial: {d}}}}}\n",
     "steps[0].expect.duration": "    run: x\n    expect: {{duration: {d}}}\n",
 }
 
