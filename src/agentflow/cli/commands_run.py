@@ -37,6 +37,7 @@ from agentflow.plan import Plan
 from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
+from agentflow.sessions import close_finished_sessions
 from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
@@ -356,14 +357,18 @@ def stop(run_id: Annotated[str, typer.Argument(help="The run to stop.")]) -> Non
 
 @command()
 def gc() -> None:
-    """Remove sandbox containers of runs that are over or gone, and prune the step cache:
-    entries whose files are gone or changed, then the least recently used ones over
-    AGENTFLOW_CACHE_MAX."""
+    """Remove sandbox containers of runs that are over or gone, close the tmux sessions of
+    runs that are over, and prune the step cache: entries whose files are gone or
+    changed, then the least recently used ones over AGENTFLOW_CACHE_MAX."""
     store = Store()
     pruned = cache.gc(store.home, settings().cache_max)
     console.print(
         f"cache: removed {len(pruned.removed)} entr{'y' if len(pruned.removed) == 1 else 'ies'}, "
         f"kept {pruned.kept} ({human_size(pruned.size)})"
+    )
+    closed = close_finished_sessions(store)  # before Docker, which may not answer
+    console.print(
+        f"closed {len(closed)} tmux session(s)" + (f": {', '.join(closed)}" if closed else "")
     )
     # Live: driven right now, or with steps still running (a detached run).
     live = {
