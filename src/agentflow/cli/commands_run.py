@@ -21,7 +21,7 @@ from agentflow.cli.interactive import (
 )
 from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
-from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
+from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, AgentflowError, UsageError
 from agentflow.orchestrator import (
     ObserverFactory,
     Prepared,
@@ -104,10 +104,15 @@ def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
     for w in prepared.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     console.print(f"run [bold cyan]{prepared.run.run_id}[/]   watch: {prepared.attach_hint}")
-    if lives:
-        with lives[0]:
-            return fn()  # type: ignore[operator,no-any-return]
-    return fn()  # type: ignore[operator,no-any-return]
+    try:
+        if lives:
+            with lives[0]:
+                return fn()  # type: ignore[operator,no-any-return]
+        return fn()  # type: ignore[operator,no-any-return]
+    except AgentflowError as e:
+        if e.reported_by_run:  # the run's own line (`run failed: ...`) said it: not twice
+            raise typer.Exit(e.exit_code) from None
+        raise
 
 
 def _conclude(state: RunState, run: RunDir) -> None:
