@@ -38,6 +38,11 @@ def test_the_quoted_or_block_forms_the_hint_names_are_valid() -> None:
     assert block.steps[0].run == 'echo "HTTP 403: denied"\n'
 
 
+def test_a_comment_after_the_value_is_left_out_of_the_quoted_form() -> None:
+    (found,) = problems(HEADER + "    run: curl -H Accept: json  # the API\n")
+    assert "(run: 'curl -H Accept: json')" in found
+
+
 def test_a_value_with_a_single_quote_is_told_to_use_a_block() -> None:
     (found,) = problems("version: 1\nname: t\nsteps:\n  - id: a\n    run: echo it's: here\n")
     assert found.startswith("wf.yaml:5:")

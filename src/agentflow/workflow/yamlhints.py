@@ -62,7 +62,7 @@ def _owner(lines: list[str], index: int, column: int) -> tuple[str, str] | None:
 
 
 def _plain(m: re.Match[str]) -> tuple[str, str] | None:
-    value = m.group("value").strip()
+    value = re.sub(r"\s+#.*$", "", m.group("value")).strip()  # a comment is no part of it
     if not value or value[0] in "'\"{[|>&*!":
         return None  # quoted, flow or block values have other mistakes
     return m.group("key"), value
