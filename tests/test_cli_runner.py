@@ -4,6 +4,7 @@ by the other tests)."""
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,13 @@ def test_help_lists_every_command_but_the_hidden_one() -> None:
     for name in ("run", "resume", "status", "logs", "attach", "stop", "init", "plan"):
         assert name in res.output
     assert "drive" not in res.output  # the detached orchestrator's own command
+
+
+def test_version_is_the_installed_packages() -> None:
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0
+    assert res.output == f"agentflow {metadata.version('agentflow')}\n"
+    assert "--version" in runner.invoke(app, ["--help"]).output
 
 
 def test_init_then_validate(tmp_path: Path) -> None:

@@ -70,6 +70,29 @@ def test_cli_reference_has_every_command(generated: dict[str, str]) -> None:
         assert f"\n## agentflow {name}\n" in page, name
 
 
+def test_the_guide_and_the_readme_list_every_command() -> None:
+    """cli.md's summary and its sections, and the README's list, name each command (issue
+    17: `report` was missing)."""
+    import typer.main
+
+    from agentflow.cli import app
+
+    root = typer.main.get_command(app)
+    ctx = root.context_class(root, info_name="agentflow")
+    names = [n for n in root.list_commands(ctx) if not root.get_command(ctx, n).hidden]
+    guide = (DOCS / "cli.md").read_text(encoding="utf-8")
+    summary = guide.split("```", 2)[1]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = readme.split("## Using it", 1)[1].split("```", 2)[1]
+    assert "report" in names
+    for name in names:
+        assert f"\nagentflow {name} " in summary, f"cli.md's summary lacks {name}"
+        assert f"\n## {name}\n" in guide, f"cli.md has no section for {name}"
+    for name in ("report", "compare", "history", "status", "gc"):
+        assert f"agentflow {name} " in listed, f"the README's command list lacks {name}"
+    assert "agentflow --version" in summary
+
+
 def test_workflow_reference_has_every_object_and_key(generated: dict[str, str]) -> None:
     from agentflow.workflow import Workflow
 

@@ -165,6 +165,18 @@ def test_compare_shows_inputs_durations_outputs_and_metrics_side_by_side(af: Env
     assert unknown.stderr.startswith("error: no run 'nope' in ")
 
 
+def test_compare_shows_a_small_relative_change_with_its_digits(af: Env) -> None:
+    """Issue 17: a change of -0.002 printed as ``(-0%)``."""
+    wf = af.write(TRAIN)
+    run(af, wf, "--run-id", "hi", "--set", "lr=0.95")
+    run(af, wf, "--run-id", "lo", "--set", "lr=0.948")
+    text = af.cli("compare", "hi", "lo").stdout
+    assert re.search(r"^lr +0\.95 +0\.948 +-0\.002 \(-0\.21%\)", text, re.M), text
+    assert re.search(r"^fit\.loss +0\.95 +0\.948 +-0\.002 \(-0\.21%\)", text, re.M), text
+    assert re.search(r"^layers +2 +2 +\+0 \(\+0%\)", text, re.M), text
+    assert "-0%" not in text
+
+
 def test_compare_reads_a_run_the_history_has_not_recorded(af: Env) -> None:
     wf = af.write(TRAIN)
     a = run(af, wf, "--run-id", "old")

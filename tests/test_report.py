@@ -227,3 +227,38 @@ def test_junit_has_one_case_per_step_and_viewers_accept_it(af: Env, tmp_path: Pa
     assert re.match(r"attempt 1: failed, exit code 7, [\d.]+m?s\n", flaky_out)
     assert re.search(r"^attempt 2: succeeded, exit code 0, [\d.]+m?s$", flaky_out, re.M)
     assert flaky_out.endswith("\n\nattempt 2")  # then the log
+
+
+def test_the_metrics_table_names_the_file_the_check_read(af: Env) -> None:
+    """The file of a metric check is rendered as the runner rendered it (issue 17: the
+    table showed `${{ run.id }}`)."""
+    wf = af.write(
+        """\
+version: 1
+name: rendered
+inputs:
+  tag: {default: a}
+env:
+  OUT: out-${{ inputs.tag }}
+steps:
+  - id: make
+    run: |
+      mkdir -p "$OUT"; echo '{"acc": 0.9}' > "$OUT/eval-$AGENTFLOW_RUN_ID.json"
+    success:
+      metrics:
+        acc: {file: "${{ env.OUT }}/eval-${{ run.id }}.json", key: acc, min: 0.5}
+"""
+    )
+    res = af.cli("run", str(wf), "--run-id", "m1", "--set", "tag=b7", "--ci")
+    assert res.returncode == 0, res.stdout + res.stderr
+    metrics = section((af.run_dir("m1") / "report.md").read_text(), "Metrics")
+    assert re.search(
+        r"\| make +\| acc +\| out-b7/eval-m1\.json: acc +\| ≥ 0\.5 +\| passed", metrics
+    )
+    assert "${{" not in metrics
+    data = json.loads((af.run_dir("m1") / "report.json").read_text())
+    assert data["steps"][0]["metrics"][0]["file"] == "out-b7/eval-m1.json"
+    html = (af.run_dir("m1") / "report.html").read_text()
+    assert "<code>out-b7/eval-m1.json</code>" in html
+    again = af.cli("report", "m1")
+    assert "out-b7/eval-m1.json: acc" in again.stdout

@@ -262,7 +262,7 @@ def test_bad_duration_in_defaults() -> None:
     ]
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("90s", 90.0), ("1h30m", 5400.0), ("45", 45.0)])
+@pytest.mark.parametrize(("value", "seconds"), [("90s", 90.0), ("1h30m", 5400.0), ("45s", 45.0)])
 def test_good_durations_are_seconds(value: str, seconds: float) -> None:
     text = HEADER + f"steps:\n  - id: a\n    run: x\n    timeout: {value}\n"
     assert parse_workflow(text, "wf.yaml").steps[0].timeout == seconds

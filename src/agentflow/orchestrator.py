@@ -242,7 +242,8 @@ def reopen(
     except OSError as e:
         raise StateError(f"{run.workflow_path}: cannot read the run's workflow ({e})") from None
     try:
-        workflow = plan.workflow_for(parse_workflow(text, str(run.workflow_path), base_dir=None))
+        frozen = parse_workflow(text, str(run.workflow_path), bare_seconds=True)
+        workflow = plan.workflow_for(frozen)
     except KeyError as e:
         raise StateError(f"{run.path}: plan.json has step {e} that workflow.yaml lacks") from None
     if not workspace.is_dir():

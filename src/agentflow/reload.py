@@ -62,7 +62,7 @@ def prepare(run: RunDir, state: RunState) -> Reload:
     wf = load_workflow(state.workflow_file)
     old_plan = run.read_plan()
     text = frozen_text(run)
-    old = old_plan.workflow_for(parse_workflow(text, str(run.workflow_path), base_dir=None))
+    old = old_plan.workflow_for(parse_workflow(text, str(run.workflow_path), bare_seconds=True))
     plan = _plan(wf, _inputs(wf, state), old_plan, old)
     check_plan(plan, wf, str(wf.path))
     new = plan.workflow_for(wf.workflow)

@@ -104,6 +104,18 @@ def one_line(text: str | None, limit: int = 0) -> str:
     return first
 
 
+def clip_words(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with ``…``; a
+    single word longer than that is cut inside it."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    space = head.rfind(" ")
+    if space > limit // 2:  # a boundary not too far back
+        head = head[:space]
+    return head.rstrip(" ,;:(") + "…"
+
+
 # Also the invisible marks (zero-width, bidirectional, word joiner, BOM): shown, never
 # stripped, in what a person approves.
 _HIDDEN = re.compile(f"[{_UNWANTED}\u200b-\u200f\u2060\ufeff]")

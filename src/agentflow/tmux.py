@@ -213,6 +213,20 @@ class Tmux:
             )
         return panes
 
+    def sessions(self) -> list[str]:
+        """The names of the server's sessions; empty when no server runs."""
+        result = self.server.cmd("list-sessions", "-F", "#{session_name}")
+        return [] if result.returncode != 0 else [n for n in result.stdout if n]
+
+    def live_panes(self, session: str) -> list[tuple[str, str]]:
+        """``(window name, command)`` of each pane of ``session`` whose process lives."""
+        fmt = "#{pane_dead}\t#{window_name}\t#{pane_current_command}"
+        result = self.server.cmd("list-panes", "-s", "-t", f"={session}", "-F", fmt)
+        if result.returncode != 0:
+            return []
+        rows = [([*line.split("\t"), "", ""])[:3] for line in result.stdout]
+        return [(name, command) for dead, name, command in rows if dead != "1"]
+
     def first_pane(self, session: str) -> tuple[bool, str]:
         """Whether the session's first window's command has ended, and what it shows."""
         target = f"={session}:^"  # the lowest-numbered window, whatever base-index

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any, TypeVar
 
 import typer
@@ -27,6 +28,32 @@ app = typer.Typer(
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        # The installed distribution's version: what a bug report needs.
+        try:
+            version = metadata.version("agentflow")
+        except metadata.PackageNotFoundError:  # run from a source tree, not installed
+            version = "unknown (not installed)"
+        console.print(f"agentflow {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print agentflow's version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """Run long, multi-step engineering workflows from one YAML file, in tmux sessions
+    you can attach to, with a checkpoint that survives anything."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -249,9 +249,24 @@ def _text(value: Any) -> Text:
 
 
 def _change(diff: float | None, pct: float | None, *, seconds: bool = False) -> str:
-    """``+1.5s (+25%)``, ``-0.2 (-12%)``, ``+0 (+0%)``; '' when unknown."""
+    """``+1.5s (+25%)``, ``-0.2 (-12%)``, ``-0.002 (-0.2%)``, ``+0 (+0%)``; '' when
+    unknown."""
     if diff is None:
         return ""
     sign = "-" if diff < 0 else "+"
     amount = human_duration(abs(diff)) if seconds else f"{abs(diff):g}"
-    return f"{sign}{amount}" + (f" ({pct:+.0f}%)" if pct is not None else "")
+    return f"{sign}{amount}" + (f" ({percent(pct)})" if pct is not None else "")
+
+
+def percent(pct: float) -> str:
+    """A relative change with two significant digits below 10% (``-0.2%``, ``+1.5%``,
+    ``+12%``): a small change never shows as ``-0%``; one too small to write, ``<0.001%``."""
+    size = abs(pct)
+    if size == 0:
+        return "+0%"
+    if size < 0.001:
+        return "<0.001%"
+    sign = "-" if pct < 0 else "+"
+    if size >= 9.95:  # rounds to 10 or more: whole percents
+        return f"{sign}{size:.0f}%"
+    return f"{sign}{size:.2g}%"

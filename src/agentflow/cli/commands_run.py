@@ -21,7 +21,7 @@ from agentflow.cli.interactive import (
 )
 from agentflow.cli.sweeping import detached_argv, run_sweep, stop_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
-from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
+from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, AgentflowError, UsageError
 from agentflow.notify import checked_url, finish
 from agentflow.orchestrator import (
     ObserverFactory,
@@ -38,6 +38,7 @@ from agentflow.plan import Plan
 from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
+from agentflow.sessions import close_finished_sessions
 from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
@@ -123,17 +124,23 @@ def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
     for w in prepared.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
     console.print(f"run [bold cyan]{prepared.run.run_id}[/]   watch: {prepared.attach_hint}")
-    runner = prepared.runner
-    if lives:
-        with lives[0]:
-            try:
-                return fn()  # type: ignore[operator,no-any-return]
-            finally:  # (a failed notification shows as a line of the live view)
-                finish(prepared.notifier, runner.observer, runner.state)
+    try:
+        if lives:
+            with lives[0]:  # (a failed notification shows as a line of the live view)
+                return _notified(prepared, fn)
+        return _notified(prepared, fn)
+    except AgentflowError as e:
+        if e.reported_by_run:  # the run's own line (`run failed: ...`) said it: not twice
+            raise typer.Exit(e.exit_code) from None
+        raise
+
+
+def _notified(prepared: Prepared, fn: object) -> RunState:
+    """Drive the run, then send (or wait for) its notifications, however it ended."""
     try:
         return fn()  # type: ignore[operator,no-any-return]
     finally:
-        finish(prepared.notifier, runner.observer, runner.state)
+        finish(prepared.notifier, prepared.runner.observer, prepared.runner.state)
 
 
 def _conclude(state: RunState, run: RunDir) -> None:
@@ -392,14 +399,18 @@ def stop(run_id: Annotated[str, typer.Argument(help="The run (or sweep) to stop.
 
 @command()
 def gc() -> None:
-    """Remove sandbox containers of runs that are over or gone, and prune the step cache:
-    entries whose files are gone or changed, then the least recently used ones over
-    AGENTFLOW_CACHE_MAX."""
+    """Remove sandbox containers of runs that are over or gone, close the tmux sessions of
+    runs that are over, and prune the step cache: entries whose files are gone or
+    changed, then the least recently used ones over AGENTFLOW_CACHE_MAX."""
     store = Store()
     pruned = cache.gc(store.home, settings().cache_max)
     console.print(
         f"cache: removed {len(pruned.removed)} entr{'y' if len(pruned.removed) == 1 else 'ies'}, "
         f"kept {pruned.kept} ({human_size(pruned.size)})"
+    )
+    closed = close_finished_sessions(store)  # before Docker, which may not answer
+    console.print(
+        f"closed {len(closed)} tmux session(s)" + (f": {', '.join(closed)}" if closed else "")
     )
     # Live: driven right now, or with steps still running (a detached run).
     live = {

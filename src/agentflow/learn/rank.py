@@ -58,7 +58,7 @@ def _frozen(run: RunDir) -> Callable[[], Workflow | None]:
         if not cache:
             try:
                 text = run.workflow_path.read_text(encoding="utf-8")
-                cache.append(parse_workflow(text, str(run.workflow_path)))
+                cache.append(parse_workflow(text, str(run.workflow_path), bare_seconds=True))
             except (OSError, WorkflowError):
                 cache.append(None)
         return cache[0]

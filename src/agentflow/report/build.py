@@ -37,7 +37,7 @@ TAIL_LINES = 80
 def build_report(run: RunDir, state: RunState, at: datetime | None = None) -> Report:
     """The report of ``state`` (read from ``run``) as of ``at`` (now)."""
     at = at or now()
-    workflow = frozen_workflow(run)
+    workflow = frozen_workflow(run, state)
     events = _masked(run.read_events(), secrets_known(workflow))
     status = shown_status(run, state)
     end = _timeline_end(state, events, at)

@@ -115,7 +115,7 @@ def _metrics(report: Report) -> str:
         [
             s.id,
             m.name,
-            f"{m.file}: {m.key}",
+            inline(one_line(f"{m.file}: {m.key}")),  # rendered: it may quote an output
             m.bounds,
             m.result + (f": {inline(printable(m.detail, VALUE_LIMIT))}" if m.detail else ""),
         ]

@@ -6,26 +6,70 @@ an attempt that passed leave one ``metrics_checked`` event with every value meas
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 from agentflow.errors import AgentflowError
 from agentflow.report.model import MetricResult
-from agentflow.state import StepState
+from agentflow.state import RunState, StepState
 from agentflow.store import Event, RunDir
+from agentflow.template import Ref, scalar_text, substitute
 from agentflow.workflow import Workflow, parse_workflow
 from agentflow.workflow.model import Step
 
 
-def frozen_workflow(run: RunDir) -> Workflow | None:
+def frozen_workflow(run: RunDir, state: RunState | None = None) -> Workflow | None:
     """The workflow as the run froze it (with the steps its plan added), or None when it
-    cannot be read (the report goes on without what only the workflow knows)."""
+    cannot be read (the report goes on without what only the workflow knows). Given the
+    run's ``state``, each ``success.metrics`` file and key is rendered as the runner
+    rendered it (``${{ run.id }}``, inputs, outputs), so that the report names the file
+    the check read."""
     try:
         text = run.workflow_path.read_text(encoding="utf-8")
-        workflow = parse_workflow(text, str(run.workflow_path))
+        workflow = parse_workflow(text, str(run.workflow_path), bare_seconds=True)
     except (AgentflowError, OSError, ValueError):
         return None
-    try:
-        return run.read_plan().workflow_for(workflow)
-    except (AgentflowError, KeyError):
+    with contextlib.suppress(AgentflowError, KeyError):  # no plan: the file's steps alone
+        workflow = run.read_plan().workflow_for(workflow)
+    if state is None:
         return workflow
+    steps = [_metrics_rendered(workflow, step, state) for step in workflow.steps]
+    return workflow.model_copy(update={"steps": steps})
+
+
+def _metrics_rendered(workflow: Workflow, step: Step, state: RunState) -> Step:
+    if step.success is None or not step.success.metrics:
+        return step
+    render = _renderer(workflow, step, state)
+    metrics = {
+        name: m.model_copy(update={"file": render(m.file), "key": render(m.key)})
+        for name, m in step.success.metrics.items()
+    }
+    return step.model_copy(update={"success": step.success.model_copy(update={"metrics": metrics})})
+
+
+def _renderer(workflow: Workflow, step: Step, state: RunState) -> Callable[[str], str]:
+    """The runner's rendering from what the run recorded. ``${{ env.X }}`` of the
+    orchestrator's own environment was not recorded: it stays as written."""
+    inputs = {**state.inputs, **state.input_overrides}
+    env: dict[str, str] = {}
+
+    def lookup(ref: Ref) -> str | None:
+        if ref.kind == "inputs":
+            value = inputs.get(ref.names[0])
+            return None if value is None else scalar_text(value)
+        if ref.kind == "env":
+            return env.get(ref.names[0])
+        if ref.kind == "run":
+            return state.run_id
+        other = state.steps.get(ref.names[0])
+        return other.outputs.get(ref.names[1]) if other else None
+
+    for key, value in [*workflow.env.items(), *step.env.items()]:
+        env[key] = substitute(value, lookup)
+    own = state.steps.get(step.id)
+    env.update(own.env_overrides if own else {})
+    return lambda text: substitute(text, lookup)
 
 
 def metric_results(step: Step | None, st: StepState, events: list[Event]) -> list[MetricResult]:

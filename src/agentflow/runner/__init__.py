@@ -17,6 +17,8 @@ import signal
 import time
 from datetime import datetime
 
+from pydantic import JsonValue
+
 from agentflow import history
 from agentflow.errors import AgentflowError, first_line
 from agentflow.monitor import Waker
@@ -25,8 +27,13 @@ from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSe
 from agentflow.runner.launch import Launching
 from agentflow.runner.watch import Watching
 from agentflow.state import RunState, now
+from agentflow.textsafe import clip_words
 
 __all__ = ["STOP_REQUEST", "InterruptChoice", "Observer", "RunSetup", "Runner"]
+
+SHORT = 360
+"""The longest a run's failure line gets when the sandbox cannot start (the daemon's
+whole answer is in the ``run_finished`` event's ``data.error``)."""
 
 
 class Runner(Watching, Launching):
@@ -57,11 +64,18 @@ class Runner(Watching, Launching):
             self.s.sandbox.start()
         except AgentflowError as e:
             # No sandbox, no run: say so in the checkpoint (not "running" with nobody there).
-            message = f"the sandbox could not start: {first_line(e)}"
+            # The run's line is cut at a word; its event keeps the whole text.
+            full = f"the sandbox could not start: {str(e).strip()}"
+            lines = full.splitlines()
+            first = lines[0].rstrip(": ") + (" …" if len(lines) > 1 else "")
+            message = clip_words(first, SHORT)
             self.state = self.state.with_run(status="failed", finished_at=now(), message=message)
             self._save()
-            self._emit("run_finished", status="failed", message=message)
+            whole: dict[str, JsonValue] | None = {"error": full} if full != message else None
+            self._emit("run_finished", status="failed", message=message, data=whole)
             self._record(write_reports(self.s.run, self.state, self.s.junit))
+            # One line said it all: not again as `error:`. A build's last lines still follow.
+            e.reported_by_run = len(lines) == 1
             raise
         self._ensure_session()
         waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")

@@ -28,6 +28,7 @@ from docker.utils.build import exclude_paths
 
 from agentflow import safefs
 from agentflow.errors import EnvironmentProblem, UsageError
+from agentflow.textsafe import clip_words
 from agentflow.workflow.model import Sandbox as SandboxConfig
 
 DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -38,8 +39,19 @@ DOCKERIGNORE_MAX = 1 << 20
 
 
 def first_line(e: BaseException) -> str:
+    """A Docker error's first line, cut at a word boundary."""
     text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    return clip_words(text.splitlines()[0], 200) if text else type(e).__name__
+
+
+def daemon_says(e: BaseException) -> str:
+    """What the Docker daemon said (an API error's explanation, without the request's URL
+    and status before it), whole: the run's events keep it; its lines cut it."""
+    explanation = getattr(e, "explanation", None)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", "replace")
+    text = explanation if isinstance(explanation, str) and explanation.strip() else str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 def host_source(workspace: Path, key: str, given: str, writable: list[Path] | None = None) -> Path:
@@ -100,10 +112,10 @@ def resolve(
         try:
             client.images.pull(config.image)
         except DOCKER_ERRORS as e:
+            # What to do first: the daemon's reason can be long, and is cut on screen.
             raise EnvironmentProblem(
-                f"image {config.image} is not on this machine and cannot be pulled "
-                f"({first_line(e)}): build it (`docker build -t {config.image} .`) "
-                "or give `sandbox.build` in the workflow"
+                f"image {config.image} is not on this machine and cannot be pulled (build "
+                f"it with `docker build -t`, or give `sandbox.build`): {daemon_says(e)}"
             ) from None
     return config.image
 

@@ -23,6 +23,8 @@ from agentflow.errors import Problem, WorkflowError
 from agentflow.template import TemplateSyntaxError, references
 from agentflow.workflow.model import Resources, Step, Workflow
 from agentflow.workflow.support import unsupported
+from agentflow.workflow.types import UNITS_REQUIRED
+from agentflow.workflow.yamlhints import colon_hint, mapping_hint
 
 Loc = tuple[str | int, ...]
 
@@ -61,12 +63,16 @@ def load_workflow(path: Path | str) -> WorkflowFile:
     return WorkflowFile(p.resolve(), text, workflow)
 
 
-def parse_workflow(text: str, filename: str, base_dir: Path | None = None) -> Workflow:
-    """Validate workflow text; ``base_dir`` (when given) is where ``docs:`` are looked up."""
+def parse_workflow(
+    text: str, filename: str, base_dir: Path | None = None, *, bare_seconds: bool = False
+) -> Workflow:
+    """Validate workflow text; ``base_dir`` (when given) is where ``docs:`` are looked up.
+    ``bare_seconds``: a duration without unit is seconds, as before units were required
+    (for a run's frozen copy of its workflow, accepted when the run started)."""
     data, positions = _parse_yaml(text, filename)
     located = _Locator(filename, positions)
     try:
-        workflow = Workflow.model_validate(data)
+        workflow = Workflow.model_validate(data, context={UNITS_REQUIRED: not bare_seconds})
     except ValidationError as e:
         found = {located.pydantic(err) for err in _one_per_number(e.errors())}
         raise WorkflowError(
@@ -175,6 +181,8 @@ def _parse_yaml(text: str, filename: str) -> tuple[Any, dict[Loc, tuple[int, int
         mark = e.problem_mark or e.context_mark
         what = " ".join(s for s in (e.context, e.problem) if s)
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        if line is not None and col is not None and "mapping values" in (e.problem or ""):
+            what += colon_hint(text, line, col)
         raise WorkflowError([Problem(filename, line, col, f"YAML syntax error: {what}")]) from None
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
@@ -313,6 +321,8 @@ class _Locator:
             msg = f"{msg[0].lower()}{msg[1:]}" if msg else msg
             if "input" in err and (kind.endswith("_type") or kind == "finite_number"):
                 msg += f", got {_short(err['input'])}"
+            if kind == "string_type":
+                msg += mapping_hint(err.get("input"))
         return self.at(loc, msg)
 
 

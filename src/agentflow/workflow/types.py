@@ -6,7 +6,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
+from pydantic import BeforeValidator, Field, PlainSerializer, ValidationInfo, WithJsonSchema
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_FULL = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
@@ -28,6 +28,34 @@ def parse_duration(value: Any) -> float:
     if seconds > MAX_DURATION_S:  # also .inf, and digits too many for a float
         raise ValueError(f"a duration can be at most 365d (a year), got {_shown(value)}")
     return seconds
+
+
+UNITS_REQUIRED = "durations need units"
+"""The validation context key under which a workflow file's durations must carry a unit:
+``timeout: 5`` reads as seconds to one person and minutes to another (sweeps, cluster
+limits), so the file must say. Only the loader sets it; models built in code (a plan's
+expected duration, a frozen run's old copy) keep numbers as seconds."""
+
+
+def _duration_field(value: Any, info: ValidationInfo) -> float:
+    strict = isinstance(info.context, dict) and info.context.get(UNITS_REQUIRED, False)
+    if strict and _bare_number(value):
+        return _no_unit(value)
+    return parse_duration(value)
+
+
+def _bare_number(value: Any) -> bool:
+    # NaN, infinities, huge and negative numbers keep their own, clearer messages.
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_DURATION_S
+    )
+
+
+def _no_unit(value: float) -> float:
+    n = f"{value:g}" if isinstance(value, float) else str(value)
+    raise ValueError(f"{n} has no unit: write {n}s, {n}m or {n}h")
 
 
 def _seconds(value: Any) -> float:
@@ -66,20 +94,18 @@ def format_duration(seconds: float) -> str:
 
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_duration_field),
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema(
         {
-            "anyOf": [
-                {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "number", "minimum": 0, "maximum": MAX_DURATION_S},
-            ],
-            "description": "A duration: 500ms, 90s, 15m, 2h, 1d, 1h30m, or a number of seconds; "
-            "at most 365d.",
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": "A duration with its unit: 500ms, 90s, 15m, 2h, 1d, 1h30m; "
+            "at most 365d. A bare number is refused (seconds or minutes?).",
         }
     ),
 ]
-"""A length of time in seconds, written in YAML as ``90s``, ``15m``, ``2h``."""
+"""A length of time in seconds, written in YAML with its unit: ``90s``, ``15m``, ``2h``."""
 
 ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
