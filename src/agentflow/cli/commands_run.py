@@ -1,4 +1,4 @@
-"""Commands that drive runs: run, resume, stop."""
+"""Commands that drive runs: run, and drive (a detached run's own orchestrator)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from agentflow import cache
-from agentflow.artifacts import human_size
 from agentflow.cli.app import command, console, err_console, plain_output
 from agentflow.cli.commands_define import SetOption
 from agentflow.cli.interactive import (
@@ -19,7 +17,7 @@ from agentflow.cli.interactive import (
     approver,
     interrupt_asker,
 )
-from agentflow.cli.sweeping import detached_argv, run_sweep, stop_sweep
+from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
 from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, AgentflowError, UsageError
 from agentflow.notify import checked_url, finish
@@ -29,7 +27,6 @@ from agentflow.orchestrator import (
     SandboxChoice,
     new_run,
     reopen,
-    request_stop,
     resume,
     start_detached,
     take_environment,
@@ -38,11 +35,10 @@ from agentflow.plan import Plan
 from agentflow.planner import check_plan, make_plan, planner_for
 from agentflow.planner.inputs import parse_set_options
 from agentflow.runner import Observer
-from agentflow.sessions import close_finished_sessions
 from agentflow.settings import settings
 from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
-from agentflow.sweep import SweepOptions, is_sweep, parse_matrix_options
+from agentflow.sweep import SweepOptions, parse_matrix_options
 from agentflow.textsafe import one_line, printable
 from agentflow.workflow import load_workflow
 
@@ -368,58 +364,3 @@ def _read_plan(path: Path) -> Plan:
         where = ".".join(str(x) for x in first["loc"])
         raise UsageError(f"{path}: not a valid plan ({where}: {first['msg']})") from None
     return the_plan
-
-
-@command()
-def stop(run_id: Annotated[str, typer.Argument(help="The run (or sweep) to stop.")]) -> None:
-    """Stop a run: its steps' processes, its tmux session, its orchestrator. Or every
-    running run of a sweep (its exact id)."""
-    store = Store()
-    if is_sweep(store.home, run_id):
-        stop_sweep(run_id)
-        return
-    run_dir = store.open(run_id)
-    if request_stop(run_dir):
-        console.print(f"run {run_dir.run_id} stopped")
-        return
-    rid = run_dir.run_id
-    with run_dir.lock():
-        prepared = reopen(
-            store, rid, lambda r, p, h: Observers([LogFile(str(r.log_path))]), secrets=False
-        )
-        runner = prepared.runner
-        if runner.state.status in ("succeeded", "failed") and not runner.state.count("running"):
-            runner.s.tmux.kill_session(rid)
-            runner.s.sandbox.close()  # a container kept with --keep-sandbox goes too
-            console.print(f"run {rid} had already {runner.state.status}; its session is closed")
-            return
-        runner.stop("stopped by `agentflow stop`")
-    console.print(f"run {rid} stopped; resume it with `agentflow resume {rid}`")
-
-
-@command()
-def gc() -> None:
-    """Remove sandbox containers of runs that are over or gone, close the tmux sessions of
-    runs that are over, and prune the step cache: entries whose files are gone or
-    changed, then the least recently used ones over AGENTFLOW_CACHE_MAX."""
-    store = Store()
-    pruned = cache.gc(store.home, settings().cache_max)
-    console.print(
-        f"cache: removed {len(pruned.removed)} entr{'y' if len(pruned.removed) == 1 else 'ies'}, "
-        f"kept {pruned.kept} ({human_size(pruned.size)})"
-    )
-    closed = close_finished_sessions(store)  # before Docker, which may not answer
-    console.print(
-        f"closed {len(closed)} tmux session(s)" + (f": {', '.join(closed)}" if closed else "")
-    )
-    # Live: driven right now, or with steps still running (a detached run).
-    live = {
-        r.run_id
-        for r in store.list()
-        if r.lock_holder() is not None or r.read_state().count("running")
-    }
-    from agentflow.sandbox.docker import reap
-
-    removed = reap(store.home, live)
-    names = f": {', '.join(removed)}" if removed else ""
-    console.print(f"removed {len(removed)} container(s){names}")
