@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -381,7 +381,7 @@ class LiveTable:
         line.append(describe(event), style=style)
         lines = [line, *(Text(f"{' ' * 10}│ {x}", style="dim") for x in cause_of(event.data))]
         self.recent.extend(lines)
-        self.live.console.print(*lines)
+        self.live.console.print(Group(*lines))
 
     def update(self, state: RunState) -> None:
         self.state = state
