@@ -12,6 +12,7 @@ from pathlib import Path
 
 import libtmux
 
+from agentflow.store import RunDir
 from agentflow.tmux import socket_path_for
 from test_experience import asking, exit_code, terminal
 
@@ -165,6 +166,20 @@ def test_a_detached_runs_view_says_its_keys_and_redraws_clean_on_resize(
         ),
         message="one frame: no stale one above it",
     )
+    # Ctrl-C there (attached with --write: keys reach it) offers no detach: this
+    # orchestrator is what drives the run.
+    server.cmd("send-keys", "-t", "=dv:^", "C-c")
+    af.wait_for(lambda: any(x.startswith("What now [s/c]") for x in first_window()))
+    assert not any("d: detach" in x for x in first_window())
+    server.cmd("send-keys", "-t", "=dv:^", "c", "Enter")
+    af.wait_for(
+        lambda: (
+            not any("What now" in x for x in first_window())
+            and any(x.startswith("agentflow dv") for x in first_window())
+        ),
+        message="back to the view",
+    )
+    assert RunDir(af.run_dir("dv")).lock_holder() is not None  # still driven
     # From inside tmux (the test's terminal is a tmux pane): the keys that leave it.
     with terminal(af, tmp_path, "attach", "dv") as term:
         af.wait_for(
