@@ -90,24 +90,25 @@ def _progress(
     """The progress and last output time of the end of the step's output (as the
     monitor's look would find them), with an ETA while it is going."""
     new = stepfiles.new_output(folder, 0, READ_LIMIT)
-    if new is None:
-        return {}
     pattern = None
     if workflow is not None:
         step = next((s for s in workflow.steps if s.id == step_id), None)
         pattern = step.expect.progress if step is not None and step.expect else None
     try:
-        found = parse_progress(new.text, pattern)
+        found = parse_progress(new.text, pattern) if new is not None else None
     except re.error:  # a pattern a hand-edited copy of the workflow holds: no progress
         found = None
-    changes: dict[str, object] = {"last_output_at": new.written}
+    changes: dict[str, object] = {"last_output_at": new.written} if new is not None else {}
     if found is not None:
         progress = Progress(done=found[0], total=found[1])
         elapsed = (now() - st.started_at).total_seconds() if st.started_at else 0.0
         eta = eta_seconds(progress.fraction, elapsed) if going else None
         changes["progress"] = progress.model_copy(update={"eta_s": eta})
-    elif not going and st.progress is not None:
-        changes["progress"] = st.progress.model_copy(update={"eta_s": None})
+    elif st.progress is not None and (not going or st.progress.total == 0):
+        # An ETA from the expected duration, as of a look nobody will take again: none.
+        changes["progress"] = (
+            None if st.progress.total == 0 else st.progress.model_copy(update={"eta_s": None})
+        )
     return changes
 
 
