@@ -14,6 +14,8 @@ import libtmux
 
 from agentflow.store import RunDir
 from agentflow.tmux import socket_path_for
+from agentflow.viewparts import sandbox_label
+from agentflow.workflow.model import Build, Sandbox
 from test_experience import asking, exit_code, terminal
 
 from conftest import AGENTFLOW, Env
@@ -187,3 +189,13 @@ def test_a_detached_runs_view_says_its_keys_and_redraws_clean_on_resize(
             message="the status line says how to leave the inner session",
         )
     af.cli("stop", "dv")
+
+
+def test_the_header_says_where_steps_run() -> None:
+    assert sandbox_label("docker", Sandbox(image="python:3.12-slim")) == (
+        "docker (image python:3.12-slim)"
+    )
+    assert sandbox_label("docker", Sandbox(build=Build())) == (
+        "docker (image built from ./Dockerfile)"
+    )
+    assert sandbox_label("local", Sandbox(image="python:3.12-slim")) == "local"
