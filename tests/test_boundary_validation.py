@@ -319,7 +319,8 @@ def _mutate(state: dict[str, Any], m: Mutation) -> None:
     if m[0] == "run":
         state[m[1]] = m[2]
     elif m[0] == "drop":
-        steps.pop(m[1], None)
+        if isinstance(steps, dict):  # an earlier mutation may have replaced them
+            steps.pop(m[1], None)
     elif isinstance(steps, dict):
         step = steps.setdefault(m[1], dict(next(iter(steps.values()), {})))
         if m[0] == "step":

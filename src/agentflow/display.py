@@ -11,12 +11,13 @@ import contextlib
 import os
 import re
 import secrets
+from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -27,6 +28,7 @@ from agentflow.state import UNSUCCESSFUL, RunState, StepState, now
 from agentflow.store import Event
 from agentflow.textsafe import MESSAGE_LIMIT, VALUE_LIMIT, one_line, printable
 from agentflow.verify import tail
+from agentflow.viewparts import ResizeSafeLive, cause_of, visible_steps
 from agentflow.workflow.types import format_duration
 
 STATUS_STYLE = {
@@ -40,6 +42,7 @@ STATUS_STYLE = {
     "skipped": "yellow",
     "blocked": "magenta",
     "interrupted": "yellow",
+    "ended": "yellow",
 }
 STATUS_MARK = {
     "pending": "·",
@@ -51,13 +54,20 @@ STATUS_MARK = {
     "stalled": "✘",
     "skipped": "↷",
     "blocked": "⏸",
+    "ended": "■",
 }
+
+
+def shown_status(st: StepState) -> str:
+    """The step's status; ``ended`` for a running one whose exit code is written but not
+    yet recorded (``ondisk``: nobody watched it end)."""
+    return "ended" if st.status == "running" and st.exit_code is not None else st.status
 
 
 def elapsed(st: StepState, at: datetime | None = None) -> str:
     if st.started_at is None:
         return ""
-    end = st.finished_at if st.status != "running" and st.finished_at else (at or now())
+    end = st.finished_at if shown_status(st) != "running" and st.finished_at else (at or now())
     return format_duration(max(0.0, round((end - st.started_at).total_seconds(), 1)))
 
 
@@ -87,9 +97,11 @@ breaks) in plain lines: no such line can pass for an event of its own."""
 
 
 def plain_line(event: Event) -> str:
+    """The event's line; under a failure, the last meaningful lines of its log."""
     stamp = event.ts.astimezone().strftime("%H:%M:%S")
     who = event.step or "run"
     first, *more = describe(event).split("\n")
+    more += [f"  {x}" for x in cause_of(event.data)]
     return "\n".join([f"{stamp}  {who:<20} {first}", *(CONTINUED + x for x in more)])
 
 
@@ -220,12 +232,13 @@ def steps_table(
     at = now()
     for step_id in order or list(state.steps):
         st = state.steps[step_id]
-        style = STATUS_STYLE.get(st.status, "")
-        status = f"{STATUS_MARK.get(st.status, ' ')} {st.status}"
+        shown = shown_status(st)
+        style = STATUS_STYLE.get(shown, "")
+        status = f"{STATUS_MARK.get(shown, ' ')} {shown}"
         if narrow and st.attempts > 1:
             status += f" #{st.attempts}"
         note = one_line(st.message) or ("" if st.exit_code in (None, 0) else f"exit {st.exit_code}")
-        last = (last_lines or {}).get(step_id, "") if st.status == "running" else ""
+        last = (last_lines or {}).get(step_id, "") if shown == "running" else ""
         cells: list[RenderableType] = [step_id, Text(status, style=style)]
         if not narrow:
             cells.append(str(st.attempts or ""))
@@ -244,7 +257,7 @@ def progress_cell(st: StepState, bar_width: int, *, with_counts: bool) -> Render
     fraction = st.progress.fraction if st.progress is not None else None
     if st.status == "succeeded":
         return Text("")
-    if st.status != "running" or fraction is None or st.ready_at is not None:
+    if shown_status(st) != "running" or fraction is None or st.ready_at is not None:
         return Text(progress_text(st, with_counts=with_counts))
     grid = Table.grid(padding=(0, 1))
     grid.add_row(
@@ -252,42 +265,6 @@ def progress_cell(st: StepState, bar_width: int, *, with_counts: bool) -> Render
         Text(progress_text(st, with_counts=False)),
     )
     return grid
-
-
-def visible_steps(state: RunState, order: list[str], rows: int) -> tuple[list[str], str]:
-    """At most ``rows`` steps for a live view, the ones worth seeing first (running, then
-    failed or blocked, then the next pending, then the latest finished), in plan order;
-    and a line that counts what is left out."""
-    if len(order) <= rows:
-        return order, ""
-    rank = {"running": 0, "failed": 1, "crashed": 1, "timeout": 1, "stalled": 1, "blocked": 1}
-    finished_order = sorted(
-        (k for k in order if state.steps[k].finished_at is not None),
-        key=lambda k: state.steps[k].finished_at or at_epoch,
-        reverse=True,
-    )
-    recency = {k: i for i, k in enumerate(finished_order)}
-    pending = [k for k in order if state.steps[k].status == "pending"]
-
-    def priority(k: str) -> tuple[int, int]:
-        status = state.steps[k].status
-        if status in rank:
-            return (rank[status], 0)
-        if status == "pending":
-            return (2, pending.index(k))
-        return (3, recency.get(k, 0))
-
-    chosen = set(sorted(order, key=priority)[:rows])
-    hidden: dict[str, int] = {}
-    for k in order:
-        if k not in chosen:
-            status = state.steps[k].status
-            hidden[status] = hidden.get(status, 0) + 1
-    more = ", ".join(f"{n} {status}" for status, n in hidden.items())
-    return [k for k in order if k in chosen], f"… and {more}"
-
-
-at_epoch = datetime.fromtimestamp(0).astimezone()
 
 
 def progress_text(st: StepState, *, with_counts: bool = True) -> str:
@@ -333,6 +310,8 @@ class _LiveView:
         if running:
             header.append(f", {running} running")
         header.append(f"  {format_duration(round((now() - state.created_at).total_seconds()))}")
+        if owner.sandbox:
+            header.append(f"  {owner.sandbox}", style="dim")
         yield header
         metrics = metric_table(state, owner.order)  # sparklines of expect.metrics
         spark = metrics.row_count if metrics else 0
@@ -344,9 +323,7 @@ class _LiveView:
             yield metrics
         if more:
             yield Text(more, style="dim")
-        yield Text(
-            f"{owner.attach_hint} [STEP]   Ctrl-C: stop or detach", style="dim", overflow="ellipsis"
-        )
+        yield Text(owner.footer, style="dim", overflow="ellipsis")
 
 
 class LiveTable:
@@ -354,17 +331,28 @@ class LiveTable:
     moving the cursor over the previous frame (no clearing): no flicker."""
 
     def __init__(
-        self, console: Console, order: list[str], attach_hint: str, steps_dir: Path | None = None
+        self,
+        console: Console,
+        order: list[str],
+        attach_hint: str,
+        steps_dir: Path | None = None,
+        footer: str | None = None,
     ) -> None:
         self.console = console
         self.order = order
         self.attach_hint = attach_hint
         self.steps_dir = steps_dir
+        self.footer = footer or f"{attach_hint} [STEP]   Ctrl-C: stop or detach"
+        """What the keys do, under the table (a detached run's view says its own)."""
+        self.sandbox = ""
+        """Where the steps run (``docker (image …)``, ``local``), for the header."""
         self.state: RunState | None = None
+        self.recent: deque[Text] = deque(maxlen=100)
+        """The latest lines printed above the table (printed again after a resize)."""
         self.live = self._new_live()
 
     def _new_live(self) -> Live:
-        return Live(_LiveView(self), console=self.console, refresh_per_second=2, transient=True)
+        return ResizeSafeLive(_LiveView(self), self.console, lambda: list(self.recent))
 
     def last_line(self, step_id: str) -> str:
         if self.steps_dir is None:
@@ -400,7 +388,9 @@ class LiveTable:
         style = STATUS_STYLE.get(event.status or "", "")
         line = Text.assemble((stamp, "dim"), "  ", (f"{event.step or 'run':<20}", "bold"), " ")
         line.append(describe(event), style=style)
-        self.live.console.print(line)
+        lines = [line, *(Text(f"{' ' * 10}│ {x}", style="dim") for x in cause_of(event.data))]
+        self.recent.extend(lines)
+        self.live.console.print(Group(*lines))
 
     def update(self, state: RunState) -> None:
         self.state = state

@@ -262,10 +262,23 @@ class Tmux:
             start_new_session=True,  # Ctrl-C at the terminal is for agentflow, not for it
         )
 
-    def attach_argv(self, session: str, window: str | None, read_only: bool) -> list[str]:
+    def attach_argv(
+        self, session: str, window: str | None, read_only: bool, note: str | None = None
+    ) -> list[str]:
+        """tmux's command line that attaches to ``session``; ``note`` shows in the status
+        line once attached (for a few seconds)."""
         target = f"={session}:{window}" if window else f"={session}"
         # -E: the attaching person's DISPLAY, SSH_AUTH_SOCK, ... stay out of the session.
         argv = [self.binary, "-S", str(self.socket_path), "attach-session", "-E", "-t", target]
         if read_only:
             argv.append("-r")
+        if note:
+            # display-message -d (how long) is tmux 3.2's; before, display-time's default.
+            try:
+                out = subprocess.run([self.binary, "-V"], capture_output=True, text=True).stdout
+            except OSError:
+                out = ""
+            m = re.search(r"(\d+)\.(\d+)", out)
+            newer = m is not None and (int(m.group(1)), int(m.group(2))) >= (3, 2)
+            argv += [";", "display-message", *(["-d", "6000"] if newer else []), note]
         return argv

@@ -12,8 +12,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from agentflow import safefs
-from agentflow.cli.app import command, console
+from agentflow import ondisk, safefs
+from agentflow.cli.app import command, console, err_console
 from agentflow.cli.sweeping import show_sweep
 from agentflow.display import STATUS_STYLE, last_line, steps_table
 from agentflow.errors import StateError, UsageError
@@ -21,8 +21,9 @@ from agentflow.sparkline import metric_table
 from agentflow.state import RunState, now
 from agentflow.store import RunDir, Store
 from agentflow.sweep import is_sweep
-from agentflow.textsafe import json_text, one_line, printable
+from agentflow.textsafe import one_line, printable
 from agentflow.tmux import Tmux, socket_path_for
+from agentflow.viewparts import detach_keys
 from agentflow.workflow import format_duration
 
 
@@ -38,50 +39,39 @@ def status(
     run_id: Annotated[
         str | None, typer.Argument(help="A run or a sweep; all runs when omitted.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print state.json's content.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print state.json's content, with what the step files say (exit codes, "
+            "progress) and the fields driven, unwatched and ended_unwatched (a sweep: "
+            "its record).",
+        ),
+    ] = False,
 ) -> None:
-    """Show all runs, one run's steps, or a sweep's runs (--json: its record)."""
+    """Show all runs, one run's steps, or a sweep's runs. A run nobody drives is shown
+    from its steps' own files: exit codes written since, and progress."""
     store = Store()
     if run_id is not None and is_sweep(store.home, run_id):
         show_sweep(run_id, as_json)
         return
     if run_id is not None:
         run = store.open(run_id)
+        seen = ondisk.read(run, run.read_state())
         if as_json:
-            sys.stdout.write(json_text(run.state_path.read_text(encoding="utf-8")))
+            sys.stdout.write(ondisk.json_dump(ondisk.as_json(seen)))
             return
-        state = run.read_state()
-        shown = _run_status(run, state)
-        console.print(
-            Text.assemble(
-                (state.run_id, "bold"),
-                f"  {state.workflow}  ",
-                (shown, STATUS_STYLE.get(shown, "yellow")),
-                f"  {one_line(state.message)}",
-            )
-        )
-        lines = {
-            k: last_line(run.step_dir(k) / "output.log")
-            for k, st in state.steps.items()
-            if st.status == "running"
-        }
-        console.print(steps_table(state, last_lines=lines, width=console.width))
-        if metrics := metric_table(state):  # sparklines of expect.metrics
-            console.print(metrics)
-        if shown == "orphaned":
-            console.print(f"its orchestrator is gone: `agentflow resume {state.run_id}`")
+        _show_run(run, seen)
         return
     runs = store.list()
     if as_json:
         states: list[dict[str, object]] = []
         for r in runs:
             try:
-                states.append(r.read_state().model_dump(mode="json"))
+                states.append(ondisk.as_json(ondisk.read(r, r.read_state())))
             except StateError as e:
                 states.append({"run_id": r.run_id, "status": "damaged", "error": str(e)})
-        import json
-
-        print(json.dumps(states, indent=2))
+        sys.stdout.write(ondisk.json_dump(states))
         return
     if not runs:
         console.print(f"no runs in {store.runs}")
@@ -112,6 +102,38 @@ def status(
         console.print(f"[red]damaged:[/] {problem}")
 
 
+def _show_run(run: RunDir, seen: ondisk.OnDisk) -> None:
+    state = seen.state
+    shown = _run_status(run, state)
+    console.print(
+        Text.assemble(
+            (state.run_id, "bold"),
+            f"  {state.workflow}  ",
+            (shown, STATUS_STYLE.get(shown, "yellow")),
+            f"  {state.sandbox}",
+            f"  {one_line(state.message)}",
+        )
+    )
+    lines = {
+        k: last_line(run.step_dir(k) / "output.log")
+        for k, st in state.steps.items()
+        if st.status == "running" and k not in seen.ended
+    }
+    console.print(steps_table(state, last_lines=lines, width=console.width))
+    if metrics := metric_table(state):  # sparklines of expect.metrics
+        console.print(metrics)
+    rid = state.run_id
+    if seen.unwatched:
+        ended = len(seen.ended_unwatched)
+        what = f"; {ended} ended since: `agentflow resume {rid}` records them" if ended else ""
+        console.print(
+            f"nobody watches this run: its running steps are shown from their own files{what}",
+            style="yellow",
+        )
+    if shown == "orphaned" and not seen.ended_unwatched:
+        console.print(f"its orchestrator is gone: `agentflow resume {rid}`")
+
+
 @command()
 def logs(
     run_id: Annotated[str, typer.Argument(help="The run.")],
@@ -127,7 +149,8 @@ def logs(
     escape sequences (colours aside) and control characters are left out; piped or
     redirected, every byte."""
     run = Store().open(run_id)
-    state = run.read_state()
+    seen = ondisk.read(run, run.read_state())
+    state = seen.state
     if step not in state.steps:
         raise UsageError(f"run {run.run_id} has no step '{step}'; steps: {', '.join(state.steps)}")
     folder = run.step_dir(step)
@@ -140,6 +163,16 @@ def logs(
     if not _exists(log, run.steps_path) and not follow:
         raise UsageError(f"step '{step}' has no output yet ({state.steps[step].status})")
     _print_log(log, folder / "exit_code", run.steps_path, follow)
+    if attempt is None and step in seen.unwatched:
+        # Said after the log (on stderr: the log itself stays as the step wrote it).
+        again = ondisk.read(run, run.read_state()) if follow else seen
+        code = again.state.steps[step].exit_code
+        why = "still running" if code is None else f"ended while unwatched: exit {code}"
+        err_console.print(
+            f"({step} {why}; nobody drives run {run.run_id}: `agentflow resume "
+            f"{run.run_id}` records it)",
+            style="yellow",
+        )
 
 
 def _exists(path: Path, root: Path) -> bool:
@@ -225,7 +258,8 @@ def attach(
         ),
     ] = False,
 ) -> None:
-    """Attach to the run's tmux session, read-only unless --write (detach with Ctrl-b d).
+    """Attach to the run's tmux session, read-only unless --write (leave with Ctrl-b d;
+    from inside tmux, Ctrl-b Ctrl-b d, as the status line says once attached).
     Read-only, tmux lets you only detach: name a STEP to open its window."""
     store = Store()
     run = store.open(run_id)
@@ -241,6 +275,8 @@ def attach(
     if not sys.stdin.isatty():
         raise UsageError("attach needs a terminal")
     window = state.steps[step].window if step else None
-    argv = tmux.attach_argv(run.run_id, window, read_only=not write)
+    # From inside tmux, the outer tmux takes Ctrl-b: say which keys leave this one.
+    leave = f"{detach_keys()} leaves; the run goes on" + ("" if write else " (read-only)")
+    argv = tmux.attach_argv(run.run_id, window, read_only=not write, note=leave)
     env = {k: v for k, v in os.environ.items() if k != "TMUX"}  # also from inside tmux
     os.execvpe(argv[0], argv, env)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from agentflow import ondisk
 from agentflow.cli.app import command, console
 from agentflow.report import build_report, html_page, markdown
 from agentflow.store import Store
@@ -33,7 +34,8 @@ def report(
 ) -> None:
     """Print a run's report (Markdown), or write it as an HTML page."""
     run = Store().open(run_id)
-    made = build_report(run, run.read_state())
+    # A run nobody drives: its steps as their own files show them (exit codes since).
+    made = build_report(run, ondisk.read(run, run.read_state()).state)
     text = html_page(made) if html else markdown(made)
     path = output or (run.path / "report.html" if html else None)
     if path is None:

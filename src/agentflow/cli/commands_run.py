@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from agentflow.cli.app import command, console, err_console, plain_output
+from agentflow.cli.closedpipe import GoesOnWhenClosed, stdout_closed
 from agentflow.cli.commands_define import SetOption
 from agentflow.cli.interactive import (
     approved_planning,
@@ -40,6 +41,7 @@ from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
 from agentflow.sweep import SweepOptions, parse_matrix_options
 from agentflow.textsafe import one_line, printable
+from agentflow.viewparts import sandbox_label
 from agentflow.workflow import load_workflow
 
 EXIT_INTERRUPTED = 130
@@ -95,18 +97,28 @@ JunitOption = Annotated[
 ]
 
 
-def _observer_factory(ci: bool) -> tuple[ObserverFactory, list[LiveTable]]:
+def _observer_factory(
+    ci: bool, unattended: bool = False
+) -> tuple[ObserverFactory, list[LiveTable]]:
+    """``unattended``: a detached run's own orchestrator, seen through `agentflow attach`
+    (read-only: Ctrl-C does nothing there), whose footer says how to leave and stop."""
     lives: list[LiveTable] = []
 
     def build(run: RunDir, plan: Plan, attach_hint: str) -> Observer:
         log = LogFile(str(run.log_path))
         steps = run.path / "steps"
         if plain_output(ci):
-            github = settings().github_actions
-            return Observers([log, PlainLines(sys.stdout, github=github, steps_dir=steps)])
-        live = LiveTable(console, [s.id for s in plan.steps], attach_hint, steps)
+            lines = PlainLines(sys.stdout, github=settings().github_actions, steps_dir=steps)
+            return Observers([log, GoesOnWhenClosed(lines, run.run_id)])
+        footer = (
+            f"leave: Ctrl-b d (in tmux: Ctrl-b Ctrl-b d), the run goes on   "
+            f"stop: agentflow stop {run.run_id}"
+            if unattended
+            else None
+        )
+        live = LiveTable(console, [s.id for s in plan.steps], attach_hint, steps, footer)
         lives.append(live)
-        return Observers([log, live])
+        return Observers([log, GoesOnWhenClosed(live, run.run_id)])
 
     return build, lives
 
@@ -119,9 +131,15 @@ def _sandbox_log(line: str) -> None:
 def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
     for w in prepared.warnings:
         err_console.print(f"[yellow]warning:[/] {w}")
-    console.print(f"run [bold cyan]{prepared.run.run_id}[/]   watch: {prepared.attach_hint}")
+    rid = prepared.run.run_id
+    try:
+        console.print(f"run [bold cyan]{rid}[/]   watch: {prepared.attach_hint}")
+    except BrokenPipeError:
+        stdout_closed(rid)
     try:
         if lives:
+            s = prepared.runner.s
+            lives[0].sandbox = sandbox_label(s.sandbox.name, s.workflow.sandbox)
             with lives[0]:  # (a failed notification shows as a line of the live view)
                 return _notified(prepared, fn)
         return _notified(prepared, fn)
@@ -330,7 +348,7 @@ def drive_again(
     """Drive an existing run (resume it, or start it when ``fresh``) under its lock.
     ``unattended``: nobody may be there to approve a changed command (a detached run).
     ``before``: a change to the run's directory made under the same lock (rerun, reload)."""
-    factory, lives = _observer_factory(ci)
+    factory, lives = _observer_factory(ci, unattended)
     with run_dir.lock():
         if before is not None:
             before()
@@ -342,7 +360,7 @@ def drive_again(
             keep_sandbox=keep_sandbox,
             log=_sandbox_log,
             approve=approver(yes, ci or unattended, lives),
-            on_interrupt=interrupt_asker(ci, lives),
+            on_interrupt=interrupt_asker(ci, lives, unattended=unattended),
             diagnose=not no_diagnose,
             notify=notify,
         )

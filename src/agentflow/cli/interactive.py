@@ -160,23 +160,43 @@ def print_reload(change: Reload, state: RunState) -> None:
 CHOICES: dict[str, InterruptChoice] = {"s": "stop", "d": "detach", "c": "continue"}
 
 
-def interrupt_asker(ci: bool, lives: list[LiveTable]) -> Callable[[], InterruptChoice] | None:
+def interrupt_asker(
+    ci: bool, lives: list[LiveTable], *, unattended: bool = False
+) -> Callable[[], InterruptChoice] | None:
     """Ctrl-C on a terminal asks: stop the run, detach (it goes on in tmux), or continue
-    watching; a second Ctrl-C, or end of input, detaches. Without a terminal: detach."""
+    watching; a second Ctrl-C, or end of input, detaches. Without a terminal: detach.
+    ``unattended``: a detached run's own orchestrator (Ctrl-C from `attach --write`), where
+    detaching would leave the run with nobody driving it: stop or continue."""
     if not someone_answers(ci):
         return None
+    if unattended:
+        question = "s: stop the run   c: continue (Ctrl-b d leaves this view)"
+        choices, default = ["s", "c"], "c"
+    else:
+        question = "s: stop the run   d: detach (it goes on in tmux)   c: continue watching"
+        choices, default = list(CHOICES), "d"
 
     def ask() -> InterruptChoice:
         with _asking(lives):
-            console.print(
-                "\n[bold]Ctrl-C[/]  s: stop the run   d: detach (it goes on in tmux)   "
-                "c: continue watching"
-            )
+            console.print(f"\n[bold]Ctrl-C[/]  {question}")
             try:
-                answer = Prompt.ask("What now", choices=list(CHOICES), default="d")
+                answer = Prompt.ask("What now", choices=choices, default=default)
             except (KeyboardInterrupt, EOFError):
                 console.print()
-                return "detach"
+                return "detach" if not unattended else "continue"
+            if answer == "c":  # back to the table as it was: the question goes
+                _erase([f"Ctrl-C  {question}", f"What now [{'/'.join(choices)}] ({default}): c"])
         return CHOICES[answer]
 
     return ask
+
+
+def _erase(lines: list[str]) -> None:
+    """Take back what was just printed on the terminal: ``lines`` (each as wide as it
+    wrapped) and the blank line above them."""
+    if not console.is_terminal:
+        return
+    width = max(1, console.width)
+    rows = 1 + sum(max(1, -(-len(line) // width)) for line in lines)
+    console.file.write(f"\x1b[{rows}F\x1b[J")
+    console.file.flush()

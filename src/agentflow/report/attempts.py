@@ -42,7 +42,10 @@ def attempt_history(events: list[Event], state: RunState) -> dict[str, list[Atte
     for step_id, still in running.items():
         st = state.steps[step_id]
         latest = still.number == st.attempts and st.status == "running"
-        found[step_id].append(_attempt(still, None, "running" if latest else "unknown"))
+        # Its exit code written while nobody watched (``ondisk``): it ended then.
+        end = st.finished_at if latest and st.exit_code is not None else None
+        code = st.exit_code if end else None
+        found[step_id].append(_attempt(still, end, "running" if latest else "unknown", code))
     return {step_id: _with_checkpoint(found[step_id], st) for step_id, st in state.steps.items()}
 
 

@@ -7,6 +7,8 @@ reaches a terminal that shows one (XML 1.0 forbids most of them too)."""
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from agentflow.state import Usage
 from agentflow.store import Event
 from agentflow.textsafe import MESSAGE_LIMIT, VALUE_LIMIT, one_line, printable
 from agentflow.verify import tail
+from agentflow.viewparts import CAUSE_WIDTH
 from agentflow.workflow.types import format_duration
 
 HASH_SHOWN = 16
@@ -64,6 +67,27 @@ def log_tail(path: Path, max_lines: int, max_bytes: int = 16 * 1024) -> str:
     if cut and len(lines) > 1:
         lines = lines[1:]  # the first line read is most likely a fragment
     return "\n".join(lines[-max_lines:])
+
+
+CAUSE_LINES = 5
+"""Lines of a failed attempt's log shown under its failure (live view, ``--ci``)."""
+_NOISE = re.compile(r"\d%\||^\W*$")
+"""A progress bar (tqdm's ``45%|###``), or a line of no letter or digit (a rule)."""
+
+
+def cause_lines(path: Path, redact: Callable[[str], str], count: int = CAUSE_LINES) -> list[str]:
+    """The last meaningful lines of a failed attempt's log, which usually say why it
+    failed (``can't open file 'trian.py'``): the log's tail as every report reads it
+    (``log_tail``, the guarded path, cleaned), blank lines and noise left out, each line
+    cut to ``CAUSE_WIDTH`` and masked with ``redact`` (the run's secrets)."""
+    kept: list[str] = []
+    for line in log_tail(path, 4 * count + 20, 8 * 1024).split("\n"):
+        shown = printable(redact(line)).replace("\t", "    ").rstrip()
+        if len(shown) > CAUSE_WIDTH:
+            shown = shown[: CAUSE_WIDTH - 1] + "…"
+        if shown and not _NOISE.search(shown):
+            kept.append(shown)
+    return kept[-count:]
 
 
 def last_lines(text: str, count: int) -> str:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import signal
 from datetime import datetime
 
+from pydantic import JsonValue
+
 from agentflow import stepfiles
 from agentflow.recovery import decide
+from agentflow.report.text import cause_lines
 from agentflow.runner import metering
 from agentflow.runner.agentic import Agentic
 from agentflow.runner.base import SANDBOX_LOSSES
 from agentflow.runner.caching import store_result
-from agentflow.state import StepState, StepStatus, now
+from agentflow.state import UNSUCCESSFUL, StepState, StepStatus, now
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
+from agentflow.viewparts import CAUSE
 from agentflow.workflow.model import Step
 
 
@@ -40,7 +44,10 @@ class Outcomes(Agentic):
             kill_sent_at=None,
         )
         self.schedule.changed()
-        self._emit("step_finished", step_id, status=status, exit_code=code, message=message)
+        cause = None if st.kill_reason in ("stop", "abort") else self._cause(step_id, status)
+        self._emit(
+            "step_finished", step_id, status=status, exit_code=code, message=message, data=cause
+        )
         if step.service and st.kill_reason != "end":
             self._fail_dependents(step_id, f"service {step_id} stopped ({message or status})")
         if status == "succeeded":
@@ -62,6 +69,14 @@ class Outcomes(Agentic):
             self._requeue(step_id, "crashed with its sandbox: it runs again, no retry spent")
             return
         self._after_failure(step_id, status, code)
+
+    def _cause(self, step_id: str, status: str) -> dict[str, JsonValue] | None:
+        """The last meaningful lines of a failed attempt's log (masked), for the event
+        that says it failed: shown under it in the live view and plain lines."""
+        if status not in UNSUCCESSFUL:
+            return None
+        lines = cause_lines(self.s.run.step_dir(step_id) / "output.log", self.redactor)
+        return {CAUSE: list[JsonValue](lines)} if lines else None
 
     def _output_lost(self, step_id: str) -> str | None:
         """Whether the wrapper recorded that output.log lost output: then an event and a
@@ -161,7 +176,8 @@ class Outcomes(Agentic):
         self.clocks.pop(step_id, None)
         self.next_probe.pop(step_id, None)
         self.schedule.changed()
-        self._emit("step_finished", step_id, status=status, exit_code=code, message=why)
+        cause = self._cause(step_id, status)
+        self._emit("step_finished", step_id, status=status, exit_code=code, message=why, data=cause)
         if self.s.workflow.step(step_id).service:
             self._fail_dependents(step_id, f"service {step_id} stopped ({why})")
         if self._resuming:
