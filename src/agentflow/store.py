@@ -426,20 +426,26 @@ class RunDir:
 
     def lock_holder(self) -> int | None:
         """The pid of the live process holding the lock, or None."""
-        path = self.path / "lock"
-        if not path.exists():
-            return None
-        fd = os.open(path, os.O_RDONLY)
+        return lock_holder(self.path / "lock")
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid written in a lock file whose ``flock`` a live process holds (-1: held, no
+    pid), or None: nobody holds it, or there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                text = path.read_text().strip()
-                return int(text) if text.isdigit() else -1
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = path.read_text().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, data: bytes, keep_previous: bool = False) -> None:

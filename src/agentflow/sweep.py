@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentflow.errors import RunLockedError, StateError, UsageError, first_line
-from agentflow.store import new_run_id, valid_run_id
+from agentflow.store import lock_holder, new_run_id, valid_run_id
 from agentflow.workflow.model import Objective, Scalar
 
 MATRIX_KEYWORDS = ("include", "exclude")
@@ -261,18 +261,4 @@ def follower_lock(home: Path, sweep_id: str) -> Iterator[None]:
 
 def follower(home: Path, sweep_id: str) -> int | None:
     """The pid of the live process following the sweep, or None."""
-    path = sweep_path(home, sweep_id).with_suffix(".lock")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            text = path.read_text().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    return lock_holder(sweep_path(home, sweep_id).with_suffix(".lock"))

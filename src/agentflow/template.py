@@ -77,3 +77,16 @@ def input_names(text: str) -> set[str]:
         if found:
             names.add(found.group(1))
     return names
+
+
+def strings_in(value: object) -> Iterator[str]:
+    """Every string in a dumped model (dicts' values, lists, tuples), where expressions
+    may be."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings_in(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from strings_in(v)

@@ -5,7 +5,6 @@ Plain functions over the runner (not one more mixin): the cache itself is ``cach
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +17,7 @@ from agentflow.runner.metering import summaries
 from agentflow.settings import settings
 from agentflow.state import FINAL, now
 from agentflow.store import valid_run_id
-from agentflow.template import input_names
+from agentflow.template import input_names, strings_in
 from agentflow.workflow.model import Step
 
 NOT_NEEDED = "not needed: its dependents came from the cache"
@@ -67,21 +66,10 @@ def inputs_read(r: RunnerBase, step_id: str) -> list[str]:
         spec.model_dump() if spec else None,
     ]
     names: set[str] = set()
-    for text in _strings(where):
+    for text in strings_in(where):
         names |= input_names(text)
     known = r._inputs()
     return sorted(n for n in names if n in known)
-
-
-def _strings(value: object) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _strings(v)
 
 
 def _compute_key(

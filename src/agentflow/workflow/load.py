@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agentflow.errors import Problem, WorkflowError
-from agentflow.template import TemplateSyntaxError, references
+from agentflow.template import TemplateSyntaxError, references, strings_in
 from agentflow.workflow.model import Resources, Step, Workflow
 from agentflow.workflow.support import unsupported
 from agentflow.workflow.types import UNITS_REQUIRED
@@ -609,7 +609,7 @@ def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Proble
                     if isinstance(block, dict)
                     else block.model_dump(by_alias=True)
                 )
-                texts += [(("steps", i, key), text, step) for text in _strings(dumped)]
+                texts += [(("steps", i, key), text, step) for text in strings_in(dumped)]
     for loc, text, owner in texts:
         try:
             refs = list(references(text))
@@ -629,17 +629,6 @@ def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Proble
                 yield located.at(loc, f"unknown input '{ref.names[0]}' (inputs: {known})")
             elif ref.kind == "steps":
                 yield from _step_ref_problems(ref.names, loc, owner, by_id, located)
-
-
-def _strings(value: object) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
 
 
 def _step_ref_problems(
