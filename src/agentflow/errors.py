@@ -31,10 +31,6 @@ class AgentflowError(Exception):
     """Base of every error shown to the user; ``str(err)`` is the whole message."""
 
     exit_code = EXIT_FAILED
-    reported_by_run = False
-    """Set on an error the run has already told (its ``run failed: ...`` line, with the
-    full text in its events): a command that showed the run's lines exits with
-    ``exit_code`` without printing it again."""
 
 
 class UsageError(AgentflowError):

@@ -20,7 +20,7 @@ from agentflow.cli.interactive import (
 )
 from agentflow.cli.sweeping import detached_argv, run_sweep
 from agentflow.display import LiveTable, LogFile, Observers, PlainLines
-from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, AgentflowError, UsageError
+from agentflow.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, UsageError
 from agentflow.notify import checked_url, finish
 from agentflow.orchestrator import (
     ObserverFactory,
@@ -136,17 +136,12 @@ def _drive(prepared: Prepared, lives: list[LiveTable], fn: object) -> RunState:
         console.print(f"run [bold cyan]{rid}[/]   watch: {prepared.attach_hint}")
     except BrokenPipeError:
         stdout_closed(rid)
-    try:
-        if lives:
-            s = prepared.runner.s
-            lives[0].sandbox = sandbox_label(s.sandbox.name, s.workflow.sandbox)
-            with lives[0]:  # (a failed notification shows as a line of the live view)
-                return _notified(prepared, fn)
-        return _notified(prepared, fn)
-    except AgentflowError as e:
-        if e.reported_by_run:  # the run's own line (`run failed: ...`) said it: not twice
-            raise typer.Exit(e.exit_code) from None
-        raise
+    if lives:
+        s = prepared.runner.s
+        lives[0].sandbox = sandbox_label(s.sandbox.name, s.workflow.sandbox)
+        with lives[0]:  # (a failed notification shows as a line of the live view)
+            return _notified(prepared, fn)
+    return _notified(prepared, fn)
 
 
 def _notified(prepared: Prepared, fn: object) -> RunState:

@@ -17,8 +17,6 @@ import signal
 import time
 from datetime import datetime
 
-from pydantic import JsonValue
-
 from agentflow import history
 from agentflow.errors import AgentflowError, first_line
 from agentflow.monitor import Waker
@@ -64,18 +62,18 @@ class Runner(Watching, Launching):
             self.s.sandbox.start()
         except AgentflowError as e:
             # No sandbox, no run: say so in the checkpoint (not "running" with nobody there).
-            # The run's line is cut at a word; its event keeps the whole text.
+            # The error itself is told once, whole, as the command's `error:` on stderr; the
+            # run's line only says what happened, the checkpoint keeps it cut at a word
+            # (for status and the history), and the event keeps the whole text.
             full = f"the sandbox could not start: {str(e).strip()}"
             lines = full.splitlines()
             first = lines[0].rstrip(": ") + (" …" if len(lines) > 1 else "")
             message = clip_words(first, SHORT)
             self.state = self.state.with_run(status="failed", finished_at=now(), message=message)
             self._save()
-            whole: dict[str, JsonValue] | None = {"error": full} if full != message else None
-            self._emit("run_finished", status="failed", message=message, data=whole)
+            said = "the sandbox could not start (the error follows)"
+            self._emit("run_finished", status="failed", message=said, data={"error": full})
             self._record(write_reports(self.s.run, self.state, self.s.junit))
-            # One line said it all: not again as `error:`. A build's last lines still follow.
-            e.reported_by_run = len(lines) == 1
             raise
         self._ensure_session()
         waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
