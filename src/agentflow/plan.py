@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr
 
 from agentflow.state import Timestamp, Usage
 from agentflow.workflow.model import Expect, Probe, Scalar, Step, Success, Workflow
@@ -90,11 +90,22 @@ class Plan(PlanModel):
     transcript_total: int = 0
     """Entries of the whole transcript (the plan keeps the first ``TRANSCRIPT_MAX``)."""
 
+    _by_id: tuple[list[PlannedStep], dict[str, PlannedStep]] | None = PrivateAttr(default=None)
+
     def step(self, step_id: str) -> PlannedStep:
-        for s in self.steps:
-            if s.id == step_id:
-                return s
-        raise KeyError(step_id)
+        # By a table, not a scan: the runner asks for steps by id many times per step.
+        known = self._by_id
+        if known is None or known[0] is not self.steps:
+            table: dict[str, PlannedStep] = {}
+            for s in self.steps:
+                table.setdefault(s.id, s)  # (the first of an id, as a scan finds it)
+            known = self._by_id = (self.steps, table)
+        found = known[1].get(step_id)
+        if found is None:  # (a list changed in place since: look again)
+            found = next((s for s in self.steps if s.id == step_id), None)
+        if found is None:
+            raise KeyError(step_id)
+        return found
 
     def workflow_for(self, workflow: Workflow) -> Workflow:
         """The workflow as this plan runs it: with the steps the planner added (each taking

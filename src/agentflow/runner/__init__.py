@@ -52,8 +52,9 @@ class Runner(Watching, Launching):
             st = self.state.steps[step.id]
             if step.service and st.status == "succeeded" and not self._dependents_done(step.id):
                 self.state = self.state.with_step(step.id, status="pending", message=None)
+                self.index.changed(step.id, self.state.steps[step.id])
         self._save()
-        running = [k for k, v in self.state.steps.items() if v.status == "running"]
+        running = list(self.index.running)
         self._emit("run_resumed", message=f"{len(running)} steps were running")
         return self._drive()
 
@@ -119,19 +120,21 @@ class Runner(Watching, Launching):
         return "stopped by Ctrl-C"
 
     def _done(self) -> bool:
-        return self.state.finished
+        return self.index.finished
 
     def _next_wake(self) -> datetime:
+        # The running steps and the earliest back-off only: never every step.
         times = [self.schedule.next_check()]
-        for step_id, st in self.state.steps.items():
-            if st.status == "running":
-                times += [t for t, _ in self._deadlines(step_id, st)]
-                if step_id in self.clocks:
-                    times.append(self.clocks[step_id].next)
-                if step_id in self.next_probe and st.ready_at is None:
-                    times.append(self.next_probe[step_id])
-            elif st.status == "pending" and st.not_before is not None:
-                times.append(st.not_before)
+        for step_id in self.index.running:
+            st = self.state.steps[step_id]
+            times += [t for t, _ in self._deadlines(step_id, st)]
+            if step_id in self.clocks:
+                times.append(self.clocks[step_id].next)
+            if step_id in self.next_probe and st.ready_at is None:
+                times.append(self.next_probe[step_id])
+        later = self.index.next_not_before(self.state)
+        if later is not None:
+            times.append(later)
         times += [asked.deadline for asked in self.diagnoses.values()]
         return min(times)
 
@@ -168,7 +171,7 @@ class Runner(Watching, Launching):
         run's tmux session, and mark the run interrupted."""
         for step_id in list(self.diagnoses):  # the model's answer is no longer wanted
             self._undiagnosed(step_id)
-        running = [k for k, v in self.state.steps.items() if v.status == "running"]
+        running = list(self.index.running)
         for step_id in running:
             self._update(step_id, kill_reason="stop", kill_sent_at=now(), message=reason)
             self._signal(step_id, signal.SIGTERM)

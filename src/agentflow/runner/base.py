@@ -29,6 +29,7 @@ from agentflow.monitor import (
 from agentflow.plan import Plan
 from agentflow.redact import Redactor
 from agentflow.runner import metering
+from agentflow.runner.index import StepIndex
 from agentflow.sandbox import Sandbox
 from agentflow.settings import settings
 from agentflow.state import FINAL, Progress, RunState, StepStatus, now
@@ -114,6 +115,11 @@ class RunnerBase:
         self.session = state.run_id
         self.channel = wake_channel(self.session)
         self.schedule = CheckSchedule()
+        self.index = StepIndex(setup.plan.steps, state)
+        """Counts, queues and the running set, kept with every change of a step."""
+        self.planned = {p.id: p for p in setup.plan.steps}
+        self.services = [s.id for s in setup.workflow.steps if s.service]
+        """Counts, queues and the running set, kept with every change of a step."""
         # agentflow's own key too: whatever quotes it (a step's log, the model's transcript).
         own = settings().anthropic_api_key or ""
         self.redactor = Redactor([*setup.secrets.values(), own])
@@ -255,6 +261,7 @@ class RunnerBase:
         if isinstance(message, str):  # what a check found may quote a secret's value
             changes["message"] = self.redactor(message)
         self.state = self.state.with_step(step_id, **changes)
+        self.index.changed(step_id, self.state.steps[step_id])
         self._save()
 
     def _save(self) -> None:

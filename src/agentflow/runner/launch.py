@@ -16,6 +16,7 @@ from agentflow.monitor import (
 from agentflow.plan import PlannedStep
 from agentflow.runner.base import RunnerBase
 from agentflow.runner.caching import skip_unneeded_service, take_from_cache
+from agentflow.runner.index import BAD
 from agentflow.sandbox import wrapper_script
 from agentflow.state import FINAL, now
 from agentflow.tmux import COMMAND_MAX
@@ -38,15 +39,13 @@ class Launching(RunnerBase):
 
     def _end_services(self) -> None:
         """Once every other step is over, stop the services (they are done, not failed)."""
-        services = {s.id for s in self.s.workflow.steps if s.service}
-        if not services:
+        if not self.services:
             return
-        others_over = all(
-            st.status in FINAL for k, st in self.state.steps.items() if k not in services
-        )
-        if not others_over:
+        # Counted, not looked at: the steps not over are the services' own, or none.
+        services_open = sum(1 for k in self.services if self.state.steps[k].status not in FINAL)
+        if self.index.unfinished > services_open:
             return
-        for step_id in services:
+        for step_id in self.services:
             st = self.state.steps[step_id]
             if st.status == "pending":
                 why = "no step needs it any more"
@@ -72,35 +71,41 @@ class Launching(RunnerBase):
         )
 
     def _start_ready(self) -> None:
+        """Start what can start, up to ``max_parallel``, and skip what never will: the
+        steps the index queued (their needs changed), in plan order, in one pass."""
         self._end_services()
+        ix = self.index
+        if self.aborting:
+            for step_id in ix.pending():
+                if step_id not in self.diagnoses and step_id not in self.holds:
+                    why = f"run aborted: {self.aborting}"
+                    self._update(step_id, status="skipped", message=why)
+                    self._emit("step_skipped", step_id, status="skipped", message=why)
+            return
         # A ready service holds no place: it only waits for its users.
-        running = sum(
-            1 for st in self.state.steps.values() if st.status == "running" and st.ready_at is None
-        )
-        for planned in self.s.plan.steps:
-            st = self.state.steps[planned.id]
-            if st.status != "pending" or planned.id in self.diagnoses or planned.id in self.holds:
-                continue  # (a step the model is looking at waits for its answer)
-            blocked_by = [
-                n for n in planned.needs if self.state.steps[n].status in FINAL - {"succeeded"}
-            ]
-            if self.aborting or blocked_by:
-                why = (
-                    f"run aborted: {self.aborting}"
-                    if self.aborting
-                    else (f"needs {blocked_by[0]}, which {self.state.steps[blocked_by[0]].status}")
-                )
-                self._update(planned.id, status="skipped", message=why)
-                self._emit("step_skipped", planned.id, status="skipped", message=why)
+        taken = [len(ix.holding)]  # (a launch that failed at once took its place too)
+        limit = self.s.workflow.max_parallel
+        kept: list[str] = []  # left pending: queued again after the pass
+        for step_id in ix.movable(lambda: taken[0] >= limit):
+            if step_id in self.diagnoses or step_id in self.holds:
+                kept.append(step_id)  # (a step the model is looking at waits for its answer)
                 continue
-            if running >= self.s.workflow.max_parallel:
+            if ix.lost[step_id]:
+                need = next(n for n in ix.needs[step_id] if self.state.steps[n].status in BAD)
+                why = f"needs {need}, which {self.state.steps[need].status}"
+                self._update(step_id, status="skipped", message=why)
+                self._emit("step_skipped", step_id, status="skipped", message=why)
                 continue
-            if not all(self._satisfied(n) for n in planned.needs):
-                continue
+            st = self.state.steps[step_id]
             if st.not_before is not None and now() < st.not_before:
+                kept.append(step_id)
                 continue
-            if self._launch(planned):
-                running += 1
+            if self._launch(self.planned[step_id]):
+                taken[0] += 1
+            if self.state.steps[step_id].status == "pending":
+                kept.append(step_id)  # (a service waiting to know, a sandbox away)
+        for step_id in kept:
+            ix.wanted(step_id)
 
     def _cannot_launch(self, step_id: str, attempt: int, why: str) -> None:
         """The attempt cannot start: the step fails, saying why, and the run goes on with

@@ -47,7 +47,7 @@ class Watching(Outcomes):
         return out
 
     def _check_running(self) -> None:
-        running = [k for k, v in self.state.steps.items() if v.status == "running"]
+        running = sorted(self.index.running, key=self.index.order.__getitem__)
         if not running:
             return
         # One tmux call for all steps, and only when a step has not recorded its end: the
