@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--sizes", default="50,500,2000")
     ap.add_argument("--big", action="store_true", help="also a 10,000-step chain")
-    ap.add_argument("--wide", type=int, default=1000, help="independent steps, 16 at once (0: none)")
+    ap.add_argument("--wide", type=int, default=1000, help="independent steps, 16 at once")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",") if x] + ([10000] if a.big else [])
     cases = [("chain", n, 4) for n in sizes] + ([("wide", a.wide, 16)] if a.wide else [])

@@ -211,12 +211,16 @@ class Waker:
         self.interrupted = False
         self.by_ctrl_c = False
         """Whether the last interruption was SIGINT (a person) rather than SIGTERM."""
+        self.by_fifo_only = False
+        """Whether the last sleep ended by a step's wrapper alone (it recorded its end):
+        nothing else can have happened to a window, which the runner need not look at."""
 
     def sleep(self, seconds: float) -> None:
         assert self._waiter.stdout is not None
         channel = self._waiter.stdout.fileno()
         fds = [self._fifo, channel, self._signal_r]
         ready, _, _ = select.select(fds, [], [], max(0, seconds))
+        self.by_fifo_only = ready == [self._fifo]
         if self._fifo in ready:
             # Drained a bounded amount, and acted on at most every FIFO_GAP seconds: a
             # step writing to the FIFO without end neither holds nor spins the runner.

@@ -52,7 +52,6 @@ class Runner(Watching, Launching):
             st = self.state.steps[step.id]
             if step.service and st.status == "succeeded" and not self._dependents_done(step.id):
                 self.state = self.state.with_step(step.id, status="pending", message=None)
-                self.index.changed(step.id, self.state.steps[step.id])
         self._save()
         running = list(self.index.running)
         self._emit("run_resumed", message=f"{len(running)} steps were running")
@@ -93,9 +92,11 @@ class Runner(Watching, Launching):
                         if self.schedule.last == changed_before:
                             self.schedule.checked()
                         waker.sleep((self._next_wake() - now()).total_seconds())
+                        self.windows_due = not waker.by_fifo_only
                     choice = self._interrupt_choice(waker.by_ctrl_c)
                     if choice == "continue":
                         waker.interrupted = False
+                        self.windows_due = True
                         continue
                     if choice == "stop":
                         self.stop(self._stop_reason())

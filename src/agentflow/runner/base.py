@@ -110,12 +110,16 @@ class RunnerBase:
 
     def __init__(self, setup: RunSetup, state: RunState, observer: Observer) -> None:
         self.s = setup
-        self.state = state
+        self._state = state
         self.observer = observer
         self.session = state.run_id
         self.channel = wake_channel(self.session)
         self.schedule = CheckSchedule()
+        self.windows_due = True
+        """Whether this wake-up must look at the steps' tmux windows (False when only a
+        step's wrapper woke the runner, having recorded its end)."""
         self.index = StepIndex(setup.plan.steps, state)
+        self._indexed = state.steps
         """Counts, queues and the running set, kept with every change of a step."""
         self.planned = {p.id: p for p in setup.plan.steps}
         self.services = [s.id for s in setup.workflow.steps if s.service]
@@ -161,6 +165,19 @@ class RunnerBase:
                 duration = learned.get(step.id)
             if duration is not None:
                 self.expected[step.id] = duration
+
+    @property
+    def state(self) -> RunState:
+        return self._state
+
+    @state.setter
+    def state(self, state: RunState) -> None:
+        # Steps changed other than through `_update` (a resume prepared, a whole state
+        # given): the index is built again from them (O(n), rare).
+        self._state = state
+        if state.steps is not self._indexed:
+            self.index = StepIndex(self.s.plan.steps, state)
+            self._indexed = state.steps
 
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
         return stepfiles.exit_code(self.s.run.step_dir(step_id))
@@ -260,8 +277,9 @@ class RunnerBase:
         message = changes.get("message")
         if isinstance(message, str):  # what a check found may quote a secret's value
             changes["message"] = self.redactor(message)
-        self.state = self.state.with_step(step_id, **changes)
-        self.index.changed(step_id, self.state.steps[step_id])
+        self._state = self._state.with_step(step_id, **changes)
+        self.index.changed(step_id, self._state.steps[step_id])
+        self._indexed = self._state.steps
         self._save()
 
     def _save(self) -> None:

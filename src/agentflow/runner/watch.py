@@ -53,7 +53,10 @@ class Watching(Outcomes):
         # One tmux call for all steps, and only when a step has not recorded its end: the
         # usual wake-up (a step's wrapper wrote its exit code) needs none.
         over = {k for k in running if self._exit_code(k)[0] is not None}
-        panes = self.s.tmux.panes(self.session) if set(running) - over else {}
+        # Nor when only a wrapper woke the runner (a step recorded its end): a window
+        # that died says so through tmux, a wake-up of its own (or the periodic check).
+        windows = bool(set(running) - over) and self.windows_due
+        panes = self.s.tmux.panes(self.session) if windows else {}
         box = self.s.sandbox
         jobs = box.jobs(running) if isinstance(box, Scheduler) else {}  # one query for all
         for step_id in running:
@@ -74,6 +77,10 @@ class Watching(Outcomes):
                 continue
             if code is not None:
                 self._attempt_ended(step_id, code, ended)
+                continue
+            if not windows:
+                if job is None or not job.pending:
+                    self._watch(step_id)
                 continue
             pane = panes.get(st.window or "")
             if pane is None and not st.window and self._launch_cut_short(step_id, panes):
