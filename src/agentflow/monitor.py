@@ -183,6 +183,9 @@ def _open_fifo(folder: int, name: str) -> tuple[int, int]:
 
 FIFO_GAP = 0.005
 """The shortest time between two wake-ups by the steps' FIFO (at most 200 a second)."""
+NAME_MAX = 256
+"""The longest line of the FIFO taken for a step id."""
+"""The shortest time between two wake-ups by the steps' FIFO (at most 200 a second)."""
 
 
 class Waker:
@@ -212,6 +215,10 @@ class Waker:
         self.by_ctrl_c = False
         """Whether the last interruption was SIGINT (a person) rather than SIGTERM."""
         self.by_fifo_only = False
+        self.ended: set[str] = set()
+        """The step ids the wrappers wrote to the FIFO during the last sleep: a hint of
+        which steps ended (written by the steps' side, so only ever a hint)."""
+        self._partial = b""
         """Whether the last sleep ended by a step's wrapper alone (it recorded its end):
         nothing else can have happened to a window, which the runner need not look at."""
 
@@ -221,13 +228,16 @@ class Waker:
         fds = [self._fifo, channel, self._signal_r]
         ready, _, _ = select.select(fds, [], [], max(0, seconds))
         self.by_fifo_only = ready == [self._fifo]
+        self.ended = set()
         if self._fifo in ready:
             # Drained a bounded amount, and acted on at most every FIFO_GAP seconds: a
             # step writing to the FIFO without end neither holds nor spins the runner.
             with contextlib.suppress(BlockingIOError):
                 for _ in range(16):
-                    if not os.read(self._fifo, 65536):
+                    chunk = os.read(self._fifo, 65536)
+                    if not chunk:
                         break
+                    self._names(chunk)
             gap = self._fifo_woke + FIFO_GAP - time.monotonic()
             if gap > 0:
                 time.sleep(gap)
@@ -239,6 +249,13 @@ class Waker:
         if self._signal_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self._signal_r, 1024)
+
+    def _names(self, chunk: bytes) -> None:
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        self._partial = self._partial[-NAME_MAX:]  # (a line without end is not kept whole)
+        for line in lines:
+            if 0 < len(line) <= NAME_MAX:
+                self.ended.add(line.decode("utf-8", "replace").strip())
 
     def wake(self) -> None:
         """End the current sleep at once (from any thread)."""

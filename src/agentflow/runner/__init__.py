@@ -93,6 +93,7 @@ class Runner(Watching, Launching):
                             self.schedule.checked()
                         waker.sleep((self._next_wake() - now()).total_seconds())
                         self.windows_due = not waker.by_fifo_only
+                        self.woken = waker.ended
                     choice = self._interrupt_choice(waker.by_ctrl_c)
                     if choice == "continue":
                         waker.interrupted = False

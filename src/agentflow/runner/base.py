@@ -118,6 +118,8 @@ class RunnerBase:
         self.windows_due = True
         """Whether this wake-up must look at the steps' tmux windows (False when only a
         step's wrapper woke the runner, having recorded its end)."""
+        self.woken: set[str] = set()
+        """The steps whose wrappers woke the runner (when ``windows_due`` is False)."""
         self.index = StepIndex(setup.plan.steps, state)
         self._indexed = state.steps
         """Counts, queues and the running set, kept with every change of a step."""

@@ -52,9 +52,12 @@ class Watching(Outcomes):
             return
         # One tmux call for all steps, and only when a step has not recorded its end: the
         # usual wake-up (a step's wrapper wrote its exit code) needs none.
-        over = {k for k in running if self._exit_code(k)[0] is not None}
-        # Nor when only a wrapper woke the runner (a step recorded its end): a window
-        # that died says so through tmux, a wake-up of its own (or the periodic check).
+        # Woken by wrappers alone: only the steps they named can have ended (a window
+        # that died without an exit code says so through tmux, a wake-up of its own, or
+        # the periodic check finds it); the others are only watched.
+        named = None if self.windows_due else self.woken
+        ask = running if named is None else [k for k in running if k in named]
+        over = {k for k in ask if self._exit_code(k)[0] is not None}
         windows = bool(set(running) - over) and self.windows_due
         panes = self.s.tmux.panes(self.session) if windows else {}
         box = self.s.sandbox
@@ -71,6 +74,10 @@ class Watching(Outcomes):
                 continue
             if job is not None:
                 self._follow_job(step_id, job)
+            if named is not None and step_id not in named:
+                if job is None or not job.pending:
+                    self._watch(step_id)
+                continue
             code, ended = self._exit_code(step_id)
             if code is not None and st.kill_reason is None and self._hung_up(step_id):
                 self._crashed(step_id, "its tmux window went away (SIGHUP): tmux was killed?")
