@@ -121,11 +121,10 @@ class RunnerBase:
         self.woken: set[str] = set()
         """The steps whose wrappers woke the runner (when ``windows_due`` is False)."""
         self.index = StepIndex(setup.plan.steps, state)
-        self._indexed = state.steps
         """Counts, queues and the running set, kept with every change of a step."""
+        self._indexed = state.steps
         self.planned = {p.id: p for p in setup.plan.steps}
         self.services = [s.id for s in setup.workflow.steps if s.service]
-        """Counts, queues and the running set, kept with every change of a step."""
         # agentflow's own key too: whatever quotes it (a step's log, the model's transcript).
         own = settings().anthropic_api_key or ""
         self.redactor = Redactor([*setup.secrets.values(), own])

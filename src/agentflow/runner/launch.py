@@ -33,10 +33,6 @@ SANDBOX_PATIENCE = 180.0
 class Launching(RunnerBase):
     """Starting the steps that can start."""
 
-    def _satisfied(self, need: str) -> bool:
-        st = self.state.steps[need]
-        return st.status == "succeeded" or (st.status == "running" and st.ready_at is not None)
-
     def _end_services(self) -> None:
         """Once every other step is over, stop the services (they are done, not failed)."""
         if not self.services:
