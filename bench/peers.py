@@ -198,6 +198,7 @@ def markdown(table: str, ws: list[gen.Workload], meta: dict[str, Any]) -> str:
             f"each round); the comparison took {meta['duration_s']:.0f} s; load average "
             f"before and after: {meta['load_before']} → {meta['load_after']}.",
             "",
+            *_caveat(meta),
             "Reproduce: `make bench-peers` (after `scripts/setup` and `scripts/docker-setup`; "
             "it installs the pinned peers into `bench/.peers-venv`), or "
             "`.venv/bin/python bench/peers.py --rounds N [--skip dagster]`. Raw samples, "
@@ -222,6 +223,45 @@ def markdown(table: str, ws: list[gen.Workload], meta: dict[str, Any]) -> str:
     )
 
 
+def _caveat(meta: dict[str, Any]) -> list[str]:
+    """A warning above the tables when they cannot be read as a measurement."""
+    cores = meta["machine"]["cores"] or 1
+    busy = max(meta["load_max"], meta["load_before"][0]) > cores
+    if meta["rounds"] >= 3 and not busy:
+        return []
+    why = [f"{meta['rounds']} round{'s' if meta['rounds'] > 1 else ''}"] * (meta["rounds"] < 3)
+    if busy:
+        why.append(f"a 1-minute load average up to {meta['load_max']:.1f} on {cores} cores")
+    return [f"**Indicative only** ({' and '.join(why)}): re-measure on an idle machine.", ""]
+
+
+def from_json(data: dict[str, Any]) -> Results:
+    """The results a ``peers.json`` holds (``--render`` makes the tables again from it)."""
+    return {
+        key: {
+            tool: Series(t["samples_s"], t["load1_before"], t["status"], t["detail"])
+            for tool, t in row["tools"].items()
+        }
+        for key, row in data["workloads"].items()
+    }
+
+
+def report(results: Results, ws: list[gen.Workload], meta: dict[str, Any], out: Path) -> None:
+    """Print the tables; write ``out`` (the JSON) and, for a real run, bench/PEERS.md."""
+    shown = [t for t in tools.TOOLS if any(t in results[w.key] for w in ws)]
+    table = tables(results, ws, shown)
+    data = {**meta, "workloads": to_json(results, ws)}
+    out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    print()
+    print(table)
+    print(f"\nload average before and after: {meta['load_before']} → {meta['load_after']}")
+    print(f"wrote {out.relative_to(HERE.parent)}", end="")
+    if not meta["quick"]:
+        (HERE / "PEERS.md").write_text(markdown(table, ws, meta))
+        print(" and bench/PEERS.md", end="")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians)")
@@ -231,7 +271,17 @@ def main() -> None:
         "--timeout", type=float, help="seconds per run of a tool (600; 120 with --quick)"
     )
     ap.add_argument("--no-docker", action="store_true", help="leave out the Docker rows")
+    ap.add_argument(
+        "--render", action="store_true", help="measure nothing: the tables from bench/peers.json"
+    )
     args = ap.parse_args()
+    out = HERE / ("peers-quick.json" if args.quick else "peers.json")
+    if args.render:
+        data = json.loads(out.read_text())
+        meta = {k: v for k, v in data.items() if k != "workloads"}
+        meta.setdefault("load_max", max(meta["load_before"][0], meta["load_after"][0]))
+        report(from_json(data), gen.workloads(data["quick"]), meta, out)
+        return
     skipped = [t for t in args.skip.split(",") if t]
     unknown = set(skipped) - set(tools.PEERS)
     if unknown:
@@ -255,7 +305,7 @@ def main() -> None:
         for w in ws:
             if w.peers:
                 results[w.key][tool] = Series(status="skipped")
-    shown = [t for t in tools.TOOLS if any(t in results[w.key] for w in ws)]
+    loads = [x for by_tool in results.values() for s in by_tool.values() for x in s.loads]
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick,
@@ -265,20 +315,10 @@ def main() -> None:
         "versions": tools.versions(venv),
         "load_before": load_before,
         "load_after": [round(x, 2) for x in os.getloadavg()],
+        "load_max": max(loads, default=0.0),
         "duration_s": round(time.monotonic() - started, 1),
     }
-    table = tables(results, ws, shown)
-    out = HERE / ("peers-quick.json" if args.quick else "peers.json")
-    data = {**meta, "workloads": to_json(results, ws)}
-    out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    print()
-    print(table)
-    print(f"\nload average before and after: {meta['load_before']} → {meta['load_after']}")
-    print(f"wrote {out.relative_to(HERE.parent)}", end="")
-    if not args.quick:
-        (HERE / "PEERS.md").write_text(markdown(table, ws, meta))
-        print(" and bench/PEERS.md", end="")
-    print()
+    report(results, ws, meta, out)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,19 @@ def test_luigi_script_runs_the_chain(tmp_path: Path) -> None:
     subprocess.run([str(VENV_BIN / "python"), "flow.py"], cwd=tmp_path, check=True)
     assert (tmp_path / "order").read_text().split() == ["0", "1", "2"]
     assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["s0", "s1", "s2"]
+
+
+def test_results_come_back_from_their_json() -> None:
+    ws = gen.workloads(quick=True)
+    results: peers.Results = {w.key: {} for w in ws}
+    results["one"]["agentflow"] = peers.Series([1.0, 1.2], [0.5, 0.7])
+    results["chain"]["agentflow"] = peers.Series([3.0], [0.6])
+    results["many"]["dagster"] = peers.Series([], [4.0], "timeout", "> 120 s")
+    data = json.loads(json.dumps({"workloads": peers.to_json(results, ws)}))
+    again = peers.from_json(data)
+    assert again == results
+    assert data["workloads"]["chain"]["tools"]["agentflow"]["per_step_ms"] == round(
+        1000 * (3.0 - 1.1) / (ws[1].size - 1), 3
+    )
+    names = ["agentflow", "dagster"]
+    assert peers.tables(again, ws, names) == peers.tables(results, ws, names)
