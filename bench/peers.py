@@ -144,13 +144,13 @@ def tables(results: Results, ws: list[gen.Workload], names: list[str]) -> str:
         whole = [
             ratio_cell(ours.median, by_tool.get(t), _median(by_tool.get(t)), True) for t in others
         ]
-        ratio_rows.append(f"| {w.name} | " + " | ".join(whole) + " |")
         mine = per_step(results, w, "agentflow")
-        if mine is not None and mine > 0:
-            steps = [
-                ratio_cell(mine, by_tool.get(t), per_step(results, w, t), False) for t in others
-            ]
-            ratio_rows.append(f"| {w.name}, per step | " + " | ".join(steps) + " |")
+        if mine is None or mine <= 0:
+            ratio_rows.append(f"| {w.name} | " + " | ".join(whole) + " |")
+            continue
+        steps = [ratio_cell(mine, by_tool.get(t), per_step(results, w, t), False) for t in others]
+        ratio_rows.append(f"| {w.name}, whole run | " + " | ".join(whole) + " |")
+        ratio_rows.append(f"| {w.name}, per step | " + " | ".join(steps) + " |")
     return "\n".join(rows) + "\n\n" + "\n".join(ratio_rows)
 
 
@@ -235,6 +235,11 @@ def _caveat(meta: dict[str, Any]) -> list[str]:
     return [f"**Indicative only** ({' and '.join(why)}): re-measure on an idle machine.", ""]
 
 
+def _load_max(results: Results) -> float:
+    loads = [x for by_tool in results.values() for s in by_tool.values() for x in s.loads]
+    return max(loads, default=0.0)
+
+
 def from_json(data: dict[str, Any]) -> Results:
     """The results a ``peers.json`` holds (``--render`` makes the tables again from it)."""
     return {
@@ -279,8 +284,9 @@ def main() -> None:
     if args.render:
         data = json.loads(out.read_text())
         meta = {k: v for k, v in data.items() if k != "workloads"}
-        meta.setdefault("load_max", max(meta["load_before"][0], meta["load_after"][0]))
-        report(from_json(data), gen.workloads(data["quick"]), meta, out)
+        results = from_json(data)
+        meta["load_max"] = _load_max(results)
+        report(results, gen.workloads(data["quick"]), meta, out)
         return
     skipped = [t for t in args.skip.split(",") if t]
     unknown = set(skipped) - set(tools.PEERS)
@@ -305,7 +311,6 @@ def main() -> None:
         for w in ws:
             if w.peers:
                 results[w.key][tool] = Series(status="skipped")
-    loads = [x for by_tool in results.values() for s in by_tool.values() for x in s.loads]
     meta = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick,
@@ -315,7 +320,7 @@ def main() -> None:
         "versions": tools.versions(venv),
         "load_before": load_before,
         "load_after": [round(x, 2) for x in os.getloadavg()],
-        "load_max": max(loads, default=0.0),
+        "load_max": _load_max(results),
         "duration_s": round(time.monotonic() - started, 1),
     }
     report(results, ws, meta, out)

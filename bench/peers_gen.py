@@ -44,7 +44,7 @@ def workloads(quick: bool) -> list[Workload]:
     n_chain, width, secs, n_many = (20, 8, 1, 100) if quick else (100, 32, 2, 1000)
     return [
         Workload("one", "1 step (start-up)", chain(1), 1),
-        Workload("chain", f"{n_chain}-step chain, whole run", chain(n_chain), 1, False, "one"),
+        Workload("chain", f"{n_chain}-step chain", chain(n_chain), 1, False, "one"),
         Workload(
             "sleep",
             f"{width} × `sleep {secs}`, {width} at once",

@@ -113,7 +113,7 @@ def test_tables_show_timeouts_skips_and_ratios() -> None:
     assert "| > 600 s |" in text
     # The ratios, against prefect (skipped), luigi and dagster (an upper bound, whole runs).
     assert f"| {one.name} |  | 2.00 | < 0.00 |" in text
-    assert f"| {chain.name} |  | 4.83 | < 0.00 |" in text
+    assert f"| {chain.name}, whole run |  | 4.83 | < 0.00 |" in text
     assert f"| {chain.name}, per step |  | 19.00 | — |" in text
 
 
