@@ -156,3 +156,32 @@ def test_status_json_gives_an_exit_code_before_the_orchestrator_records_it(af: E
     assert short["message"] is None  # the driver judges it in a moment
     listed = json.loads(af.cli("status", "--json").stdout)
     assert listed[0]["steps"]["short"]["exit_code"] == 0  # every run's JSON says it too
+
+
+def test_resume_detach_takes_an_orphaned_run_back_into_the_background(af: Env) -> None:
+    """The orchestrator killed while a step runs; `resume --detach` starts a new one in the
+    run's tmux session, which re-attaches to the step that went on and ends the run."""
+    af.write(GATED)
+    rid = "unw-redetach"
+    proc = af.start("run", "wf.yaml", "--ci", "--run-id", rid)
+    try:
+        af.wait_for(
+            lambda: af.state(rid)["steps"]["short"]["status"] == "running",
+            message="short running",
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    res = af.cli("resume", rid, "--detach")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "goes on in the background" in res.stdout
+    af.wait_for(lambda: _status(af, rid)["driven"], message="a new orchestrator drives it")
+    _ticks(af, 10)
+    (af.workspace / "go").touch()
+    af.wait_for(lambda: af.state(rid)["status"] == "succeeded", timeout=60, message="run ends")
+    steps = af.state(rid)["steps"]
+    assert steps["short"]["attempts"] == 1  # re-attached, not started again
+    assert steps["train"]["attempts"] == 1
+    assert "short-done" in _log(af, rid, "short")

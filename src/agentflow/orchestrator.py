@@ -282,10 +282,15 @@ def start_detached(prepared: Prepared, argv: list[str], wait: float = 20.0) -> N
         json.dump(env, f)
     command = shlex.join([*argv, "--env-file", str(env_file)])
     said = _size(run.events_path)
-    # A run driven again (a sweep's run whose orchestrator is gone) may still have its
-    # session, with steps going on: its first window, the dead orchestrator's, starts anew.
-    if not runner.s.tmux.respawn_first(run.run_id, runner.s.workspace, command):
-        runner.s.tmux.ensure_session(run.run_id, runner.s.workspace, command)
+    # A run driven again (`resume --detach`, a sweep's run whose orchestrator is gone) may
+    # still have its session, with steps going on: its first window, a dead orchestrator's,
+    # starts anew; a session whose first window is a step's (the run was driven from a
+    # terminal) gets a new first window.
+    tmux, cwd = runner.s.tmux, runner.s.workspace
+    if not tmux.respawn_first(run.run_id, cwd, command) and not (
+        tmux.has_session(run.run_id) and tmux.new_first_window(run.run_id, cwd, command)
+    ):
+        tmux.ensure_session(run.run_id, cwd, command)
     deadline = time.monotonic() + wait
     # Going: it holds the lock, or it has already said something (a short run may be over
     # before a look finds the lock held).

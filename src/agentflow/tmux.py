@@ -235,13 +235,21 @@ class Tmux:
         return (dead.stdout == ["1"] or dead.returncode != 0), "\n".join(shown.stdout).strip()
 
     def respawn_first(self, session: str, cwd: Path, command: str) -> bool:
-        """Run ``command`` in the session's first window if that window's command has
-        ended (remain-on-exit keeps it); False when there is no such session or window."""
+        """Run ``command`` in the session's first window if it is agentflow's own (not a
+        step's) and its command has ended (remain-on-exit keeps it); False otherwise."""
         target = f"={session}:^"
-        dead = self.server.cmd("display-message", "-p", "-t", target, "#{pane_dead}")
-        if dead.returncode != 0 or dead.stdout != ["1"]:
+        dead = self.server.cmd("display-message", "-p", "-t", target, "#{pane_dead} #{window_name}")
+        if dead.returncode != 0 or dead.stdout != ["1 agentflow"]:
             return False
         result = self.server.cmd("respawn-pane", "-t", target, "-c", str(cwd), command)
+        return result.returncode == 0
+
+    def new_first_window(self, session: str, cwd: Path, command: str) -> bool:
+        """Run ``command`` in a new window put before the session's others (the first one
+        is where attach and ``first_pane`` look); False when there is no such session."""
+        result = self.server.cmd(
+            "new-window", "-d", "-b", "-t", f"={session}:^", "-c", str(cwd), command
+        )
         return result.returncode == 0
 
     def kill_window(self, window_id: str) -> None:

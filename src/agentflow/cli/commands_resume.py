@@ -31,6 +31,11 @@ from agentflow.state import RunState, reset_for_rerun, with_dependents
 from agentflow.store import RunDir, Store
 from agentflow.sweep import SweepOptions, is_sweep
 
+DetachOption = Annotated[
+    bool,
+    typer.Option("--detach", "-d", help="Go on in the background: the orchestrator runs in tmux."),
+]
+
 
 @command("resume")
 def resume_cmd(
@@ -50,6 +55,7 @@ def resume_cmd(
     ] = False,
     no_cache: NoCacheOption = False,
     notify: NotifyOption = None,
+    detach: DetachOption = False,
 ) -> None:
     """Continue a run: skip what succeeded, re-attach to what runs, redo the rest. Or a
     sweep (its exact id): start its runs not started, follow the others."""
@@ -82,6 +88,18 @@ def resume_cmd(
     if before is None and state.status == "succeeded":
         console.print(f"run {state.run_id} already succeeded: nothing to do")
         raise typer.Exit(EXIT_OK)
+    if detach:
+        with run_dir.lock():  # refused while another orchestrator drives it
+            if before is not None:
+                before()
+        # A new orchestrator in the run's tmux session (in its first window, where the old
+        # one was): it re-attaches to the steps that went on and drives the run to its end.
+        prepared = reopen(Store(), run_dir.run_id, lambda r, p, h: Observers([]), notify=notify)
+        without_cache(prepared, no_cache)
+        run_detached(
+            prepared, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose
+        )
+        return
     drive_again(
         run_dir, ci=ci, junit=junit, keep_sandbox=keep_sandbox, yes=yes, no_diagnose=no_diagnose,
         before=before, no_cache=no_cache, notify=notify,
@@ -120,12 +138,7 @@ def rerun(
     no_diagnose: NoDiagnoseOption = False,
     no_cache: NoCacheOption = False,
     notify: NotifyOption = None,
-    detach: Annotated[
-        bool,
-        typer.Option(
-            "--detach", "-d", help="Go on in the background: the orchestrator runs in tmux."
-        ),
-    ] = False,
+    detach: DetachOption = False,
 ) -> None:
     """Run steps again, with everything that needs them, for real (never from the cache);
     then go on to the run's end as resume does. Earlier attempts stay in the run."""
