@@ -18,6 +18,7 @@ from pydantic import BaseModel, JsonValue
 from agentflow import artifacts, safefs, stepfiles
 from agentflow.agent.diagnose import Diagnoser, Diagnosis
 from agentflow.artifacts import ArtifactError, Collector
+from agentflow.checkpointer import Checkpointer
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -111,6 +112,8 @@ class RunnerBase:
         self.s = setup
         self.state = state
         self.observer = observer
+        self.checkpoint = Checkpointer(setup.run)
+        """Saves the state: records in state.log, snapshots in state.json."""
         self.session = state.run_id
         self.channel = wake_channel(self.session)
         self.schedule = CheckSchedule()
@@ -255,11 +258,14 @@ class RunnerBase:
         if isinstance(message, str):  # what a check found may quote a secret's value
             changes["message"] = self.redactor(message)
         self.state = self.state.with_step(step_id, **changes)
-        self._save()
+        # A step about to start: its record is on disk before anything can start it.
+        self._save(durable=changes.get("status") == "running")
 
-    def _save(self) -> None:
-        self.s.run.write_state(self.state)
+    def _save(self, *, durable: bool = False) -> None:
+        problem = self.checkpoint.save(self.state, durable=durable)
         self.observer.update(self.state)
+        if problem:
+            self._emit("checkpoint_log_damaged", message=f"warning: {problem}")
 
     def _emit(
         self,
