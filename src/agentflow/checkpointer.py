@@ -46,8 +46,10 @@ LOG_MIN = 64 * 1024
 class Checkpointer:
     """Saves one run's state: records appended to the log, snapshots now and then."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunDir, lag: float = SNAPSHOT_LAG) -> None:
         self.run = run
+        self.lag = lag
+        """``SNAPSHOT_LAG`` (tests that look at the log itself use a longer one)."""
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._saved: RunState | None = None
@@ -157,7 +159,7 @@ class Checkpointer:
 
     def _arm(self) -> None:
         if self._timer is None:
-            self._timer = threading.Timer(SNAPSHOT_LAG, self._due)
+            self._timer = threading.Timer(self.lag, self._due)
             self._timer.daemon = True
             self._timer.start()
 
