@@ -20,14 +20,15 @@ import argparse
 import json
 import re
 import shutil
+import subprocess
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from common import AGENTFLOW, chain, median, private_home, workflow
 
-_WRITE = re.compile(r"^\d+\s+(?:write|pwrite64)\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)$")
-_FSYNC = re.compile(r"^\d+\s+(?:fsync|fdatasync)\(")
+_WRITE = re.compile(r"^(?:write|pwrite64)\((\d+)<([^>]*)>.*\)\s+=\s+(\d+)$")
+_FSYNC = re.compile(r"^(?:fsync|fdatasync)\(")
 
 
 def _per_step(n: int) -> float:
@@ -49,17 +50,16 @@ def _written(n: int) -> tuple[float, float]:
     out = Path(tempfile.mkdtemp()) / "trace"
     with private_home() as h:
         wf = h.write("wf.yaml", workflow("ckpt", chain(n), max_parallel=1))
-        import subprocess
-
-        subprocess.run(
+        done = subprocess.run(
             ["strace", "-qq", "-y", "-e", "trace=write,pwrite64,fsync,fdatasync", "-o",
              str(out), AGENTFLOW, "run", str(wf), "--ci", "--run-id", "c"],
-            cwd=h.work, env=h.env, check=True, capture_output=True,
+            cwd=h.work, env=h.env, check=False, capture_output=True, text=True,
         )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"the traced run of {n} steps: {done.stdout[-2000:]}{done.stderr}")
     total = 0
     syncs = 0
     for line in out.read_text().splitlines():
-        line = f"0 {line}"
         m = _WRITE.match(line)
         if m and (m.group(2).endswith((".state.json.tmp", "/state.log"))):
             total += int(m.group(3))

@@ -91,11 +91,10 @@ def replay(state: RunState, folder: Path, names: tuple[str, ...] = (LOG_NAME,)) 
     applied = 0
     problem = ""
     for name in names:
-        data = _read(folder / name)
-        header, found, problem = _apply(header, steps, data, name)
+        # A damaged record stops its own log; the next one (newer, whole values) still holds.
+        header, found, damage = _apply(header, steps, _read(folder / name), name)
         applied += found
-        if problem:
-            break
+        problem = problem or damage
     if not applied:
         return LogReplay(state, 0, problem)
     # The header was checked record by record: this cannot fail.
