@@ -400,13 +400,16 @@ steps:
 
 
 def killed_with_slow_running(af: Env, rid: str) -> Path:
-    """A run whose orchestrator was SIGKILLed once quick had succeeded, slow running."""
+    """A run whose orchestrator was SIGKILLed once quick had succeeded, slow running, and
+    state.json itself says so (written whole again within a few seconds of a change: the
+    one before it is state.json.prev)."""
     wf = af.write(TWO)
     proc = af.start("run", str(wf), "--run-id", rid, "--ci")
     af.wait_for(
         lambda: (
-            af.state(rid)["steps"]["quick"]["status"] == "succeeded"
-            and af.state(rid)["steps"]["slow"]["status"] == "running"
+            af.snapshot(rid)["steps"]["quick"]["status"] == "succeeded"
+            and af.snapshot(rid)["steps"]["slow"]["status"] == "running"
+            and af.snapshot(rid)["steps"]["slow"]["window"] is not None
         ),
         message="quick done, slow running",
     )

@@ -2,6 +2,9 @@
 
 Writes are durable: ``state.json`` is replaced atomically (temporary file, fsync, rename)
 and the previous good copy is kept as ``state.json.prev``; ``events.jsonl`` is append-only.
+While a run is driven, its changes are appended to ``state.log`` between two snapshots
+(``checkpointer``), and every reader gets ``state.json`` with that log replayed
+(``checkpoint_log``).
 A ``lock`` held with ``flock`` keeps two orchestrators from driving one run; the kernel
 drops it when its holder dies, even by SIGKILL.
 
