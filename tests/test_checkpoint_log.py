@@ -188,7 +188,7 @@ def test_a_damaged_state_json_is_rebuilt_exactly_from_the_previous_one_and_both_
     note = run.recover_state()
     assert note is not None
     assert "rebuilt from state.json.prev" in note, note
-    assert f"and {len(later)} changes logged" in note, note  # both logs
+    assert f"with {len(later)} changes logged in state.log" in note, note  # both logs
     assert run.read_state() == later[-1]
 
 

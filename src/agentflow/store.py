@@ -327,9 +327,11 @@ class RunDir:
         _atomic_write(self.state_path, state.model_dump_json(indent=2).encode())
         note = (
             f"run {self.run_id}: state.json was damaged ({problem}); rebuilt from {source}"
-            f", {len(events)} later event{'s' if len(events) != 1 else ''} of events.jsonl"
-            f" and {logged.records} change{'s' if logged.records != 1 else ''} logged"
+            f" and {len(events)} later event{'s' if len(events) != 1 else ''} of events.jsonl"
         )
+        if logged.records:
+            n = logged.records
+            note += f", with {n} change{'s' if n != 1 else ''} logged in state.log"
         if changed:
             note += f" (steps brought up to date: {', '.join(changed)})"
         lost = [k for k, st in state.steps.items() if st.status == "running" and not st.window]
