@@ -20,6 +20,8 @@ from typing import Any
 import libtmux
 import pytest
 
+from agentflow import checkpoint_log
+from agentflow.state import RunState
 from agentflow.tmux import socket_path_for
 
 AGENTFLOW = str(Path(sys.executable).parent / "agentflow")
@@ -113,6 +115,18 @@ class Env:
         return self.home / "runs" / run_id
 
     def state(self, run_id: str) -> dict[str, Any]:
+        """The run's state as every reader sees it: ``state.json`` with the changes
+        logged since (``state.log``) replayed; ``snapshot`` has state.json alone."""
+        data = self.snapshot(run_id)
+        try:
+            saved = RunState.model_validate(data)
+        except ValueError:
+            return data  # odd on purpose: as it is
+        replayed = checkpoint_log.replay(saved, self.run_dir(run_id)).state
+        return replayed.model_dump(mode="json") if replayed is not saved else data
+
+    def snapshot(self, run_id: str) -> dict[str, Any]:
+        """``state.json`` as it is on disk (current within a few seconds while running)."""
         data: dict[str, Any] = json.loads((self.run_dir(run_id) / "state.json").read_text())
         return data
 

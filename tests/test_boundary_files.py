@@ -409,7 +409,7 @@ def test_run_directories_are_private(af: Env) -> None:
     run = af.run_dir(run_id_of(res.stdout))
     for folder in (af.home, af.home / "runs", run):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
-    for name in ("state.json", "events.jsonl"):
+    for name in ("state.json", "state.log.prev", "events.jsonl"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o600, name
 
 

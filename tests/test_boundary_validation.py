@@ -10,6 +10,7 @@ import re
 import resource
 import shutil
 import subprocess
+import zlib
 from typing import Any
 
 import pytest
@@ -389,6 +390,61 @@ def test_a_checkpoint_of_any_shape_never_crashes_a_command(
         _no_crash(res)
     for listing in (before[0], after[0]):
         assert re.search(r"^two\s+t\s+failed", listing.stdout, re.M), listing.stdout
+
+
+def _record(body: bytes) -> bytes:
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+A_DONE = _record(b'{"seq":1,"steps":{"a":{"status":"succeeded","attempts":1,"exit_code":0}}}')
+ODD_LOGS = {
+    "a torn record": A_DONE + _record(b'{"seq":2,"run":{"message":"x"}}')[:20],
+    "a bad checksum": _record(b'{"seq":1}').replace(b"{", b"[", 1) + A_DONE,
+    "garbage": bytes(range(256)) * 8,
+    "a huge line": b"9" * (16 << 20) + b"\n" + A_DONE,
+    "odd JSON": b"".join(
+        _record(body) for body in (
+            b'{"seq":1,"steps":{"a":{"attempts":-1}}}', b'{"seq":2,"run":{"steps":[]}}',
+            b'{"seq":1e999}', b'{"seq":3,"run":{"created_at":"9999-12-31T23:59:59Z"}}',
+        )
+    ) + A_DONE,
+    "another run's": _record(b'{"seq":1,"run":{"run_id":"two"}}') + A_DONE,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "odd", [*ODD_LOGS.values(), "link", "folder"], ids=[*ODD_LOGS, "link", "folder"]
+)
+def test_a_checkpoint_log_of_any_shape_never_crashes_a_command(
+    two_runs: Env, odd: bytes | str
+) -> None:
+    """Whatever state.log holds (cut short, damaged, huge, a link, a folder): status,
+    report, compare, history and resume end with an exit code and at most a message; a
+    damage with records after it is told when the run is resumed."""
+    af = two_runs
+    log = af.run_dir("one") / "state.log"
+    if odd == "link":
+        log.symlink_to(af.run_dir("two") / "state.json")
+    elif odd == "folder":
+        log.mkdir()
+    else:
+        assert isinstance(odd, bytes)
+        log.write_bytes(odd)
+    before = _run_all(
+        af, ("status",), ("status", "one"), ("report", "one"), ("compare", "one", "two")
+    )
+    resumed = af.cli("resume", "one", "--ci")
+    after = _run_all(af, ("status",), ("history",), ("status", "one"))
+    for res in (*before, resumed, *after):
+        _no_crash(res)
+    for listing in (before[0], after[0]):
+        assert re.search(r"^two\s+t\s+failed", listing.stdout, re.M), listing.stdout
+    events = (af.run_dir("one") / "events.jsonl").read_text()
+    # A torn last record is no damage (a crash mid-append); a link or a folder is no log.
+    damaged = isinstance(odd, bytes) and odd != ODD_LOGS["a torn record"]
+    assert ("checkpoint_log_damaged" in events) == damaged
+    if odd == "link":
+        assert (af.run_dir("two") / "state.json").is_file(), "the link's target is untouched"
 
 
 def test_progress_with_more_digits_than_a_float_keeps_the_checkpoint_readable(af: Env) -> None:

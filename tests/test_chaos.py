@@ -167,29 +167,37 @@ class Trial:
         return [f"seed {self.seed} ({', '.join(self.history)}): {p}" for p in self.problems]
 
 
-def sigkill_trial(af: Env, seed: int) -> Trial:
-    """One trial: the orchestrator is killed once or twice at random moments, and each time
-    resumed (or started again, when it died before its first checkpoint); then a last
-    resume must finish the run, with no step that succeeded run again (its markers), as
-    many starts as attempts, and every attempt's output.log whole."""
+def sigkill_trial(
+    af: Env,
+    seed: int,
+    wf: ChaosWorkflow | None = None,
+    kills: tuple[int, ...] = (1, 1, 2),
+    run_events: int = RUN_EVENTS,
+) -> Trial:
+    """One trial: the orchestrator is killed once or twice (``kills``) at random moments,
+    and each time resumed (or started again, when it died before its first checkpoint);
+    then a last resume must finish the run, with no step that succeeded run again (its
+    markers), as many starts as attempts, and every attempt's output.log whole; and
+    state.json alone is then the whole state."""
     rng = random.Random(seed)
     trial = Trial(seed)
-    ws = af.workspace / f"t{seed}"
+    prefix = "k" if wf is None else "c"
+    ws = af.workspace / f"{prefix}{seed}"
     ws.mkdir()
-    wf = chaos_workflow(seed)
+    wf = wf or chaos_workflow(seed)
     path = ws / "wf.yaml"
     path.write_text(wf.text)
-    rid = f"k{seed}"
+    rid = f"{prefix}{seed}"
     state_file = af.run_dir(rid) / "state.json"
     events = af.run_dir(rid) / "events.jsonl"
 
     def command() -> list[str]:
         return ["resume", rid] if state_file.exists() else ["run", str(path), "--run-id", rid]
 
-    for _ in range(rng.choice([1, 1, 2])):
+    for _ in range(rng.choice(kills)):
         args = command()
         # Killed after a random number of the events still to come, then a little more.
-        after = rng.randint(0, max(0, RUN_EVENTS - _events(events)))
+        after = rng.randint(0, max(0, run_events - _events(events)))
         done = _kill_at_random(af, [*args, "--ci"], events, after, rng.uniform(0, 0.15))
         trial.history.append(f"{args[0]} {done.returncode}")
         if done.returncode not in (0, -signal.SIGKILL) or "Traceback" in done.stderr:
@@ -207,6 +215,8 @@ def sigkill_trial(af: Env, seed: int) -> Trial:
     state = af.state(rid)
     if state["status"] != "succeeded":
         trial.add(f"run status {state['status']}")
+    if af.snapshot(rid) != state or (af.run_dir(rid) / "state.log").exists():
+        trial.add("state.json is not the whole state at the end")
     for step_id, expected in wf.expected.items():
         st = state["steps"][step_id]
         if st["status"] != "succeeded":
@@ -243,6 +253,39 @@ def test_sigkill_at_random_moments_loses_nothing(af: Env) -> None:
         trials = list(pool.map(lambda s: sigkill_trial(af, s), range(first, first + TRIALS)))
     problems = [p for t in trials for p in t.report()]
     assert not problems, "\n".join(problems)
+
+
+def chain_workflow(seed: int) -> ChaosWorkflow:
+    """30 quick steps in three chains of ten, three at a time: many saves a second, so that
+    a kill lands with changes in state.log that state.json does not have yet, or while
+    state.json is being compacted."""
+    rng = random.Random(seed)
+    lines = ["version: 1", "name: chain", "max_parallel: 3", "steps:"]
+    expected: dict[str, str] = {}
+    for c in range(3):
+        for k in range(10):
+            step_id = f"c{c}-{k}"
+            seconds = rng.uniform(0.02, 0.1)
+            yaml, expected[step_id] = _step(step_id, [f"c{c}-{k - 1}"] if k else [], seconds)
+            lines.extend(yaml)
+    return ChaosWorkflow("\n".join(lines) + "\n", expected)
+
+
+def test_sigkill_with_the_checkpoint_in_its_log_loses_nothing(af: Env) -> None:
+    """Issue 18's 20 seeded trials on a run that saves often: killed two to four times,
+    each resume carries on from state.json and the changes logged since; none reruns a
+    step that succeeded or loses one. One trial again: AGENTFLOW_CHAOS_SEED=7
+    AGENTFLOW_CHAOS_TRIALS=1 pytest -k checkpoint_in_its_log."""
+    first = int(os.environ.get("AGENTFLOW_CHAOS_SEED", "0"))
+
+    def trial(seed: int) -> Trial:
+        return sigkill_trial(af, seed, chain_workflow(seed), kills=(2, 3, 4), run_events=70)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        trials = list(pool.map(trial, range(first, first + TRIALS)))
+    problems = [p for t in trials for p in t.report()]
+    assert not problems, "\n".join(problems)
+    assert len(trials) == TRIALS
 
 
 RACE = """\
@@ -357,13 +400,16 @@ steps:
 
 
 def killed_with_slow_running(af: Env, rid: str) -> Path:
-    """A run whose orchestrator was SIGKILLed once quick had succeeded, slow running."""
+    """A run whose orchestrator was SIGKILLed once quick had succeeded, slow running, and
+    state.json itself says so (written whole again within a few seconds of a change: the
+    one before it is state.json.prev)."""
     wf = af.write(TWO)
     proc = af.start("run", str(wf), "--run-id", rid, "--ci")
     af.wait_for(
         lambda: (
-            af.state(rid)["steps"]["quick"]["status"] == "succeeded"
-            and af.state(rid)["steps"]["slow"]["status"] == "running"
+            af.snapshot(rid)["steps"]["quick"]["status"] == "succeeded"
+            and af.snapshot(rid)["steps"]["slow"]["status"] == "running"
+            and af.snapshot(rid)["steps"]["slow"]["window"] is not None
         ),
         message="quick done, slow running",
     )

@@ -2,6 +2,9 @@
 
 Writes are durable: ``state.json`` is replaced atomically (temporary file, fsync, rename)
 and the previous good copy is kept as ``state.json.prev``; ``events.jsonl`` is append-only.
+While a run is driven, its changes are appended to ``state.log`` between two snapshots
+(``checkpointer``), and every reader gets ``state.json`` with that log replayed
+(``checkpoint_log``).
 A ``lock`` held with ``flock`` keeps two orchestrators from driving one run; the kernel
 drops it when its holder dies, even by SIGKILL.
 
@@ -18,22 +21,22 @@ import errno
 import fcntl
 import json
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import get_args
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from agentflow import checkpoint_log, event_replay
+from agentflow.checkpoint_log import LogReplay
 from agentflow.errors import RunLockedError, StateError, UsageError
 from agentflow.plan import Plan
 from agentflow.settings import settings
-from agentflow.state import EARLIEST, FINAL, RunState, RunStatus, StepState, Timestamp
+from agentflow.state import EARLIEST, RunState, StepState, Timestamp
 
 
 class Event(BaseModel):
@@ -235,23 +238,32 @@ class RunDir:
         return self.path / "state.json.damaged"
 
     def write_state(self, state: RunState) -> None:
-        """Save the checkpoint. When it cannot be written (a full disk), the one before
-        stays in place, whole, and the error says so."""
+        """Save the whole checkpoint (a snapshot); the log of changes since the last one
+        becomes ``state.log.prev``. When it cannot be written (a full disk), the one
+        before stays in place, whole, and the error says so."""
         data = state.model_dump_json(indent=2).encode()
         try:
             _atomic_write(self.state_path, data, keep_previous=True)
+            checkpoint_log.rotate(self.path)
         except OSError as e:
-            raise StateError(
-                f"cannot save the checkpoint of run {self.run_id} in {self.path} "
-                f"({e.strerror or e}); the last one saved is kept: fix that, then "
-                f"`agentflow resume {self.run_id}` (steps still running go on meanwhile)"
-            ) from None
+            raise self.save_error(e) from None
+
+    def save_error(self, e: OSError) -> StateError:
+        return StateError(
+            f"cannot save the checkpoint of run {self.run_id} in {self.path} "
+            f"({e.strerror or e}); the last one saved is kept: fix that, then "
+            f"`agentflow resume {self.run_id}` (steps still running go on meanwhile)"
+        )
 
     def read_state(self) -> RunState:
         """The checkpoint; StateError (one line, with the way out) when it is damaged."""
+        return self.read_checkpoint().state
+
+    def read_checkpoint(self) -> LogReplay:
+        """``state.json`` with the changes logged since (``state.log``) replayed."""
         state, problem = self._checkpoint_of(self.state_path)
         if state is not None:
-            return state
+            return checkpoint_log.replay(state, self.path)
         if not self.state_path.exists() and not self.prev_state_path.exists():
             raise StateError(f"{self.state_path}: missing; is this a run directory?")
         raise StateError(
@@ -304,7 +316,11 @@ class RunDir:
             base = self._rebuilt_from_plan()
             source = "plan.json"
         events = [e for e in self.read_events() if e.ts > base.updated_at]
-        state, changed = replay(base, events)
+        state, changed = event_replay.replay(base, events)
+        # The logs hold every change since the previous snapshot, whole: they have the
+        # last word (onto a base that already has them, they change nothing).
+        logged = checkpoint_log.replay(state, self.path, checkpoint_log.LOGS)
+        state = logged.state
         if self.state_path.exists():
             _atomic_write(self.damaged_state_path, self.state_path.read_bytes())
         # Replaces the damaged file in one step; state.json.prev (the good copy) stays.
@@ -313,6 +329,9 @@ class RunDir:
             f"run {self.run_id}: state.json was damaged ({problem}); rebuilt from {source}"
             f" and {len(events)} later event{'s' if len(events) != 1 else ''} of events.jsonl"
         )
+        if logged.records:
+            n = logged.records
+            note += f", with {n} change{'s' if n != 1 else ''} logged in state.log"
         if changed:
             note += f" (steps brought up to date: {', '.join(changed)})"
         lost = [k for k, st in state.steps.items() if st.status == "running" and not st.window]
@@ -538,90 +557,3 @@ def _salvage(path: Path) -> dict[str, object]:
 
 def _clock(ts: datetime) -> str:
     return ts.astimezone().strftime("%H:%M:%S")
-
-
-def replay(state: RunState, events: list[Event]) -> tuple[RunState, list[str]]:
-    """``state`` with ``events`` (recorded after it) applied: what each says about a step's
-    status and attempt, and about the run's. Returns the new state and the steps changed.
-    Events that ``state`` already reflects change nothing."""
-    changed: list[str] = []
-    for e in events:
-        if e.step is None:
-            run_status = e.status if e.kind == "run_finished" else _RUN_STATUS.get(e.kind)
-            if run_status in _RUN_STATUSES:
-                done = e.ts if e.kind in ("run_finished", "run_stopped") else None
-                state = state.with_run(status=run_status, finished_at=done)
-            continue
-        if e.step not in state.steps:
-            continue
-        st = state.steps[e.step]
-        update = _step_update(e, st)
-        if update:
-            state = state.with_step(e.step, **update)
-            if e.step not in changed:
-                changed.append(e.step)
-    return state, changed
-
-
-_RUN_STATUS = {
-    "run_started": "running",
-    "run_resumed": "running",
-    "run_interrupted": "interrupted",
-    "run_stopped": "interrupted",
-}
-_RUN_STATUSES = frozenset(get_args(RunStatus))
-_KILL_REASON = {
-    "timeout": "timeout",
-    "stall": "stall",
-    "not_ready": "not_ready",
-    "dependency_lost": "dependency",
-    "service_stopping": "end",
-}
-"""Events that say agentflow asked a running step to stop, and why."""
-
-
-def _step_update(e: Event, st: StepState) -> dict[str, object]:
-    """What one event says about its step, given what is known of it."""
-    attempt = e.attempt or 0
-    if attempt < st.attempts:
-        return {}  # about an attempt the state has seen through
-    if e.kind == "step_started":
-        if attempt == st.attempts and st.status != "pending":
-            return {}
-        # Its window is not in the event: a resume judges the step from its exit code,
-        # or reruns it when it has none.
-        return {
-            "status": "running", "attempts": attempt, "started_at": e.ts, "finished_at": None,
-            "exit_code": None, "window": None, "message": None, "kill_reason": None,
-            "kill_sent_at": None, "ready_at": None, "progress": None, "output_bytes": 0,
-            "last_output_at": None, "not_before": None,
-        }  # fmt: skip
-    if e.kind == "step_finished" and e.status in FINAL:
-        if st.status == e.status and st.finished_at is not None:
-            return {}
-        return {
-            "status": e.status, "attempts": attempt, "exit_code": e.exit_code,
-            "finished_at": e.ts, "message": e.message, "kill_reason": None,
-            "kill_sent_at": None,
-        }  # fmt: skip
-    reason = _KILL_REASON.get(e.kind)
-    if reason is not None and st.status == "running" and st.kill_reason is None:
-        return {"kill_reason": reason, "kill_sent_at": e.ts, "message": e.message}
-    if e.kind in ("step_requeued", "retry_scheduled") and st.status != "pending":
-        return {"status": "pending", "message": e.message}
-    if e.kind in ("step_skipped", "escalated") and st.status not in ("skipped", "blocked"):
-        return {
-            "status": "skipped" if e.kind == "step_skipped" else "blocked",
-            "message": e.message,
-        }
-    if e.kind == "service_ready" and st.ready_at is None:
-        return {"ready_at": e.ts}
-    if e.kind == "outputs" and e.message and not st.outputs:
-        return {"outputs": _outputs(e.message)}
-    return {}
-
-
-def _outputs(message: str) -> dict[str, str]:
-    """The outputs shown in an ``outputs`` event (``a=1, b=x``)."""
-    pairs = re.split(r", (?=[A-Za-z_][\w-]*=)", message)
-    return dict(p.split("=", 1) for p in pairs if "=" in p)

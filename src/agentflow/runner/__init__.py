@@ -4,7 +4,8 @@ It starts steps in dependency order (up to ``max_parallel`` at once), each in it
 window through the sandbox's wrapper, then sleeps until the earliest deadline. A step's
 window signals a tmux channel when the step ends, which wakes the runner at once; what
 happened is then read from the step's folder (``exit_code``), never from the screen.
-Every change is saved to ``state.json`` before anything else happens.
+Every change is saved (a record appended to ``state.log``, compacted into
+``state.json`` now and then: ``agentflow.checkpointer``) before anything else happens.
 
 The parts: ``base`` (state and plumbing), ``watch`` (running steps), ``outcome`` (ended
 attempts and recovery), ``launch`` (starting steps); ``Runner`` is the loop.
@@ -91,6 +92,7 @@ class Runner(Watching, Launching):
                             return self._finish()
                         if self.schedule.last == changed_before:
                             self.schedule.checked()
+                        self.checkpoint.commit()  # this wake-up's changes: one fdatasync
                         waker.sleep((self._next_wake() - now()).total_seconds())
                         self.windows_due = not waker.by_fifo_only
                         self.woken = waker.ended

@@ -18,6 +18,7 @@ from pydantic import BaseModel, JsonValue
 from agentflow import artifacts, safefs, stepfiles
 from agentflow.agent.diagnose import Diagnoser, Diagnosis
 from agentflow.artifacts import ArtifactError, Collector
+from agentflow.checkpointer import Checkpointer
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -112,6 +113,8 @@ class RunnerBase:
         self.s = setup
         self._state = state
         self.observer = observer
+        self.checkpoint = Checkpointer(setup.run)
+        """Saves the state: records in state.log, snapshots in state.json."""
         self.session = state.run_id
         self.channel = wake_channel(self.session)
         self.schedule = CheckSchedule()
@@ -281,11 +284,14 @@ class RunnerBase:
         self._state = self._state.with_step(step_id, **changes)
         self.index.changed(step_id, self._state.steps[step_id])
         self._indexed = self._state.steps
-        self._save()
+        # A step about to start: its record is on disk before anything can start it.
+        self._save(durable=changes.get("status") == "running")
 
-    def _save(self) -> None:
-        self.s.run.write_state(self.state)
+    def _save(self, *, durable: bool = False) -> None:
+        problem = self.checkpoint.save(self.state, durable=durable)
         self.observer.update(self.state)
+        if problem:
+            self._emit("checkpoint_log_damaged", message=f"warning: {problem}")
 
     def _emit(
         self,
