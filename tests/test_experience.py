@@ -146,7 +146,11 @@ def test_ctrl_c_then_stop_ends_the_steps(af: Env, tmp_path: Path) -> None:
 
 
 def test_a_detached_run_goes_on_in_tmux_and_status_and_logs_follow_it(af: Env) -> None:
-    af.write(PROGRESS.format(n=12, side=1))
+    # train ends only once the test says so: "running" below holds on a loaded machine too.
+    gated = PROGRESS.format(n=12, side=1).replace(
+        "sleep 0.25; done", "sleep 0.25; done; while [ ! -e go ]; do sleep 0.1; done"
+    )
+    af.write(gated)
     began = time.monotonic()
     res = af.cli("run", "wf.yaml", "--detach", "--run-id", "bg")
     assert res.returncode == 0, res.stderr
@@ -154,6 +158,7 @@ def test_a_detached_run_goes_on_in_tmux_and_status_and_logs_follow_it(af: Env) -
     assert "agentflow attach bg" in res.stdout
     status = af.cli("status", "bg")
     assert "running" in status.stdout
+    (af.workspace / "go").touch()
     # Its orchestrator is the first window of the run's session: it holds the run's lock.
     server = libtmux.Server(socket_path=str(socket_path_for(af.home)))
     first = server.cmd("display-message", "-p", "-t", "=bg:^", "#{window_name} #{pane_pid}")
