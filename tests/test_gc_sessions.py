@@ -44,7 +44,14 @@ def gc(af: Env) -> str:
 
 
 def running(af: Env, run_id: str) -> bool:
-    return bool(af.state(run_id)["steps"]["wait"]["status"] == "running")
+    """The step runs: recorded so, and its command has begun (the checkpoint says
+    `running` just before its window is made; a kill in between would leave no step)."""
+    log = af.run_dir(run_id) / "steps" / "wait" / "output.log"
+    return bool(
+        af.state(run_id)["steps"]["wait"]["status"] == "running"
+        and log.exists()
+        and "started" in log.read_text()
+    )
 
 
 def test_gc_closes_the_session_of_a_finished_run_and_keeps_the_others(af: Env) -> None:
