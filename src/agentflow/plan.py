@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr
 
+from agentflow.byid import ById
 from agentflow.state import Timestamp, Usage
 from agentflow.workflow.model import Expect, Probe, Scalar, Step, Success, Workflow
 from agentflow.workflow.types import Duration
@@ -90,22 +91,10 @@ class Plan(PlanModel):
     transcript_total: int = 0
     """Entries of the whole transcript (the plan keeps the first ``TRANSCRIPT_MAX``)."""
 
-    _by_id: tuple[list[PlannedStep], dict[str, PlannedStep]] | None = PrivateAttr(default=None)
+    _by_id: ById[PlannedStep] = PrivateAttr(default_factory=ById)
 
     def step(self, step_id: str) -> PlannedStep:
-        # By a table, not a scan: the runner asks for steps by id many times per step.
-        known = self._by_id
-        if known is None or known[0] is not self.steps:
-            table: dict[str, PlannedStep] = {}
-            for s in self.steps:
-                table.setdefault(s.id, s)  # (the first of an id, as a scan finds it)
-            known = self._by_id = (self.steps, table)
-        found = known[1].get(step_id)
-        if found is None:  # (a list changed in place since: look again)
-            found = next((s for s in self.steps if s.id == step_id), None)
-        if found is None:
-            raise KeyError(step_id)
-        return found
+        return self._by_id.find(self.steps, step_id)
 
     def workflow_for(self, workflow: Workflow) -> Workflow:
         """The workflow as this plan runs it: with the steps the planner added (each taking

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from agentflow.byid import ById
 from agentflow.template import references
 from agentflow.workflow.metric import Metric
 from agentflow.workflow.notify import Notify
@@ -571,22 +572,10 @@ class Workflow(Model):
     """Who is told when a run ends, fails or waits for a person (``--notify URL`` adds a
     webhook)."""
 
-    _by_id: tuple[list[Step], dict[str, Step]] | None = PrivateAttr(default=None)
+    _by_id: ById[Step] = PrivateAttr(default_factory=ById)
 
     def step(self, step_id: str) -> Step:
-        # By a table, not a scan: the runner asks for steps by id many times per step.
-        known = self._by_id
-        if known is None or known[0] is not self.steps:
-            table: dict[str, Step] = {}
-            for s in self.steps:
-                table.setdefault(s.id, s)  # (the first of an id, as a scan finds it)
-            known = self._by_id = (self.steps, table)
-        found = known[1].get(step_id)
-        if found is None:  # (a list changed in place since: look again)
-            found = next((s for s in self.steps if s.id == step_id), None)
-        if found is None:
-            raise KeyError(step_id)
-        return found
+        return self._by_id.find(self.steps, step_id)
 
     # Effective settings: the step's own, else the workflow's defaults, else built-in.
 
