@@ -23,7 +23,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -420,32 +420,41 @@ class RunDir:
 
     # --- lock -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the run's lock; raises RunLockedError when another process has it."""
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                pid = self.lock_holder()
-                who = f" (pid {pid})" if pid else ""
-                raise RunLockedError(
-                    f"run {self.run_id} is being driven by another agentflow process{who}: "
-                    f"watch it with `agentflow status {self.run_id}` or stop it with "
-                    f"`agentflow stop {self.run_id}`"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            yield
-        finally:
-            os.close(fd)
+
+        def busy(pid: int | None) -> RunLockedError:
+            who = f" (pid {pid})" if pid else ""
+            return RunLockedError(
+                f"run {self.run_id} is being driven by another agentflow process{who}: "
+                f"watch it with `agentflow status {self.run_id}` or stop it with "
+                f"`agentflow stop {self.run_id}`"
+            )
+
+        return hold_lock(self.path / "lock", busy)
 
     def lock_holder(self) -> int | None:
         """The pid of the live process holding the lock, or None."""
         return lock_holder(self.path / "lock")
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, busy: Callable[[int | None], Exception]) -> Iterator[None]:
+    """Hold the ``flock`` of ``path`` (its pid written in it, for ``lock_holder``); raises
+    ``busy(pid of the holder)`` when another process has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise busy(lock_holder(path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def lock_holder(path: Path) -> int | None:

@@ -13,10 +13,7 @@ ended, and at the end the ranking. ``sweep_follow`` launches and follows the run
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import itertools
-import os
 import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentflow.errors import RunLockedError, StateError, UsageError, first_line
-from agentflow.store import lock_holder, new_run_id, valid_run_id
+from agentflow.store import hold_lock, lock_holder, new_run_id, valid_run_id
 from agentflow.workflow.model import Objective, Scalar
 
 MATRIX_KEYWORDS = ("include", "exclude")
@@ -234,29 +231,19 @@ def records(home: Path) -> Iterator[SweepRecord]:
         yield SweepRecord.model_validate_json(path.read_bytes())
 
 
-@contextlib.contextmanager
-def follower_lock(home: Path, sweep_id: str) -> Iterator[None]:
+def follower_lock(home: Path, sweep_id: str) -> contextlib.AbstractContextManager[None]:
     """Held by the process that follows the sweep (launches its runs, records them): one at
     a time. Its pid is in the file, for ``status`` (no holder while ``running``: orphaned)."""
     path = sweep_path(home, sweep_id).with_suffix(".lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            pid = follower(home, sweep_id)
-            raise RunLockedError(
-                f"sweep {sweep_id} is being followed by another agentflow process"
-                f"{f' (pid {pid})' if pid else ''}: `agentflow status {sweep_id}` shows it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
+
+    def busy(pid: int | None) -> RunLockedError:
+        return RunLockedError(
+            f"sweep {sweep_id} is being followed by another agentflow process"
+            f"{f' (pid {pid})' if pid else ''}: `agentflow status {sweep_id}` shows it"
+        )
+
+    return hold_lock(path, busy)
 
 
 def follower(home: Path, sweep_id: str) -> int | None:
