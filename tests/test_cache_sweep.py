@@ -14,6 +14,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from test_speculator import FAST, WORKFLOWS
+
 from conftest import Env, run_id_of
 
 NOT_NEEDED = "not needed: its dependents came from the cache"
@@ -135,16 +137,6 @@ def test_no_cache_starts_the_service(af: Env) -> None:
 
 
 # --- the speculator itself ------------------------------------------------------------------
-
-WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
-FAST = {
-    "target_steps": "40",
-    "target_d": "64",
-    "target_layers": "2",
-    "samples": "30",
-    "draft_steps": "60",
-    "draft_hidden": "64",
-}
 
 
 def _speculator_copy(root: Path) -> Path:
