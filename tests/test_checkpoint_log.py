@@ -4,6 +4,7 @@ writes does not grow with the workflow; state.json catches up by itself."""
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from pathlib import Path
@@ -228,3 +229,26 @@ def test_the_log_is_the_owners_alone(tmp_path: Path) -> None:
     saved(run, [first, *changes(first)])
     assert (run.path / "state.log").stat().st_mode & 0o777 == 0o600
     assert checkpoint_log.LOGS == ("state.log.prev", "state.log")
+
+
+def test_a_run_that_ended_in_its_log_alone_is_settled_into_state_json(tmp_path: Path) -> None:
+    """Killed after its last change was logged, before the last snapshot: `resume` of the
+    succeeded run writes state.json whole (chaos seed 16 found this)."""
+    run = run_dir(tmp_path)
+    first = fresh(run)
+    later = changes(first)
+    ckpt = saved(run, [first, *later])
+    ckpt.close()
+    ended = later[-1].with_run(status="succeeded", finished_at=now())
+    line = checkpoint_log.encode(len(later) + 1, later[-1], ended)
+    assert line is not None
+    fd = checkpoint_log.open_log(run.path)
+    os.write(fd, line)
+    os.close(fd)
+    assert RunState.model_validate_json(run.state_path.read_bytes()) != ended
+    run.settle()
+    assert RunState.model_validate_json(run.state_path.read_bytes()) == ended
+    assert not (run.path / "state.log").exists()
+    assert run.read_state() == ended
+    run.settle()  # nothing logged: nothing to do
+    assert run.read_state() == ended

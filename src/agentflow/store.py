@@ -248,6 +248,15 @@ class RunDir:
         except OSError as e:
             raise self.save_error(e) from None
 
+    def settle(self) -> None:
+        """Write ``state.json`` whole when changes are logged after it: an orchestrator
+        killed between a run's last change and its last snapshot leaves them in the log.
+        Under the run's lock; a run another orchestrator drives is left to it."""
+        if not (self.path / checkpoint_log.LOG_NAME).exists():
+            return
+        with contextlib.suppress(RunLockedError), self.lock():
+            self.write_state(self.read_state())
+
     def save_error(self, e: OSError) -> StateError:
         return StateError(
             f"cannot save the checkpoint of run {self.run_id} in {self.path} "

@@ -86,6 +86,7 @@ def resume_cmd(
             "the edits)"
         )
     if before is None and state.status == "succeeded":
+        run_dir.settle()  # its orchestrator may have been killed before its last snapshot
         console.print(f"run {state.run_id} already succeeded: nothing to do")
         raise typer.Exit(EXIT_OK)
     if detach:
