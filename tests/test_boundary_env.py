@@ -53,6 +53,13 @@ __attribute__((constructor)) static void evil(void) {
 """
 
 
+def people(server: libtmux.Server) -> list[str]:
+    """The clients attached to agentflow's tmux server that are people (not the control-mode
+    clients of a running orchestrator)."""
+    shown = server.cmd("list-clients", "-F", "#{client_control_mode} #{client_name}").stdout
+    return [line for line in shown if line.startswith("0 ")]
+
+
 def evil_library(tmp_path: Path, marker: Path) -> Path:
     """A shared library that appends a line to ``marker`` (a host path, outside the
     workspace) in every process that loads it: what a step could write into the workspace."""
@@ -169,8 +176,12 @@ def test_the_docker_client_gets_a_fixed_environment_and_the_secrets(
         tree = process_tree(int(pane))
         envs = [environ_of(pid) for pid in tree]
         argv = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in tree]
-        assert any(b"\0FOO=bar\0" in a for a in argv), argv  # docker exec -e FOO=bar
-        assert not any(b"decoy" in a for a in argv), argv
+        # The step's variables cross in a script its wrapper sources inside the container,
+        # never on a command line (`ps` shows those to every user); the secret is not in it.
+        assert not any(b"FOO" in a or b"decoy" in a for a in argv), argv
+        script = (af.run_dir("client") / "steps" / "hold" / "env.sh").read_text()
+        assert "export FOO=bar\n" in script, script
+        assert "MY_SECRET" not in script.replace("AGENTFLOW_SECRETS=MY_SECRET", ""), script
         assert any(e.get("MY_SECRET") == "s3cr3t-in-client" for e in envs), "docker -e NAME"
         allowed = {*CLIENT_ENV, *SERVER_ENV, *TMUX_OWN, *SHELL_OWN, "MY_SECRET"}
         for env in envs:
@@ -266,9 +277,9 @@ def test_a_person_attaching_hands_nothing_to_later_windows(af: Env, tmp_path: Pa
         server = tmux_of(af)
         person = {**af.env, "DISPLAY": ":99", "SSH_AUTH_SOCK": "/a/persons/agent", "TERM": "xterm"}
         with terminal(tmp_path, [AGENTFLOW, "attach", "att"], person):
-            af.wait_for(lambda: len(server.cmd("list-clients").stdout) == 1, message="attached")
+            af.wait_for(lambda: len(people(server)) == 1, message="attached")
             server.cmd("detach-client", "-s", "=att")
-        af.wait_for(lambda: not server.cmd("list-clients").stdout, message="detached")
+        af.wait_for(lambda: not people(server), message="detached")
     finally:
         (af.workspace / "go").touch()
         assert proc.wait(timeout=60) == 0, proc.communicate()

@@ -609,15 +609,20 @@ def test_a_check_that_ignores_its_timeout_does_not_hold_the_host(
     assert waited < 30, f"the host waited {waited:.0f}s for a 1 s check"
 
 
-def test_a_command_too_long_for_tmux_fails_its_step_not_the_run(af: Env) -> None:
-    big = "x" * 20_000
+def test_a_value_too_long_for_tmux_reaches_its_step_whole(af: Env) -> None:
+    """A step's variables go in a private script, never on tmux's command line: a
+    100,000-byte value (six times what tmux passes to a window) reaches the step whole;
+    one more than Linux passes to a program fails its step, saying so, not the run."""
     wf = af.write(
         f"""\
         version: 1
         name: long
         steps:
           - id: big
-            env: {{BIG: "{big}"}}
+            env: {{BIG: "{"x" * 100_000}"}}
+            run: printf %s "$BIG" | wc -c
+          - id: huge
+            env: {{HUGE: "{"x" * 200_000}"}}
             run: echo never
           - id: other
             run: echo fine
@@ -626,10 +631,13 @@ def test_a_command_too_long_for_tmux_fails_its_step_not_the_run(af: Env) -> None
     res = af.cli("run", str(wf), "--ci")
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
-    steps = af.state(run_id_of(res.stdout))["steps"]
+    rid = run_id_of(res.stdout)
+    steps = af.state(rid)["steps"]
+    assert steps["big"]["status"] == "succeeded"
+    assert (af.run_dir(rid) / "steps" / "big" / "output.log").read_text().split() == ["100000"]
     assert steps["other"]["status"] == "succeeded"
-    assert steps["big"]["status"] == "failed"
-    assert "more than tmux passes to a window" in steps["big"]["message"]
+    assert steps["huge"]["status"] == "failed"
+    assert "HUGE takes 200006 bytes, more than Linux passes" in steps["huge"]["message"]
 
 
 @pytest.mark.docker

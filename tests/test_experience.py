@@ -64,6 +64,13 @@ def terminal(af: Env, tmp_path: Path, *args: str, width: int = 80) -> Iterator[T
         server.kill()
 
 
+def people(server: libtmux.Server) -> list[str]:
+    """The clients attached to agentflow's tmux server that are people (not the control-mode
+    clients of a running orchestrator)."""
+    shown = server.cmd("list-clients", "-F", "#{client_control_mode} #{client_name}").stdout
+    return [line for line in shown if line.startswith("0 ")]
+
+
 def asking(term: Terminal) -> bool:
     """The question is the last thing on the screen (whatever scrolled away above it)."""
     lines = [line for line in term.screen().splitlines() if line.strip()]
@@ -192,13 +199,13 @@ def test_attach_is_read_only_unless_write(af: Env, tmp_path: Path) -> None:
         for args, typed in ((("attach", "rw2", "shell"), False),
                             (("attach", "--write", "rw2", "shell"), True)):  # fmt: skip
             with terminal(af, tmp_path, *args) as term:
-                af.wait_for(lambda: len(server.cmd("list-clients").stdout) == 1, message="on")
+                af.wait_for(lambda: len(people(server)) == 1, message="on")
                 term.keys("x", "y", "z")
                 time.sleep(0.5)
                 window = af.state("rw2")["steps"]["shell"]["window"]
                 shown = "\n".join(server.cmd("capture-pane", "-p", "-t", window).stdout)
                 assert ("xyz" in shown) is typed, (args, shown)
-            af.wait_for(lambda: not server.cmd("list-clients").stdout, message="off")
+            af.wait_for(lambda: not people(server), message="off")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -19,7 +19,6 @@ import select
 import signal
 import stat
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from types import FrameType
 
 from agentflow import history, safefs
 from agentflow.state import now
+from agentflow.tmux_control import Waiter
 
 # tqdm's bars, recognised without a pattern: "  45/100 [00:12<00:15" and " 45%|####".
 # Bounded digits, not after a digit: a step that prints a long run of digits costs a
@@ -191,9 +191,7 @@ NAME_MAX = 256
 class Waker:
     """Sleeps until a deadline, a step's end (tmux channel) or a signal, whichever is first."""
 
-    def __init__(
-        self, start_waiter: Callable[[], subprocess.Popen[bytes]], wake_fifo: Path
-    ) -> None:
+    def __init__(self, start_waiter: Callable[[], Waiter], wake_fifo: Path) -> None:
         self._start_waiter = start_waiter
         self._waiter = start_waiter()
         # The steps folder is writable from the sandbox: whatever stands at this name that
@@ -211,6 +209,9 @@ class Waker:
         self._signal_r, self._signal_w = os.pipe()
         os.set_blocking(self._signal_r, False)
         os.set_blocking(self._signal_w, False)
+        self.channel_woke = True
+        """Whether the tmux channel rang since the runner last cleared this (a window died
+        that had not reported its end: time to look at the windows)."""
         self.interrupted = False
         self.by_ctrl_c = False
         """Whether the last interruption was SIGINT (a person) rather than SIGTERM."""
@@ -223,32 +224,39 @@ class Waker:
         nothing else can have happened to a window, which the runner need not look at."""
 
     def sleep(self, seconds: float) -> None:
-        assert self._waiter.stdout is not None
-        channel = self._waiter.stdout.fileno()
-        fds = [self._fifo, channel, self._signal_r]
-        ready, _, _ = select.select(fds, [], [], max(0, seconds))
-        self.by_fifo_only = ready == [self._fifo]
+        deadline = time.monotonic() + max(0, seconds)
         self.ended = set()
-        if self._fifo in ready:
-            # Drained a bounded amount, and acted on at most every FIFO_GAP seconds: a
-            # step writing to the FIFO without end neither holds nor spins the runner.
-            with contextlib.suppress(BlockingIOError):
-                for _ in range(16):
-                    chunk = os.read(self._fifo, 65536)
-                    if not chunk:
-                        break
-                    self._names(chunk)
-            gap = self._fifo_woke + FIFO_GAP - time.monotonic()
-            if gap > 0:
-                time.sleep(gap)
-            self._fifo_woke = time.monotonic()
-        if channel in ready:  # the channel was signalled: the waiter exited
-            self._waiter.wait()
-            self._waiter.stdout.close()
-            self._waiter = self._start_waiter()
-        if self._signal_r in ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._signal_r, 1024)
+        fifo = other = False
+        while True:
+            channel = self._waiter.fileno()
+            fds = [self._fifo, channel, self._signal_r]
+            ready, _, _ = select.select(fds, [], [], max(0, deadline - time.monotonic()))
+            if self._fifo in ready:
+                fifo = True
+                # Drained a bounded amount, and acted on at most every FIFO_GAP seconds: a
+                # step writing to the FIFO without end neither holds nor spins the runner.
+                with contextlib.suppress(BlockingIOError):
+                    for _ in range(16):
+                        chunk = os.read(self._fifo, 65536)
+                        if not chunk:
+                            break
+                        self._names(chunk)
+                gap = self._fifo_woke + FIFO_GAP - time.monotonic()
+                if gap > 0:
+                    time.sleep(gap)
+                self._fifo_woke = time.monotonic()
+            woke = channel in ready and self._waiter.woke()
+            self.channel_woke = self.channel_woke or woke
+            if self._signal_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._signal_r, 1024)
+            other = other or woke or self._signal_r in ready or not ready
+            if woke or self._fifo in ready or self._signal_r in ready or not ready:
+                break
+            if time.monotonic() >= deadline:
+                other = True
+                break
+        self.by_fifo_only = fifo and not other
 
     def _names(self, chunk: bytes) -> None:
         *lines, self._partial = (self._partial + chunk).split(b"\n")
@@ -285,10 +293,7 @@ class Waker:
             signal.set_wakeup_fd(old_fd)
 
     def close(self) -> None:
-        self._waiter.kill()
-        self._waiter.wait()
-        if self._waiter.stdout:
-            self._waiter.stdout.close()
+        self._waiter.close()
         os.close(self._signal_r)
         os.close(self._signal_w)
         os.close(self._fifo)

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     """``AGENTFLOW_TMUX_SOCKET``: the tmux server's socket, instead of one per home under
     ``$XDG_RUNTIME_DIR/agentflow`` (or ``~/.cache/agentflow``)."""
 
+    tmux_no_control: bool = Field(False, validation_alias="AGENTFLOW_TMUX_NO_CONTROL")
+    """``AGENTFLOW_TMUX_NO_CONTROL``: set (``1``) to run each tmux command of a run as a
+    tmux client process of its own instead of through one control-mode client (``tmux
+    -C``): slower, for a tmux whose control mode misbehaves."""
+
     anthropic_api_key: str | None = Field(None, validation_alias="ANTHROPIC_API_KEY", repr=False)
     """``ANTHROPIC_API_KEY``: the key of the Anthropic API. Without it, a workflow with
     ``planner: {type: anthropic}`` needs a saved plan (``--plan``) or ``--planner static``,
@@ -80,7 +85,7 @@ class Settings(BaseSettings):
     """``GITHUB_ACTIONS``: set by GitHub Actions: steps' lines are folded into groups and
     failures become ``::error`` annotations."""
 
-    @field_validator("ci", "github_actions", mode="before")
+    @field_validator("ci", "github_actions", "tmux_no_control", mode="before")
     @classmethod
     def _flag(cls, value: object) -> bool:
         return str(value).strip().lower() not in ("", "0", "false", "no", "none")

@@ -1,9 +1,11 @@
 """The only module that talks to tmux.
 
 agentflow runs its own tmux server on its own socket (not in ``/tmp``, where a step's
-``rm -rf /tmp/*`` would kill it): one session per run, one window per step. Calls are raw
-tmux commands through libtmux's ``Server.cmd``, several per invocation where possible,
-since each tmux command costs a few milliseconds.
+``rm -rf /tmp/*`` would kill it): one session per run, one window per step. A run's
+commands go through one control-mode client (``tmux_control``) that stays attached to its
+session; without one (before the session exists, or if it fails), raw tmux commands
+through libtmux's ``Server.cmd``, several per invocation where possible, since each tmux
+client process costs a few milliseconds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ import libtmux
 
 from agentflow.errors import EnvironmentProblem
 from agentflow.settings import settings
+from agentflow.tmux_control import (
+    ControlClient,
+    ControlError,
+    ProcessWaiter,
+)
 
 _MAX_SOCKET_PATH = 100
 HISTORY_LIMIT = 50000
@@ -33,6 +40,9 @@ and the user's tmux.conf need. The server's environment is the base of every win
 the server outlives the run that started it: nothing of a run (a secret, the workflow's
 variables) may be in it."""
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+REPORTED_TITLE = "agentflow-reported"
+"""The title a step's wrapper gives its window once it has written the exit code and woken
+the runner (``wrapper.sh``): the window's end needs no wake-up of its own."""
 
 
 def server_env() -> dict[str, str]:
@@ -91,12 +101,44 @@ class Tmux:
         self.binary = tmux_binary()
         self.socket_path = socket_path
         self.server = libtmux.Server(socket_path=str(socket_path))
+        self.control: ControlClient | None = None
+        """The run's control-mode client, once ``open_control`` made one."""
+
+    def open_control(self, session: str) -> bool:
+        """Send this process's later commands through a control client attached to
+        ``session`` (which exists); False when none could attach (commands go on as tmux
+        processes)."""
+        self.close_control()
+        if not _control_mode():
+            return False
+        try:
+            self.control = ControlClient(self.binary, str(self.socket_path), session, server_env())
+        except (ControlError, OSError):
+            return False
+        return True
+
+    def close_control(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    def _run(self, *args: str) -> tuple[bool, list[str], str]:
+        """One tmux command: whether it succeeded, its output lines, its error."""
+        if self.control is not None:
+            try:
+                ok, lines = self.control.run(list(args))
+            except ControlError:
+                self.close_control()  # from now on, a process per command
+            else:
+                return ok, ([] if not ok else lines), (" ".join(lines) if not ok else "")
+        result = self.server.cmd(*args)
+        return result.returncode == 0, list(result.stdout), " ".join(result.stderr)
 
     def _cmd(self, *args: str, check: bool = True) -> list[str]:
-        result = self.server.cmd(*args)
-        if check and result.returncode != 0:
-            raise EnvironmentProblem(f"tmux {args[0]} failed: {' '.join(result.stderr)}")
-        return list(result.stdout)
+        ok, out, err = self._run(*args)
+        if check and not ok:
+            raise EnvironmentProblem(f"tmux {args[0]} failed: {err}")
+        return out
 
     def has_session(self, session: str) -> bool:
         return self.server.cmd("has-session", "-t", f"={session}").returncode == 0
@@ -107,23 +149,27 @@ class Tmux:
         ``remain-on-exit`` and ``history-limit`` are set on the server before any step's
         window exists: a window whose command exits at once would otherwise vanish before
         anyone looks at it. A ``pane-died`` hook signals the session's wake channel
-        (``wake_channel``) whenever a window's process ends, however it ends.
+        (``wake_channel``) when a window's process ends without its wrapper having said
+        that it reported the end (``REPORTED_TITLE``).
 
         The server is started here, if it is not running, with ``server_env`` only; what
         a server started otherwise holds in its global environment is removed."""
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         if self.has_session(session):
             return
-        signal = shlex.join(
-            [
-                self.binary,
-                "-S",
-                str(self.socket_path),
-                "wait-for",
-                "-S",
-                wake_channel("#{session_name}"),
-            ]
-        )
+        if _tmux_version() >= (3, 3):
+            # A tmux command, run by the server itself: no shell, no client process; and
+            # none at all for a window whose wrapper said it reported its end (its title):
+            # the wake FIFO told the runner already, and a late wake-up would only make it
+            # look at every window again while the next step runs.
+            signal = f'run-shell -C \\"wait-for -S {wake_channel("#{session_name}")}\\"'
+            hook = f'if-shell -F "#{{!=:#{{pane_title}},{REPORTED_TITLE}}}" "{signal}"'
+        else:  # tmux before 3.3: through a shell and a client
+            signal = shlex.join(
+                [self.binary, "-S", str(self.socket_path), "wait-for", "-S",
+                 wake_channel("#{session_name}")]
+            )  # fmt: skip
+            hook = f'run-shell -b "{signal}"'
         shown = self._server_cmd(
             # -E: the session's environment takes nothing from this client's.
             "new-session", "-d", "-E", "-s", session, "-n", "agentflow", "-x", "200",
@@ -141,7 +187,7 @@ class Tmux:
             # person attached, whatever their tmux.conf says.
             ";", "set-option", "-g", "set-clipboard", "off",
             ";", "set-option", "-g", "allow-passthrough", "off",
-            ";", "set-hook", "-g", "pane-died", f'run-shell -b "{signal}"',
+            ";", "set-hook", "-g", "pane-died", hook,
             ";", "show-environment", "-g",
         )  # fmt: skip
         self._scrub_global_env(shown)
@@ -176,15 +222,12 @@ class Tmux:
             self._cmd(*unset)
 
     @staticmethod
-    def window_args(
-        session: str, name: str, command: str, cwd: Path, env: dict[str, str]
-    ) -> list[str]:
-        """The tmux command that starts ``command`` in a new background window."""
+    def window_args(session: str, name: str, argv: list[str], cwd: Path) -> list[str]:
+        """The tmux command that starts ``argv`` in a new background window: run as it is
+        (more than one word: no shell before it), with the server's fixed environment
+        (never ``-e``: values on a command line are everybody's to read in ``ps``)."""
         args = ["new-window", "-d", "-P", "-F", "#{window_id}", "-t", f"={session}:"]
-        args += ["-n", name, "-c", str(cwd)]
-        for key, value in env.items():
-            args += ["-e", f"{key}={value}"]
-        return [*args, command]
+        return [*args, "-n", name, "-c", str(cwd), *argv]
 
     @staticmethod
     def command_size(args: list[str]) -> int:
@@ -192,21 +235,19 @@ class Tmux:
         refuses one over ``COMMAND_MAX``)."""
         return sum(len(a.encode()) + 1 for a in args)
 
-    def new_window(
-        self, session: str, name: str, command: str, cwd: Path, env: dict[str, str]
-    ) -> str:
-        """Start ``command`` in a new background window; returns its window id (``@N``)."""
-        out = self._cmd(*self.window_args(session, name, command, cwd, env))
+    def new_window(self, session: str, name: str, argv: list[str], cwd: Path) -> str:
+        """Start ``argv`` in a new background window; returns its window id (``@N``)."""
+        out = self._cmd(*self.window_args(session, name, argv, cwd))
         return out[0].strip()
 
     def panes(self, session: str) -> dict[str, Pane]:
         """The session's windows by id; empty when the session (or server) is gone."""
         fmt = "#{window_id}\t#{window_name}\t#{pane_dead}\t#{pane_dead_status}"
-        result = self.server.cmd("list-panes", "-s", "-t", f"={session}", "-F", fmt)
-        if result.returncode != 0:
+        ok, lines, _ = self._run("list-panes", "-s", "-t", f"={session}", "-F", fmt)
+        if not ok:
             return {}
         panes = {}
-        for line in result.stdout:
+        for line in lines:
             window_id, name, dead, status = ([*line.split("\t"), "", "", "", ""])[:4]
             panes[window_id] = Pane(
                 window_id, name, dead == "1", int(status) if status.isdigit() else None
@@ -253,22 +294,17 @@ class Tmux:
         return result.returncode == 0
 
     def kill_window(self, window_id: str) -> None:
-        self.server.cmd("kill-window", "-t", window_id)
+        self._run("kill-window", "-t", window_id)
 
     def kill_session(self, session: str) -> None:
+        self.close_control()  # it would only be told %exit
         self.server.cmd("kill-session", "-t", f"={session}")
 
-    def waiter(self, channel: str) -> subprocess.Popen[bytes]:
-        """A process that exits when ``channel`` is signalled. tmux remembers a signal
-        sent while nobody waits, so a wake-up between two waits is never lost; it is only
-        ever a hint to look, never a result."""
-        return subprocess.Popen(
-            [self.binary, "-S", str(self.socket_path), "wait-for", channel],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,  # closes when it exits: something to select() on
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C at the terminal is for agentflow, not for it
-        )
+    def waiter(self, channel: str) -> ProcessWaiter:
+        """Something to ``select`` on that wakes when ``channel`` is signalled. tmux
+        remembers a signal sent while nobody waits, so a wake-up between two waits is
+        never lost; it is only ever a hint to look, never a result."""
+        return ProcessWaiter([self.binary, "-S", str(self.socket_path), "wait-for", channel])
 
     def attach_argv(
         self, session: str, window: str | None, read_only: bool, note: str | None = None
@@ -290,3 +326,23 @@ class Tmux:
             newer = m is not None and (int(m.group(1)), int(m.group(2))) >= (3, 2)
             argv += [";", "display-message", *(["-d", "6000"] if newer else []), note]
         return argv
+
+
+_VERSION: list[tuple[int, int]] = []
+
+
+def _tmux_version() -> tuple[int, int]:
+    """tmux's version (0, 0 when it does not say); asked once."""
+    if not _VERSION:
+        try:
+            out = subprocess.run([tmux_binary(), "-V"], capture_output=True, text=True).stdout
+        except OSError:
+            out = ""
+        m = re.search(r"(\d+)\.(\d+)", out)
+        _VERSION.append((int(m.group(1)), int(m.group(2))) if m else (0, 0))
+    return _VERSION[0]
+
+
+def _control_mode() -> bool:
+    """Whether to use the control-mode path (tmux 3.3: ``attach -f no-output``)."""
+    return _tmux_version() >= (3, 3) and not settings().tmux_no_control

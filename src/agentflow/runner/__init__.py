@@ -30,6 +30,11 @@ from agentflow.textsafe import clip_words
 
 __all__ = ["STOP_REQUEST", "InterruptChoice", "Observer", "RunSetup", "Runner"]
 
+PANES_BACKSTOP = 1.0
+"""Seconds after which the runner looks at the windows of running steps even when no
+window is known to have died (a wake-up lost, a window whose end tmux never saw)."""
+ENV_WAIT = 2.0
+"""Seconds a runner that leaves waits for its steps' windows to read their environment."""
 SHORT = 360
 """The longest a run's failure line gets when the sandbox cannot start (the daemon's
 whole answer is in the ``run_finished`` event's ``data.error``)."""
@@ -77,7 +82,10 @@ class Runner(Watching, Launching):
             self._record(write_reports(self.s.run, self.state, self.s.junit))
             raise
         self._ensure_session()
-        waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
+        waker = Waker(
+            lambda: self.s.tmux.waiter(self.channel),
+            self.s.run.path / "steps" / ".wake",
+        )
         self.wake = waker.wake
         try:
             with waker.signals():
@@ -85,6 +93,11 @@ class Runner(Watching, Launching):
                     while not waker.interrupted:
                         changed_before = self.schedule.last
                         self._collect_diagnoses()
+                        # The windows are looked at when one died unreported, and at the
+                        # periodic check (a backstop); a step's FIFO alone needs no look.
+                        due = time.monotonic() >= self.panes_looked + PANES_BACKSTOP
+                        self.panes_due = waker.channel_woke or due
+                        waker.channel_woke = False
                         self._check_running()
                         self._resuming = False
                         self._start_ready()
@@ -108,6 +121,19 @@ class Runner(Watching, Launching):
                     return self.state
         finally:
             waker.close()
+            self._drop_env()
+            self.s.tmux.close_control()
+
+    def _drop_env(self) -> None:
+        """Remove the environment scripts read meanwhile, after a short wait for the
+        windows (of a run left running) that have not read theirs yet; one still unread
+        is left for the next orchestrator of the run (it adopts and removes it)."""
+        deadline = time.monotonic() + ENV_WAIT
+        while True:
+            self._release_env([k for k, v in self.state.steps.items() if v.status == "running"])
+            if not self.handoff.keys() or time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
 
     def _interrupt_choice(self, by_ctrl_c: bool) -> InterruptChoice:
         """`agentflow stop` (its request file) stops; Ctrl-C asks the person at the

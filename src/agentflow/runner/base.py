@@ -19,6 +19,7 @@ from agentflow import artifacts, safefs, stepfiles
 from agentflow.agent.diagnose import Diagnoser, Diagnosis
 from agentflow.artifacts import ArtifactError, Collector
 from agentflow.checkpointer import Checkpointer
+from agentflow.handoff import Handoff
 from agentflow.monitor import (
     READ_LIMIT,
     CheckSchedule,
@@ -153,6 +154,12 @@ class RunnerBase:
         self.hidden = safefs.identities(
             [setup.run.path.parent.parent, setup.tmux.socket_path.parent]
         )
+        self.panes_due = True
+        """Whether ``_check_running`` asks tmux about the windows (see ``Runner._drive``)."""
+        self.panes_looked = 0.0
+        """When it last did (``time.monotonic``)."""
+        self.handoff = Handoff(setup.tmux.socket_path.parent / "env", self.session)
+        """The environment scripts of the steps whose windows have not read them yet."""
         self.cache_keys: dict[str, str | None] = {}
         """Each step's cache key as its latest launch computed it (None: not cacheable)."""
         self.uncacheable: dict[str, str] = {}
@@ -276,6 +283,7 @@ class RunnerBase:
         # The session's first window shows the orchestrator's log, for whoever attaches.
         command = shlex.join(["tail", "-n", "+1", "-F", str(log)])
         self.s.tmux.ensure_session(self.session, self.s.workspace, command)
+        self.s.tmux.open_control(self.session)
 
     def _update(self, step_id: str, **changes: object) -> None:
         message = changes.get("message")

@@ -4,11 +4,10 @@ in its tmux window through the sandbox's wrapper; ending services when nothing n
 from __future__ import annotations
 
 import errno
-import shlex
 import signal
 from datetime import timedelta
 
-from agentflow import stepfiles
+from agentflow import handoff, stepfiles
 from agentflow.errors import AgentflowError, EnvironmentProblem
 from agentflow.monitor import (
     StepClock,
@@ -160,17 +159,26 @@ class Launching(RunnerBase):
         env = {k: v for k, v in env.items() if k not in secrets}
         workdir = self._workdir(step, env)
         launch = self.s.sandbox.launch(step_dir, workdir, env, secrets)
-        pane_command = shlex.join(launch.command)
-        args = self.s.tmux.window_args(
-            self.session, planned.id, pane_command, self.s.workspace, launch.env
-        )
+        if why := handoff.too_big({**launch.env, **env}):
+            self._cannot_launch(planned.id, attempt, why)
+            return True
+        # The window gets tmux's fixed environment; the host-side variables of the step
+        # (yours and the secrets in the local sandbox, the client's and the secrets in
+        # Docker) come in a script it sources, held by this process until it has.
+        script = self.handoff.put(planned.id, launch.env)
+        if launch.sources_env:
+            argv = [*launch.command, script]
+        else:
+            argv = ["/bin/sh", "-c", '. "$0" && exec "$@"', script, *launch.command]
+        args = self.s.tmux.window_args(self.session, planned.id, argv, self.s.workspace)
         size = self.s.tmux.command_size(args)
         if size > COMMAND_MAX:
-            # Values (outputs of earlier steps) made the command too long for tmux.
+            # A workspace or workdir path too long for tmux's message.
+            self.handoff.release(planned.id)
             self._cannot_launch(
                 planned.id, attempt,
-                f"its command and environment take {size} bytes, more than tmux passes to "
-                f"a window ({COMMAND_MAX}): pass large values through files",
+                f"its command takes {size} bytes, more than tmux passes to a window "
+                f"({COMMAND_MAX}): use a shorter workdir",
             )  # fmt: skip
             return True
         if st.window:
@@ -184,16 +192,12 @@ class Launching(RunnerBase):
             last_output_at=None, fresh=False, cached_from=None,
         )  # fmt: skip
         try:
-            window = self.s.tmux.new_window(
-                self.session, planned.id, pane_command, self.s.workspace, launch.env
-            )
+            window = self.s.tmux.new_window(self.session, planned.id, argv, self.s.workspace)
         except EnvironmentProblem:
             # The tmux server or session went away (killed, or the machine's tmux restarted):
             # make it again and try once more; a second failure is the environment's.
             self._ensure_session()
-            window = self.s.tmux.new_window(
-                self.session, planned.id, pane_command, self.s.workspace, launch.env
-            )
+            window = self.s.tmux.new_window(self.session, planned.id, argv, self.s.workspace)
         self._update(planned.id, window=window)
         self.clocks[planned.id] = StepClock(self.expected.get(planned.id))
         self.schedule.changed()

@@ -4,6 +4,7 @@ timer), readiness probes of services, and deadlines."""
 from __future__ import annotations
 
 import signal
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -50,16 +51,23 @@ class Watching(Outcomes):
         running = sorted(self.index.running, key=self.index.order.__getitem__)
         if not running:
             return
-        # One tmux call for all steps, and only when a step has not recorded its end: the
-        # usual wake-up (a step's wrapper wrote its exit code) needs none.
+        self._release_env(running)
         # Woken by wrappers alone: only the steps they named can have ended (a window
         # that died without an exit code says so through tmux, a wake-up of its own, or
         # the periodic check finds it); the others are only watched.
         named = None if self.windows_due else self.woken
         ask = running if named is None else [k for k in running if k in named]
         over = {k for k in ask if self._exit_code(k)[0] is not None}
-        windows = bool(set(running) - over) and self.windows_due
-        panes = self.s.tmux.panes(self.session) if windows else {}
+        left = set(running) - over
+        # One tmux call for all steps, and only when a step has not recorded its end and
+        # a window may have died without saying so: the usual wake-up (a step's wrapper
+        # wrote its exit code) needs none.
+        looked = bool(left) and (
+            self.panes_due or self._resuming or any(not self.state.steps[k].window for k in left)
+        )
+        panes = self.s.tmux.panes(self.session) if looked else {}
+        if looked:
+            self.panes_looked = time.monotonic()
         box = self.s.sandbox
         jobs = box.jobs(running) if isinstance(box, Scheduler) else {}  # one query for all
         for step_id in running:
@@ -85,7 +93,7 @@ class Watching(Outcomes):
             if code is not None:
                 self._attempt_ended(step_id, code, ended)
                 continue
-            if not windows:
+            if not looked:  # its window lives: no word of its death, none due
                 if job is None or not job.pending:
                     self._watch(step_id)
                 continue
@@ -108,6 +116,14 @@ class Watching(Outcomes):
             if job is not None and job.pending:
                 continue  # waiting in the queue: no output, no deadline, no probe yet
             self._watch(step_id)
+
+    def _release_env(self, running: list[str]) -> None:
+        """Drop the environment scripts the steps' windows have read (their wrapper
+        recorded its pid) or will never read (the attempt is over)."""
+        for step_id in self.handoff.keys():  # noqa: SIM118 (not a dict)
+            read = stepfiles.pid(self.s.run.step_dir(step_id)) is not None
+            if step_id not in running or read or self._exit_code(step_id)[0] is not None:
+                self.handoff.release(step_id)
 
     def _launch_cut_short(self, step_id: str, panes: dict[str, Pane]) -> bool:
         """The orchestrator died between checkpointing a launch and recording its window.

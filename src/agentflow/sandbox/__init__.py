@@ -31,7 +31,12 @@ class Launch:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     """The environment of the window's process, on the host (over the tmux server's
-    ``server_env``): in a sandbox that is a boundary, never the step's variables."""
+    ``server_env``): in a sandbox that is a boundary, never the step's variables. Handed
+    over as a script the window sources (``agentflow.handoff``), never on a command line."""
+    sources_env: bool = False
+    """Whether ``command`` is the wrapper itself, which sources the script of ``env``
+    given as its last argument (no shell before it); else a shell sources it and then
+    runs ``command``."""
 
 
 class Sandbox(Protocol):

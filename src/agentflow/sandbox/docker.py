@@ -32,7 +32,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import DeviceRequest, Mount
 
-from agentflow import safefs
+from agentflow import handoff, safefs
 from agentflow.errors import AgentflowError, EnvironmentProblem, UsageError
 from agentflow.sandbox import (
     DEFAULT_PIDS,
@@ -51,6 +51,8 @@ from agentflow.workflow.model import Sandbox as SandboxConfig
 
 STEPS_MOUNT = "/agentflow/steps"
 """Where the run's ``steps/`` folder appears inside the container."""
+ENV_SCRIPT = "env.sh"
+"""The step's variables, in its folder, for its wrapper inside the container to source."""
 LABEL_RUN = "agentflow.run"
 LABEL_HOME = "agentflow.home"
 CLIENT_ENV = (
@@ -322,15 +324,16 @@ class DockerSandbox:
         assert self.cli is not None
         # No `-w`: the wrapper enters the workdir itself and says so when it cannot.
         argv = [self.cli, "exec", "-it"]
-        for key, value in env.items():
-            # Into the container only: in the client's environment, LD_PRELOAD, BASH_ENV or
-            # DOCKER_HOST would steer host processes. Not secret (`${{ env.SECRET }}` is
-            # refused at validation), so the command line may show them.
-            argv += ["-e", f"{key}={value}"]
         for key in secrets:
             argv += ["-e", key]  # the value comes from the exec client's own environment
+        # The step's variables go into the container only, in a script its wrapper sources
+        # there: in the client's environment, LD_PRELOAD, BASH_ENV or DOCKER_HOST would
+        # steer host processes, and on its command line `ps` would show them. Not secret
+        # (`${{ env.SECRET }}` is refused at validation), so a file in the step's folder.
+        safefs.write_text(step_dir / ENV_SCRIPT, step_dir.parent, handoff.script(env))
         step = f"{STEPS_MOUNT}/{step_dir.name}"
-        argv += [self.container_name, "sh", f"{step}/wrapper.sh", workdir, marker(step)]
+        wrapper = [f"{step}/wrapper.sh", workdir, marker(step), f"{step}/{ENV_SCRIPT}"]
+        argv += [self.container_name, "sh", *wrapper]
         client = {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
         return Launch(argv, {**client, **secrets})
 

@@ -56,7 +56,9 @@ class LocalSandbox:
         full = {k: v for k, v in os.environ.items() if k not in DROP_ENV}
         full.update(env)
         full.update(secrets)
-        return Launch(["sh", str(step_dir / "wrapper.sh"), workdir, _marker(step_dir)], full)
+        # /bin/sh: tmux runs the window's command as it is, without a PATH search.
+        command = ["/bin/sh", str(step_dir / "wrapper.sh"), workdir, _marker(step_dir)]
+        return Launch(command, full, sources_env=True)
 
     def signal(self, step_id: str, pgid: int | None, signum: int) -> bool:
         sent = False

@@ -1,12 +1,34 @@
 # agentflow step wrapper (POSIX sh: works in images with no bash).
-# Usage: sh wrapper.sh WORKDIR [MARKER]
+# Usage: sh wrapper.sh WORKDIR [MARKER [ENV]]
 # Runs run.sh (next to this file) with bash where there is one, else sh, in its own process
 # group, stdin from /dev/null, every byte of output to output.log and to the terminal.
-# Records pid (= the process group to kill), started_at, and exit_code (written last,
-# atomically: its presence means the step is over, its processes gone and output.log
-# complete, or output_incomplete says what was lost), then writes the step's id to the
-# run's wake FIFO.
-d=$(cd "$(dirname "$0")" && pwd)
+# Records pid (= the process group to kill), started_at (its time is the file's), and
+# exit_code (written last, atomically: its presence means the step is over, its processes
+# gone and output.log complete, or output_incomplete says what was lost), then writes the
+# step's id to the run's wake FIFO. ENV is a script of `export` lines with the step's
+# environment, sourced first (never on a command line).
+# Every program run here is a process a step pays for: builtins where they do.
+where() {
+  case $0 in
+    /*) d=${0%/*} ;;
+    *) d=$(cd "$(dirname "$0")" && pwd) ;;
+  esac
+}
+where
+# The step's environment comes first: what it names `d`, `m` or `shell` is this script's
+# own from here on (as it was when such a variable came in the environment).
+if [ -n "${3:-}" ]; then
+  if [ -r "$3" ]; then
+    . "$3"
+    where
+  else
+    # Held by the orchestrator that started the window, which died before it was read:
+    # the attempt never began, and is lost as if tmux had gone (hangup), not failed.
+    echo "agentflow: the step's environment ($3) cannot be read" | tee -a "$d/output.log"
+    : >"$d/hangup"
+    echo 129 >"$d/exit_code.tmp"; mv "$d/exit_code.tmp" "$d/exit_code"; exit 129
+  fi
+fi
 # Every process of the step carries AGENTFLOW_PROC=MARKER in its environment (given to
 # run.sh alone, not to this shell or tee): it survives setsid and a daemon's double fork,
 # which a process group does not, so the step's leftovers can be found and killed. The
@@ -15,7 +37,14 @@ m=${2:-$d/}
 cd "$1" || { echo "agentflow: cannot enter $1" | tee -a "$d/output.log"; echo 127 >"$d/exit_code.tmp"; mv "$d/exit_code.tmp" "$d/exit_code"; exit 127; }
 shell=sh
 command -v bash >/dev/null 2>&1 && shell=bash
-rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup" "$d/output_incomplete" "$d/output_incomplete.tmp"
+# What an earlier run of this wrapper left (the host's new attempt starts in a clean folder,
+# so there is usually nothing, and no rm to run).
+for af_f in fifo exit_code exit_code.tmp hangup output_incomplete output_incomplete.tmp; do
+  if [ -e "$d/$af_f" ] || [ -h "$d/$af_f" ]; then
+    rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup" "$d/output_incomplete" "$d/output_incomplete.tmp"
+    break
+  fi
+done
 # The exit code's file is made now, while there is room: at the end it is written in place
 # (no new block) and renamed, so that even a disk the step filled up records it. So is the
 # file that records output lost on the way to output.log (a full disk).
@@ -41,7 +70,7 @@ else
   AGENTFLOW_LOG=$m tee -a "$d/output.log" <"$d/fifo" &
 fi
 tee_pid=$!
-date +%s >"$d/started_at"
+: >"$d/started_at"
 # The step gets a process group of its own, which a timeout or stop kills whole: the
 # shell's job control on a terminal (a job keeps Ctrl-C, which a plain background command
 # would ignore), else setsid (a background child is no group leader, so setsid does not
@@ -110,5 +139,8 @@ wake="$d/../.wake"
 if [ -p "$wake" ]; then
   { echo "${d##*/}" >&3; } 3<>"$wake" 2>/dev/null || true
 fi
+# The window's title says the end is reported (tmux.REPORTED_TITLE): tmux then skips the
+# wake-up it sends when a window dies, which is for a wrapper that died before reporting.
+[ -t 1 ] && printf '\033]2;agentflow-reported\033\\'
 # The step's own status, so that a scheduler (Slurm) records the job as failed or not.
 exit "$code"

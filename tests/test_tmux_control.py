@@ -1,0 +1,123 @@
+"""The tmux control-mode client, the wake channel's waiter, and the environment script a
+window sources: against a real tmux server of the test's own."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentflow.handoff import Handoff, script
+from agentflow.tmux import REPORTED_TITLE, Tmux, server_env, wake_channel
+from agentflow.tmux_control import ControlClient, ControlError, ProcessWaiter, line_of
+
+from conftest import Env
+
+ODD = ["semi;colon", "it's", 'dq"x', "$HOME", "~", "#{session_name}", "back\\slash", " sp ", ""]
+
+
+@pytest.fixture
+def tmux(af: Env) -> Iterator[Tmux]:
+    t = Tmux(af.home / "t.sock")
+    t.ensure_session("s1", af.workspace, "sleep 600")
+    yield t
+    t.close_control()
+    t.server.kill()
+
+
+def test_commands_go_through_one_client_and_odd_words_arrive_whole(tmux: Tmux) -> None:
+    assert tmux.open_control("s1")
+    client = tmux.control
+    assert client is not None
+    for word in [w for w in ODD if w]:  # (a buffer is never empty)
+        assert client.run(["set-buffer", "-b", "t", "--", word]) == (True, [])
+        assert tmux.server.cmd("show-buffer", "-b", "t").stdout == [word], word
+    ok, lines = client.run(["kill-window", "-t", "@99999"])
+    assert not ok
+    assert any("@99999" in line for line in lines), lines
+    window = tmux.new_window("s1", "st'ep", ["/bin/sh", "-c", "exit 3"], tmux.socket_path.parent)
+    assert tmux.control is client, "no fallback for a command that works"
+    panes = {}
+    for _ in range(200):
+        panes = tmux.panes("s1")
+        if panes[window].dead_status is not None:  # (dead may show before its status)
+            break
+        subprocess.run(["sleep", "0.02"], check=True)
+    assert (panes[window].name, panes[window].dead_status) == ("st'ep", 3)
+    tmux.kill_window(window)
+    assert window not in tmux.panes("s1")
+
+
+def test_a_command_of_two_lines_is_refused_and_a_dead_client_falls_back(tmux: Tmux) -> None:
+    assert line_of(["display-message", "a\nb"]) is None
+    assert tmux.open_control("s1")
+    assert tmux.control is not None
+    with pytest.raises(ControlError):
+        tmux.control.send(["display-message", "a\nb"])
+    tmux.control.proc.kill()  # the client dies under the runner
+    tmux.control.proc.wait()
+    window = tmux.new_window("s1", "after", ["sleep", "60"], tmux.socket_path.parent)
+    assert tmux.control is None, "given up"
+    assert window in tmux.panes("s1"), "and the command ran as a tmux process"
+
+
+def test_a_client_that_cannot_attach_says_so(tmux: Tmux) -> None:
+    with pytest.raises(ControlError):
+        ControlClient(tmux.binary, str(tmux.socket_path), "no-such-session", server_env())
+    assert not tmux.open_control("no-such-session")
+    assert tmux.control is None
+
+
+def test_the_waiter_wakes_for_a_window_that_died_unreported_only(tmux: Tmux) -> None:
+    channel = wake_channel("s1")
+    waiter = tmux.waiter(channel)
+    try:
+        cwd = tmux.socket_path.parent
+        title = f"printf '\\033]2;{REPORTED_TITLE}\\033\\\\'"
+        tmux.new_window("s1", "reported", ["/bin/sh", "-c", title], cwd)
+        assert not _woke(waiter, 1.5), "a window whose wrapper reported wakes nobody"
+        tmux.new_window("s1", "crashed", ["/bin/sh", "-c", "kill -KILL $$"], cwd)
+        assert _woke(waiter, 10), "a window that died unreported wakes the runner"
+        tmux.new_window("s1", "again", ["/bin/sh", "-c", "exit 1"], cwd)
+        assert _woke(waiter, 10), "and the waiter waits again by itself"
+    finally:
+        waiter.close()
+
+
+def _woke(waiter: ProcessWaiter, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([waiter.fileno()], [], [], left)[0] and waiter.woke():
+            return True
+    return False
+
+
+def test_the_environment_script_holds_any_value_and_goes_when_released(tmp_path: Path) -> None:
+    env = {f"V{i}": v for i, v in enumerate(ODD)}
+    env |= {"NL": "a\nb", "IFS": "x", "not-a-name": "dropped"}
+    handoff = Handoff(tmp_path / "private", "run1")
+    path = handoff.put("step", env)
+    show = 'for n in V0 V1 V2 V3 V4 V5 V6 V7 V8 NL; do eval "printf \'%s|\' \\"\\$$n\\""; done'
+    out = subprocess.run(
+        ["/bin/sh", "-c", f'. "$0" && {show}', path],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        check=True,
+    ).stdout
+    assert out == "|".join([*ODD, "a\nb"]) + "|"
+    assert "not-a-name" not in script(env)
+    assert "IFS" not in script(env), "the shell's own variables are left to it"
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(tmp_path / "private").st_mode & 0o777) == "0o700"
+    # An orchestrator that died leaves it for the next one of the run to remove.
+    assert Handoff(tmp_path / "private", "run1").keys() == ["step"]
+    assert Handoff(tmp_path / "private", "run2").keys() == []
+    handoff.release("step")
+    assert not handoff.holds("step")
+    assert not os.path.exists(path)
