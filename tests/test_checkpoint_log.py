@@ -252,3 +252,25 @@ def test_a_run_that_ended_in_its_log_alone_is_settled_into_state_json(tmp_path: 
     assert run.read_state() == ended
     run.settle()  # nothing logged: nothing to do
     assert run.read_state() == ended
+
+
+def test_a_change_the_run_finds_again_waits_for_the_next_sync(tmp_path: Path) -> None:
+    """A chain's step costs one fdatasync: the start (durable), not its window's id too."""
+    run = run_dir(tmp_path)
+    ckpt = Checkpointer(run, lag=LONG)
+    state = fresh(run)
+    ckpt.save(state)
+    state = state.with_step("s0", status="running", attempts=1, started_at=now())
+    ckpt.save(state, durable=True)
+    assert ckpt.syncs == 1
+    state = state.with_step("s0", window="@7")
+    ckpt.save(state, soft=True)
+    ckpt.commit()
+    assert ckpt.syncs == 1, "a soft change alone is not synced by a commit"
+    assert run.read_state() == state, "but it is written through (a SIGKILL loses nothing)"
+    state = state.with_step("s0", status="succeeded", exit_code=0, finished_at=now())
+    ckpt.save(state)
+    ckpt.commit()
+    ckpt.commit()
+    assert ckpt.syncs == 2, "one sync for what the commit holds, none for nothing"
+    ckpt.close()

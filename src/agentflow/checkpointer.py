@@ -58,13 +58,20 @@ class Checkpointer:
         self._log_bytes = 0
         self._snapshot_bytes = 0
         self._unsynced = False
+        """Records written and not yet synced."""
+        self._uncommitted = False
+        """Among them, one that is not ``soft``: the next ``commit`` syncs."""
         self._last_record = 0.0
+        self.syncs = 0
+        """fdatasyncs of the log so far (benchmarks count them)."""
         self._timer: threading.Timer | None = None
 
-    def save(self, state: RunState, *, durable: bool = False) -> str:
+    def save(self, state: RunState, *, durable: bool = False, soft: bool = False) -> str:
         """Save ``state``; ``durable``: on disk before this returns, whatever happens to
-        the machine. Returns what was wrong with the log found at the first save (to be
-        told), or ''."""
+        the machine; ``soft``: a change the run can find again on its own (a window's id,
+        what was read of the output), made durable by the next sync of a change that
+        needs one rather than by a ``commit`` of its own. Returns what was wrong with the
+        log found at the first save (to be told), or ''."""
         with self._lock:
             before = self._saved
             if before is None:
@@ -79,7 +86,7 @@ class Checkpointer:
             # Ending: the change goes to the log first (should the snapshot fail, a full
             # disk, it is kept), unless there is no log since the last snapshot.
             if line is not None and (self._fd is not None or not ending):
-                self._append(line)
+                self._append(line, soft)
                 self._saved = state
             if ending:
                 self._snapshot(state)
@@ -95,7 +102,7 @@ class Checkpointer:
     def commit(self) -> None:
         """Make the changes saved since the last commit durable (one fdatasync for all)."""
         with self._lock:
-            if self._unsynced:
+            if self._uncommitted:
                 self._sync()
 
     def close(self) -> None:
@@ -111,7 +118,7 @@ class Checkpointer:
             return self.run.read_checkpoint().problem
         return ""
 
-    def _append(self, line: bytes) -> None:
+    def _append(self, line: bytes, soft: bool = False) -> None:
         try:
             if self._fd is None:
                 self._fd = checkpoint_log.open_log(self.run.path)
@@ -129,12 +136,14 @@ class Checkpointer:
         self._seq += 1
         self._log_bytes += len(line)
         self._unsynced = True
+        self._uncommitted = self._uncommitted or not soft
         self._last_record = time.monotonic()
 
     def _sync(self) -> None:
         if not self._unsynced or self._fd is None:
             return
-        self._unsynced = False
+        self._unsynced = self._uncommitted = False
+        self.syncs += 1
         try:
             os.fdatasync(self._fd)
         except OSError as e:
@@ -147,7 +156,7 @@ class Checkpointer:
         self._saved = state
         self._seq = 0
         self._log_bytes = 0
-        self._unsynced = False
+        self._unsynced = self._uncommitted = False
         with contextlib.suppress(OSError):
             self._snapshot_bytes = self.run.state_path.stat().st_size
 

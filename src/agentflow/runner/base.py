@@ -88,6 +88,9 @@ class RunSetup:
         return [self.workspace / d for d in self.workflow.docs]
 
 
+SOFT = frozenset({"window", "output_bytes", "last_output_at", "progress"})
+"""Step fields a run finds again by itself after a crash of the machine (the window by its
+name, the rest by reading the output): their changes wait for another change's sync."""
 MAX_DECISIONS_PER_STEP = 3
 MAX_DECISIONS_PER_RUN = 10
 SANDBOX_LOSSES = 3
@@ -292,11 +295,13 @@ class RunnerBase:
         self._state = self._state.with_step(step_id, **changes)
         self.index.changed(step_id, self._state.steps[step_id])
         self._indexed = self._state.steps
-        # A step about to start: its record is on disk before anything can start it.
-        self._save(durable=changes.get("status") == "running")
+        # A step about to start: its record is on disk before anything can start it. What
+        # the run finds again by itself (its window by name, its output by reading) waits
+        # for the next sync another change needs: one sync a step in a chain, not two.
+        self._save(durable=changes.get("status") == "running", soft=changes.keys() <= SOFT)
 
-    def _save(self, *, durable: bool = False) -> None:
-        problem = self.checkpoint.save(self.state, durable=durable)
+    def _save(self, *, durable: bool = False, soft: bool = False) -> None:
+        problem = self.checkpoint.save(self.state, durable=durable, soft=soft)
         self.observer.update(self.state)
         if problem:
             self._emit("checkpoint_log_damaged", message=f"warning: {problem}")
