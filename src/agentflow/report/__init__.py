@@ -18,6 +18,7 @@ from agentflow.report.model import Report, StepReport
 from agentflow.state import RunState
 from agentflow.store import RunDir
 from agentflow.textsafe import json_text
+from agentflow.workflow import Workflow
 
 __all__ = [
     "Report",
@@ -30,9 +31,12 @@ __all__ = [
 ]
 
 
-def write_reports(run: RunDir, state: RunState, junit: Path | None = None) -> Report:
-    """Write the reports into the run directory (and the JUnit file to ``junit``)."""
-    report = build_report(run, state)
+def write_reports(
+    run: RunDir, state: RunState, junit: Path | None = None, workflow: Workflow | None = None
+) -> Report:
+    """Write the reports into the run directory (and the JUnit file to ``junit``);
+    ``workflow``: the run's, when the caller has it (the frozen file is not read again)."""
+    report = build_report(run, state, workflow=workflow)
     # The values as written (JSON escapes C0 controls; json_text the rest a terminal heeds).
     run.write_text("report.json", json_text(report.model_dump_json(indent=2)))
     run.write_text("report.md", markdown(report))

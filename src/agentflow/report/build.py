@@ -34,10 +34,12 @@ STATUS_ORDER = (
 TAIL_LINES = 80
 
 
-def build_report(run: RunDir, state: RunState, at: datetime | None = None) -> Report:
+def build_report(
+    run: RunDir, state: RunState, at: datetime | None = None, workflow: Workflow | None = None
+) -> Report:
     """The report of ``state`` (read from ``run``) as of ``at`` (now)."""
     at = at or now()
-    workflow = frozen_workflow(run, state)
+    workflow = frozen_workflow(run, state, workflow)
     events = _masked(run.read_events(), secrets_known(workflow))
     status = shown_status(run, state)
     end = _timeline_end(state, events, at)

@@ -18,12 +18,25 @@ from agentflow.workflow import Workflow, parse_workflow
 from agentflow.workflow.model import Step
 
 
-def frozen_workflow(run: RunDir, state: RunState | None = None) -> Workflow | None:
+def frozen_workflow(
+    run: RunDir, state: RunState | None = None, loaded: Workflow | None = None
+) -> Workflow | None:
     """The workflow as the run froze it (with the steps its plan added), or None when it
-    cannot be read (the report goes on without what only the workflow knows). Given the
-    run's ``state``, each ``success.metrics`` file and key is rendered as the runner
-    rendered it (``${{ run.id }}``, inputs, outputs), so that the report names the file
-    the check read."""
+    cannot be read (the report goes on without what only the workflow knows); ``loaded``:
+    that workflow, already read by the runner. Given the run's ``state``, each
+    ``success.metrics`` file and key is rendered as the runner rendered it
+    (``${{ run.id }}``, inputs, outputs), so that the report names the file the check
+    read."""
+    workflow = loaded or _read_frozen(run)
+    if workflow is None:
+        return None
+    if state is None:
+        return workflow
+    steps = [_metrics_rendered(workflow, step, state) for step in workflow.steps]
+    return workflow.model_copy(update={"steps": steps})
+
+
+def _read_frozen(run: RunDir) -> Workflow | None:
     try:
         text = run.workflow_path.read_text(encoding="utf-8")
         workflow = parse_workflow(text, str(run.workflow_path), bare_seconds=True)
@@ -31,10 +44,7 @@ def frozen_workflow(run: RunDir, state: RunState | None = None) -> Workflow | No
         return None
     with contextlib.suppress(AgentflowError, KeyError):  # no plan: the file's steps alone
         workflow = run.read_plan().workflow_for(workflow)
-    if state is None:
-        return workflow
-    steps = [_metrics_rendered(workflow, step, state) for step in workflow.steps]
-    return workflow.model_copy(update={"steps": steps})
+    return workflow
 
 
 def _metrics_rendered(workflow: Workflow, step: Step, state: RunState) -> Step:

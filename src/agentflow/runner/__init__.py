@@ -79,7 +79,7 @@ class Runner(Watching, Launching):
             self._save()
             said = "the sandbox could not start (the error follows)"
             self._emit("run_finished", status="failed", message=said, data={"error": full})
-            self._record(write_reports(self.s.run, self.state, self.s.junit))
+            self._record(write_reports(self.s.run, self.state, self.s.junit, self.s.workflow))
             raise
         self._ensure_session()
         waker = Waker(
@@ -175,7 +175,7 @@ class Runner(Watching, Launching):
         self._save()
         self._emit("run_finished", status=outcome, message=self.aborting)
         self.s.sandbox.close()
-        self._record(write_reports(self.s.run, self.state, self.s.junit))
+        self._record(write_reports(self.s.run, self.state, self.s.junit, self.s.workflow))
         return self.state
 
     def _record(self, report: Report) -> None:
@@ -227,7 +227,7 @@ class Runner(Watching, Launching):
         self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
         self._save()
         self._emit("run_stopped", status="interrupted", message=reason)
-        self._record(write_reports(self.s.run, self.state, self.s.junit))
+        self._record(write_reports(self.s.run, self.state, self.s.junit, self.s.workflow))
         with contextlib.suppress(FileNotFoundError):
             (self.s.run.path / STOP_REQUEST).unlink()
         # Last: in a detached run the session holds this orchestrator's own window, and
