@@ -62,6 +62,14 @@ def demand(workflow: Workflow, backend: str, source: str, check: bool = True) ->
     before anything starts, for a step that asks for more than the pool has at all: it
     would wait for ever. ``source``: the workflow file, for the message. ``check=False``:
     for a run that is only stopped (it gives back what it holds, whatever the pool now)."""
+    if check and backend == "docker":
+        for s in workflow.steps:
+            if s.resources is not None and s.resources.cpus is not None:
+                raise UsageError(
+                    f"{source}: step {s.id}: resources.cpus pins a step only in the local "
+                    "sandbox; the Docker sandbox's steps share one container: set "
+                    "sandbox.resources.cpus"
+                )
     asks = {s.id: a for s in workflow.steps if (a := ask_of(s, backend))}
     if not asks:
         return None

@@ -13,6 +13,8 @@ from typing import Protocol
 
 from pydantic import JsonValue
 
+from agentflow.settings import settings
+
 GPUS_VAR = "AGENTFLOW_GPUS"
 """The GPU ids steps may be given, comma-separated (``0,1,2,3``): declared, not found."""
 GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$")
@@ -125,10 +127,9 @@ def cpus() -> tuple[int, ...]:
         return tuple(range(os.cpu_count() or 1))
 
 
-def discover(environ: dict[str, str] | None = None) -> Pool:
+def discover() -> Pool:
     """The machine's pool: ``AGENTFLOW_GPUS`` when set, else ``nvidia-smi``'s GPUs."""
-    env = os.environ if environ is None else environ
-    declared = env.get(GPUS_VAR)
+    declared = settings().gpus
     if declared is not None:
         return Pool(parse_gpus(declared), cpus(), f"{GPUS_VAR}={declared.strip()}")
     found = smi_gpus()
