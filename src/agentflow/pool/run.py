@@ -106,6 +106,11 @@ class RunPool:
         )  # fmt: skip
         return self.ledger.keep(holding)
 
+    def forget_others(self) -> None:
+        """Give back what this run holds in the ledger for attempts other than those it
+        restored (a previous orchestrator's, over by now)."""
+        self.ledger.give(self.run.run_id, list(self.held.items()))
+
     def give_all(self) -> None:
         """The run is over (or stopped): everything it holds goes back."""
         self.ledger.give(self.run.run_id)

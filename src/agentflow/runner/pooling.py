@@ -85,6 +85,7 @@ def restore(r: RunnerBase) -> None:
                 message=f"warning: {label(st.gpus, st.cpus)} was given to another step "
                 "while this run was not driven; both now use it",
             )  # fmt: skip
+    pool.forget_others()  # what attempts over by now held (they ended while undriven)
 
 
 def give_all(r: RunnerBase) -> None:
