@@ -105,6 +105,9 @@ def test_four_steps_share_a_pool_of_two_gpus(af: Env) -> None:
         assert f"| {step_id} " in report
         row = next(x for x in report.splitlines() if x.startswith(f"| {step_id} "))
         assert f"GPU {device}" in row, report
+    html = (af.run_dir("r4") / "report.html").read_text()
+    for step_id, (device, _, _) in spans.items():
+        assert f"{step_id} attempt 1: succeeded, exit 0, GPU {device}" in html  # its bar
     attempts = json.loads((af.run_dir("r4") / "report.json").read_text())["steps"]
     assert {s["id"]: s["history"][0]["gpus"] for s in attempts} == {
         k: [d] for k, (d, _, _) in spans.items()
