@@ -117,9 +117,15 @@ def test_four_steps_share_a_pool_of_two_gpus(af: Env) -> None:
 
 def test_two_runs_of_one_home_share_one_gpu_without_overlap(af: Env) -> None:
     env = with_pool(af, "0")
-    first = env.write(pooled("one", ["x"]), "one.yaml")
-    second = env.write(pooled("two", ["y"]), "two.yaml")
+    release = "while [ ! -e release ]; do sleep 0.05; done"
+    first = env.write(pooled("one", ["x"], wait=release), "one.yaml")
+    second = env.write(pooled("two", ["y"], wait=release), "two.yaml")
     runs = [env.start("run", str(first), "--ci"), env.start("run", str(second), "--ci")]
+    af.wait_for(
+        lambda: any("step_queued" in p.read_text() for p in af.home.glob("runs/*/events.jsonl")),
+        message="one run waits for the other's GPU",
+    )
+    (af.workspace / "release").touch()
     outs = [p.communicate(timeout=90) for p in runs]
     for p, (out, err) in zip(runs, outs, strict=True):
         assert p.returncode == 0, out + err
@@ -127,6 +133,30 @@ def test_two_runs_of_one_home_share_one_gpu_without_overlap(af: Env) -> None:
     assert sorted(spans) == ["x", "y"]
     assert overlapping(spans) == [], spans
     assert sum(out.count("queued: no free GPU") for out, _ in outs) == 1
+    assert ledger_of(af.home) == []
+
+
+def test_the_members_of_a_sweep_share_one_gpu_without_overlap(af: Env) -> None:
+    env = with_pool(af, "0")
+    release = "while [ ! -e release ]; do sleep 0.05; done"
+    hold = HOLD.format(id="${{ inputs.lr }}", wait=release)
+    wf = env.write(
+        "version: 1\nname: sw\ninputs:\n  lr: {default: 1}\nmatrix:\n  lr: [1, 2]\n"
+        "max_parallel_runs: 2\nsteps:\n  - id: train\n    resources: {gpus: 1}\n" + hold
+    )
+    sweep = env.start("run", str(wf), "--ci", "--sandbox", "local")
+
+    def queued() -> list[Path]:
+        return [p for p in af.home.glob("runs/*/events.jsonl") if "step_queued" in p.read_text()]
+
+    af.wait_for(lambda: len(queued()) == 1, message="a member waits for the GPU")
+    (af.workspace / "release").touch()
+    out, err = sweep.communicate(timeout=90)
+    assert sweep.returncode == 0, out + err
+    spans = intervals(af.workspace)
+    assert sorted(spans) == ["1", "2"]
+    assert overlapping(spans) == [], spans
+    assert len(queued()) == 1  # the member that came second waited for the first
     assert ledger_of(af.home) == []
 
 
