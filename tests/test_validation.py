@@ -646,12 +646,16 @@ def test_sweep_and_cluster_keys_are_checked(block: str, expected: str) -> None:
     assert expected in problems_found, problems_found
 
 
-def test_per_step_resources_need_the_slurm_sandbox() -> None:
-    extra = "    resources: {cpus: 4}\n"
+def test_per_step_limits_need_the_slurm_sandbox() -> None:
+    extra = "    resources: {memory: 4g}\n"
     assert problems(HEADER + ONE_STEP + extra) == [
-        "wf.yaml:6:5: steps[0].resources: per-step resources need `sandbox.backend: slurm` "
-        "(a job per step); for docker, set sandbox.resources"
+        "wf.yaml:6:17: steps[0].resources.memory: a step's `memory` needs "
+        "`sandbox.backend: slurm` (a job per step); for docker, set sandbox.resources"
     ]
+    # GPUs and CPUs are drawn from the machine's pool (agentflow.pool) on any sandbox.
+    pooled = parse_workflow(HEADER + ONE_STEP + "    resources: {gpus: 1, cpus: 2}\n", "wf.yaml")
+    assert pooled.steps[0].resources is not None
+    assert pooled.steps[0].resources.gpus == 1
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from agentflow.pool.devices import held_in, label
 from agentflow.sparkline import metric_table
 from agentflow.state import UNSUCCESSFUL, RunState, StepState, now
 from agentflow.store import Event
@@ -77,7 +78,8 @@ def describe(event: Event) -> str:
     kind = event.kind
     message = printable(event.message, MESSAGE_LIMIT).rstrip("\n")
     if kind == "step_started":
-        return f"started (attempt {event.attempt})"
+        held = label(*held_in(event.data))
+        return f"started (attempt {event.attempt}{', ' + held if held else ''})"
     if kind == "step_finished":
         text = event.status or "finished"
         if event.status != "succeeded" and message:
@@ -226,11 +228,16 @@ def steps_table(
     if not narrow:
         table.add_column("try", justify="right")
     table.add_column("time", justify="right", no_wrap=True)
+    steps = order or list(state.steps)
+    # Where steps draw GPUs or CPUs from the pool: which ones each (latest) attempt had.
+    pooled = any(state.steps[k].gpus or state.steps[k].cpus for k in steps)
+    if pooled:
+        table.add_column("devices", no_wrap=True)
     table.add_column("progress", no_wrap=True)
     table.add_column("output" if last_lines is not None else "note", no_wrap=True,
                      overflow="ellipsis", ratio=1, min_width=8)  # fmt: skip
     at = now()
-    for step_id in order or list(state.steps):
+    for step_id in steps:
         st = state.steps[step_id]
         shown = shown_status(st)
         style = STATUS_STYLE.get(shown, "")
@@ -242,8 +249,10 @@ def steps_table(
         cells: list[RenderableType] = [step_id, Text(status, style=style)]
         if not narrow:
             cells.append(str(st.attempts or ""))
+        cells.append(elapsed(st, at))
+        if pooled:
+            cells.append(label(st.gpus, st.cpus) if shown != "pending" else "")
         cells += [
-            elapsed(st, at),
             progress_cell(st, 8 if narrow else 16, with_counts=not narrow),
             Text(last, style="dim") if last else Text(note),
         ]

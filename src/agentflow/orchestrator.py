@@ -21,6 +21,7 @@ from agentflow.agent.loop import Limits
 from agentflow.errors import EnvironmentProblem, StateError, UsageError
 from agentflow.notify import Notifier, attach, remember
 from agentflow.plan import Plan
+from agentflow.pool import Demand, demand
 from agentflow.runner import STOP_REQUEST, InterruptChoice, Observer, Runner, RunSetup
 from agentflow.sandbox import Sandbox
 from agentflow.sandbox.local import LocalSandbox
@@ -100,6 +101,7 @@ def make_sandbox(
     *,
     keep: bool = False,
     log: Callable[[str], None] | None = None,
+    pool: Demand | None = None,
 ) -> Sandbox:
     if backend == "slurm":
         from agentflow.sandbox.slurm import SlurmSandbox
@@ -119,6 +121,7 @@ def make_sandbox(
             build_log=run.path / "build.log",
             keep=keep,
             socket_dir=socket_path_for(home).parent,
+            gpus=pool.pool.gpus if pool is not None and pool.gpu_steps else None,
         )
     return LocalSandbox(workspace, workflow.secrets, run.path / "steps")
 
@@ -185,10 +188,13 @@ def new_run(
     usage = (plan.usage if planned_here else None) or Usage()
     diagnoser = make_diagnoser(workflow, usage.tokens) if diagnose else None
     backend, warnings = choose_backend(wf.workflow, sandbox)
+    pool = demand(workflow, backend, str(wf.path))  # a step that can never get its GPUs
     run = store.create(run_id or new_run_id(wf.workflow.name))
     if notify is not None:
         remember(run, notify)
-    box = make_sandbox(backend, workflow, run, wf.base_dir, store.home, keep=keep_sandbox, log=log)
+    box = make_sandbox(
+        backend, workflow, run, wf.base_dir, store.home, keep=keep_sandbox, log=log, pool=pool
+    )
     run.write_text("workflow.yaml", wf.text)
     run.write_plan(plan)
     state = RunState(
@@ -205,7 +211,7 @@ def new_run(
     )
     setup = RunSetup(
         run, workflow, plan, wf.base_dir, box, tmux, kill_grace, junit, secrets,
-        diagnoser, approve, on_interrupt,
+        diagnoser, approve, on_interrupt, pool,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     runner = Runner(setup, state, observer_for(run, plan, hint))
@@ -250,13 +256,16 @@ def reopen(
         raise UsageError(f"run {run.run_id}: its workspace {workspace} no longer exists")
     values = read_secrets(workflow) if secrets else {}
     check_record(workflow, workspace)
+    # (Only stopping it: a pool that changed since must not stand in the way.)
+    pool = demand(workflow, state.sandbox, str(run.workflow_path), check=secrets)
     box = make_sandbox(
-        state.sandbox, workflow, run, workspace, store.home, keep=keep_sandbox, log=log
-    )
+        state.sandbox, workflow, run, workspace, store.home, keep=keep_sandbox, log=log,
+        pool=pool,
+    )  # fmt: skip
     diagnoser = make_diagnoser(workflow, state.tokens_used) if secrets and diagnose else None
     setup = RunSetup(
         run, workflow, plan, workspace, box, _tmux(store), kill_grace, junit, values,
-        diagnoser, approve, on_interrupt,
+        diagnoser, approve, on_interrupt, pool,
     )  # fmt: skip
     hint = f"agentflow attach {run.run_id}"
     runner = Runner(setup, state, observer_for(run, plan, hint))

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     in bytes or with a unit (default 5 GB). A step whose files would take more is not
     cached; ``agentflow gc`` removes the least recently used entries over it."""
 
+    gpus: str | None = Field(None, validation_alias="AGENTFLOW_GPUS")
+    """``AGENTFLOW_GPUS``: the GPUs steps with ``resources.gpus`` draw from, comma-separated
+    ids (``0,1,2,3``), shared by every run of the home. Unset: the GPUs ``nvidia-smi``
+    lists, else none. Set but empty: none."""
+
     ci: bool = Field(False, validation_alias=AliasChoices("CI"))
     """``CI``: set (to anything but ``0``, ``false``, ``no``) by CI systems: plain lines,
     no live view, no questions."""

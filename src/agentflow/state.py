@@ -118,6 +118,10 @@ class StepState(StateModel):
     metrics: dict[str, MetricSummary] = Field(default_factory=dict)
     """Each ``expect.metrics`` series in short: its last value and shape (the whole series
     is in ``metrics/<step>.json``)."""
+    gpus: list[str] = Field(default_factory=list)
+    """The pool's GPUs the latest attempt was given (``resources.gpus``, ``agentflow.pool``)."""
+    cpus: list[int] = Field(default_factory=list)
+    """The pool's CPUs the latest attempt was pinned to (``resources.cpus``)."""
 
 
 class MetricSummary(StateModel):

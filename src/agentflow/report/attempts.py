@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from agentflow.pool.devices import held_in
 from agentflow.report.model import Attempt
 from agentflow.state import RunState, StepState
 from agentflow.store import Event
@@ -17,6 +18,8 @@ class _Open:
     number: int
     started_at: datetime
     ready_at: datetime | None = None
+    held: tuple[list[str], list[int]] = ([], [])
+    """The GPUs and CPUs it held (its ``step_started`` event's data)."""
 
 
 def attempt_history(events: list[Event], state: RunState) -> dict[str, list[Attempt]]:
@@ -31,7 +34,7 @@ def attempt_history(events: list[Event], state: RunState) -> dict[str, list[Atte
             if earlier is not None:  # its end was never recorded: it was over by now
                 found[e.step].append(_attempt(earlier, e.ts, "unknown"))
             number = e.attempt if e.attempt is not None else len(found[e.step]) + 1
-            running[e.step] = _Open(number, e.ts)
+            running[e.step] = _Open(number, e.ts, held=held_in(e.data))
         elif e.kind == "step_finished" and e.step in running:
             ended = running.pop(e.step)
             found[e.step].append(
@@ -64,6 +67,8 @@ def _attempt(
         exit_code=exit_code,
         message=message,
         ready_at=o.ready_at,
+        gpus=o.held[0],
+        cpus=o.held[1],
     )
 
 
@@ -86,6 +91,8 @@ def _with_checkpoint(attempts: list[Attempt], st: StepState) -> list[Attempt]:
                 exit_code=st.exit_code if ended else None,
                 message=st.message if ended else None,
                 ready_at=st.ready_at,
+                gpus=st.gpus,
+                cpus=st.cpus,
             ),
         ]
     latest = attempts[-1]

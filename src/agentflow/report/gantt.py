@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 
+from agentflow.pool.devices import label
 from agentflow.report.model import Attempt, Report, StepReport
 from agentflow.report.palette import READY, colour
 from agentflow.report.text import clock, human_duration
@@ -144,6 +145,8 @@ def _bar(step: StepReport, a: Attempt, mid: float, scale: Scale, end: datetime) 
     detail = f"{step.id} attempt {a.number}: {a.status}"
     if a.exit_code is not None:
         detail += f", exit {a.exit_code}"
+    if held := label(a.gpus, a.cpus):
+        detail += f", {held}"
     detail += f"\n{clock(a.started_at)} – {clock(a.finished_at) or 'now'} ({took})"
     if a.message:
         detail += f"\n{printable(a.message, VALUE_LIMIT)}"

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from agentflow.artifacts import human_size
+from agentflow.pool.devices import held_by_attempt
 from agentflow.report.curves import curves_section
 from agentflow.report.gantt import gantt_svg
 from agentflow.report.model import Diagnosis, Report, StepReport, ToolCall
@@ -247,6 +248,8 @@ def _note(s: StepReport) -> str:
     note = one_line(s.message)
     if s.ready_after_s is not None:
         note = f"ready after {human_duration(s.ready_after_s)}" + (f"; {note}" if note else "")
+    if held := held_by_attempt(s.history):  # the pool's devices each attempt had
+        note = held + (f"; {note}" if note else "")
     return note
 
 

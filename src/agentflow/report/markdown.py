@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from agentflow.artifacts import human_size
 from agentflow.display import STATUS_MARK
+from agentflow.pool.devices import held_by_attempt
 from agentflow.report.model import Diagnosis, Report, StepReport
 from agentflow.report.text import (
     HASH_SHOWN,
@@ -96,6 +97,8 @@ def _note(s: StepReport) -> str:
     note = inline(one_line(s.message, NOTE_WIDTH))
     if s.ready_after_s is not None:
         note = f"ready after {human_duration(s.ready_after_s)}" + (f"; {note}" if note else "")
+    if held := held_by_attempt(s.history):  # the pool's devices each attempt had
+        note = held + (f"; {note}" if note else "")
     return note
 
 

@@ -57,6 +57,10 @@ class Attempt(ReportModel):
     message: str | None = None
     ready_at: datetime | None = None
     """When a service's readiness probe passed during this attempt."""
+    gpus: list[str] = Field(default_factory=list)
+    """The pool's GPUs the attempt was given (``resources.gpus``)."""
+    cpus: list[int] = Field(default_factory=list)
+    """The pool's CPUs the attempt was pinned to (``resources.cpus``)."""
 
 
 class MetricResult(ReportModel):

@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from agentflow import history
 from agentflow.errors import AgentflowError, first_line
 from agentflow.monitor import Waker
+from agentflow.pool.run import WAIT_POLL
 from agentflow.report import Report, write_reports
+from agentflow.runner import pooling
 from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSetup
 from agentflow.runner.launch import Launching
 from agentflow.runner.watch import Watching
@@ -59,6 +61,7 @@ class Runner(Watching, Launching):
             if step.service and st.status == "succeeded" and not self._dependents_done(step.id):
                 self.state = self.state.with_step(step.id, status="pending", message=None)
         self._save()
+        pooling.restore(self)  # a step still running keeps its devices
         running = list(self.index.running)
         self._emit("run_resumed", message=f"{len(running)} steps were running")
         return self._drive()
@@ -166,6 +169,8 @@ class Runner(Watching, Launching):
         if later is not None:
             times.append(later)
         times += [asked.deadline for asked in self.diagnoses.values()]
+        if self.pool is not None and self.pool.waiting:  # another run may free a device
+            times.append(now() + timedelta(seconds=WAIT_POLL))
         return min(times)
 
     def _finish(self) -> RunState:
@@ -173,6 +178,7 @@ class Runner(Watching, Launching):
         outcome = self.state.outcome()
         self.state = self.state.with_run(status=outcome, finished_at=now(), message=self.aborting)
         self._save()
+        pooling.give_all(self)
         self._emit("run_finished", status=outcome, message=self.aborting)
         self.s.sandbox.close()
         self._record(write_reports(self.s.run, self.state, self.s.junit, self.s.workflow))
@@ -223,6 +229,7 @@ class Runner(Watching, Launching):
                     "step_finished", step_id, status="failed", exit_code=code, message=reason
                 )
         self.s.sandbox.close()
+        pooling.give_all(self)
         self._count_usage()  # (what answers no longer wanted cost so far)
         self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
         self._save()

@@ -29,6 +29,8 @@ from agentflow.monitor import (
     parse_progress,
 )
 from agentflow.plan import Plan
+from agentflow.pool import Demand
+from agentflow.pool.run import RunPool
 from agentflow.redact import Redactor
 from agentflow.runner import metering
 from agentflow.runner.index import StepIndex
@@ -81,6 +83,8 @@ class RunSetup:
     nobody can be asked (then the step is escalated instead)."""
     on_interrupt: Callable[[], InterruptChoice] | None = None
     """Asks a person what Ctrl-C means; None where nobody can be asked (then: detach)."""
+    pool: Demand | None = None
+    """What the steps draw from the machine's GPUs and CPUs (None: nothing)."""
 
     @property
     def runbooks(self) -> list[Path]:
@@ -132,6 +136,8 @@ class RunnerBase:
         self._indexed = state.steps
         self.planned = {p.id: p for p in setup.plan.steps}
         self.services = [s.id for s in setup.workflow.steps if s.service]
+        self.pool = RunPool(setup.pool, setup.run) if setup.pool else None
+        """This run's share of the machine's GPUs and CPUs (``agentflow.pool``)."""
         # agentflow's own key too: whatever quotes it (a step's log, the model's transcript).
         own = settings().anthropic_api_key or ""
         self.redactor = Redactor([*setup.secrets.values(), own])

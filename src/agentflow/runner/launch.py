@@ -13,6 +13,7 @@ from agentflow.monitor import (
     StepClock,
 )
 from agentflow.plan import PlannedStep
+from agentflow.runner import pooling
 from agentflow.runner.base import RunnerBase
 from agentflow.runner.caching import skip_unneeded_service, take_from_cache
 from agentflow.runner.index import BAD
@@ -69,6 +70,7 @@ class Launching(RunnerBase):
         """Start what can start, up to ``max_parallel``, and skip what never will: the
         steps the index queued (their needs changed), in plan order, in one pass."""
         self._end_services()
+        pooling.settle(self)  # devices of ended attempts, back before steps draw them
         ix = self.index
         if self.aborting:
             for step_id in ix.pending():
@@ -132,8 +134,12 @@ class Launching(RunnerBase):
                 return verdict == "skipped"
         st = self.state.steps[planned.id]
         attempt = st.attempts + 1
+        drawn = pooling.draw(self, planned.id, attempt)
+        if drawn is None:
+            return False  # no free GPU (or CPU): it waits, holding no place
         step_dir = self.s.run.step_dir(planned.id)
         env = self._step_env(step)
+        env.update(drawn.env(self))
         command = self._render(st.run_override or planned.run, env)
         header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
         try:
@@ -166,10 +172,11 @@ class Launching(RunnerBase):
         # (yours and the secrets in the local sandbox, the client's and the secrets in
         # Docker) come in a script it sources, held by this process until it has.
         script = self.handoff.put(planned.id, launch.env)
+        pinned = drawn.pinned(self, launch.command)
         if launch.sources_env:
-            argv = [*launch.command, script]
+            argv = [*pinned, script]
         else:
-            argv = ["/bin/sh", "-c", '. "$0" && exec "$@"', script, *launch.command]
+            argv = ["/bin/sh", "-c", '. "$0" && exec "$@"', script, *pinned]
         args = self.s.tmux.window_args(self.session, planned.id, argv, self.s.workspace)
         size = self.s.tmux.command_size(args)
         if size > COMMAND_MAX:
@@ -189,7 +196,7 @@ class Launching(RunnerBase):
             planned.id, status="running", attempts=attempt, started_at=now(),
             finished_at=None, exit_code=None, window=None, message=None, kill_reason=None,
             kill_sent_at=None, not_before=None, ready_at=None, progress=None, output_bytes=0,
-            last_output_at=None, fresh=False, cached_from=None,
+            last_output_at=None, fresh=False, cached_from=None, **drawn.recorded(),
         )  # fmt: skip
         try:
             window = self.s.tmux.new_window(self.session, planned.id, argv, self.s.workspace)
@@ -201,5 +208,5 @@ class Launching(RunnerBase):
         self._update(planned.id, window=window)
         self.clocks[planned.id] = StepClock(self.expected.get(planned.id))
         self.schedule.changed()
-        self._emit("step_started", planned.id, status="running")
+        self._emit("step_started", planned.id, status="running", data=drawn.event_data())
         return True

@@ -25,7 +25,7 @@ import signal as signals
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import docker
 import docker.errors
@@ -90,6 +90,20 @@ exit "$g"
 """
 
 
+def device_requests(
+    gpus: int | Literal["all"] | None, pool: tuple[str, ...] | None
+) -> list[DeviceRequest]:
+    """The container's GPUs: the pool's, by id, when steps draw from it (each step is then
+    given its own with ``CUDA_VISIBLE_DEVICES``); else ``sandbox.resources.gpus``, a count
+    or ``all``; else none."""
+    if pool:
+        return [DeviceRequest(device_ids=list(pool), capabilities=[["gpu"]])]
+    if gpus is None:
+        return []
+    count = -1 if gpus == "all" else int(gpus)
+    return [DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
 def connect(timeout: int = 5) -> docker.DockerClient:
     """A client of the local daemon; EnvironmentProblem (exit 4) when none answers."""
     try:
@@ -127,8 +141,11 @@ class DockerSandbox:
         build_log: Path | None = None,
         keep: bool = False,
         socket_dir: Path | None = None,
+        gpus: tuple[str, ...] | None = None,
     ) -> None:
         self.config = config
+        self.gpus = gpus
+        """The pool's GPU ids, when steps draw from it: the container is given these."""
         self.run_id = run_id
         self.workflow = workflow
         self.workspace = workspace
@@ -207,9 +224,8 @@ class DockerSandbox:
             kwargs["nano_cpus"] = int(res.cpus * 1e9)
         # A fork bomb must not take the host down: a process limit even when none is given.
         kwargs["pids_limit"] = res.pids or DEFAULT_PIDS
-        if res.gpus is not None:
-            count = -1 if res.gpus == "all" else int(res.gpus)
-            kwargs["device_requests"] = [DeviceRequest(count=count, capabilities=[["gpu"]])]
+        if requests := device_requests(res.gpus, self.gpus):
+            kwargs["device_requests"] = requests
         tmpfs = {"/tmp": "rw,exec,nosuid,nodev,size=1g"}
         mounts = self.mounts()
         # agentflow's own files (checkpoints, other runs, its tmux socket) inside a mounted

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from agentflow.errors import Problem, WorkflowError
 from agentflow.template import TemplateSyntaxError, references, strings_in
 from agentflow.workflow.model import Resources, Step, Workflow
-from agentflow.workflow.support import unsupported
+from agentflow.workflow.support import changed_keys, unsupported
 from agentflow.workflow.types import UNITS_REQUIRED
 from agentflow.workflow.yamlhints import colon_hint, mapping_hint
 
@@ -514,10 +514,13 @@ def _slurm_problems(workflow: Workflow, located: _Locator) -> Iterator[Problem]:
                 yield located.at(loc, "`gpus: all` has no meaning on a cluster: give a count")
         return
     for i, step in enumerate(workflow.steps):
-        if step.resources is not None:
+        # gpus and cpus are drawn from the machine's pool (agentflow.pool); the rest are a
+        # job's limits.
+        limits = changed_keys(step.resources) - {"gpus", "cpus"} if step.resources else set()
+        for key in sorted(limits):
             yield located.at(
-                ("steps", i, "resources"),
-                "per-step resources need `sandbox.backend: slurm` (a job per step); "
+                ("steps", i, "resources", key),
+                f"a step's `{key}` needs `sandbox.backend: slurm` (a job per step); "
                 "for docker, set sandbox.resources",
             )
     if box.slurm is not None:

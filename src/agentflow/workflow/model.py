@@ -103,7 +103,8 @@ class Resources(Model):
     """Limits for the sandbox."""
 
     cpus: float | None = Field(default=None, gt=0)
-    """CPU cores the sandbox may use."""
+    """CPU cores the sandbox may use (on a step of the local sandbox: CPUs of the machine's
+    pool the step is pinned to, rounded up)."""
     memory: (
         Annotated[
             str,
@@ -116,7 +117,9 @@ class Resources(Model):
     pids: int | None = Field(default=None, gt=0)
     """The most processes the sandbox may hold."""
     gpus: int | Literal["all"] | None = None
-    """GPUs to hand to the sandbox (a count, or ``all``)."""
+    """GPUs to hand to the sandbox (a count, or ``all``); on a step of the local or Docker
+    sandbox, a count is drawn from the machine's pool (``AGENTFLOW_GPUS``) for each attempt,
+    and ``all`` is the whole machine, outside the pool."""
     nodes: int | None = Field(default=None, gt=0)
     """Machines for one step (Slurm only: the job's ``--nodes``; the step's command runs on
     the first and starts its own tasks on the others, e.g. with ``srun`` or ``torchrun``)."""
@@ -484,7 +487,8 @@ class Step(Model):
     """Values later steps read as ``${{ steps.<id>.outputs.<name> }}``."""
     resources: Resources | None = None
     """What this step's job asks Slurm for (cpus, memory, gpus, nodes), instead of
-    ``sandbox.resources``; only the slurm sandbox has a job per step."""
+    ``sandbox.resources``; on the local and Docker sandboxes only ``gpus`` and ``cpus``,
+    drawn from the machine's pool for each attempt."""
     artifacts: Annotated[list[ArtifactPattern], BeforeValidator(_one_or_list)] = Field(
         default_factory=list
     )
