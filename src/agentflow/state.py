@@ -118,6 +118,9 @@ class StepState(StateModel):
     metrics: dict[str, MetricSummary] = Field(default_factory=dict)
     """Each ``expect.metrics`` series in short: its last value and shape (the whole series
     is in ``metrics/<step>.json``)."""
+    ports: dict[str, int] = Field(default_factory=dict)
+    """The loopback ports agentflow chose for the step's ``ports:`` names (kept by resume
+    and rerun: the same for the whole run)."""
 
 
 class MetricSummary(StateModel):

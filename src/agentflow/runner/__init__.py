@@ -24,6 +24,7 @@ from agentflow.monitor import Waker
 from agentflow.report import Report, write_reports
 from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSetup
 from agentflow.runner.launch import Launching
+from agentflow.runner.porting import hold_ports, release_ports
 from agentflow.runner.watch import Watching
 from agentflow.state import RunState, now
 from agentflow.textsafe import clip_words
@@ -76,6 +77,7 @@ class Runner(Watching, Launching):
             self._emit("run_finished", status="failed", message=said, data={"error": full})
             self._record(write_reports(self.s.run, self.state, self.s.junit))
             raise
+        hold_ports(self)
         self._ensure_session()
         waker = Waker(lambda: self.s.tmux.waiter(self.channel), self.s.run.path / "steps" / ".wake")
         self.wake = waker.wake
@@ -149,6 +151,7 @@ class Runner(Watching, Launching):
         self._save()
         self._emit("run_finished", status=outcome, message=self.aborting)
         self.s.sandbox.close()
+        release_ports(self)
         self._record(write_reports(self.s.run, self.state, self.s.junit))
         return self.state
 
@@ -201,6 +204,7 @@ class Runner(Watching, Launching):
         self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
         self._save()
         self._emit("run_stopped", status="interrupted", message=reason)
+        release_ports(self)
         self._record(write_reports(self.s.run, self.state, self.s.junit))
         with contextlib.suppress(FileNotFoundError):
             (self.s.run.path / STOP_REQUEST).unlink()
