@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from agentflow import ports
-from agentflow.errors import RunLockedError
+from agentflow.errors import RunLockedError, WorkflowError
 from agentflow.store import hold_lock
+from agentflow.workflow.load import parse_workflow
 
 from conftest import Env
 
@@ -216,21 +217,75 @@ def test_a_port_the_step_did_not_ask_for_is_a_load_error(af: Env) -> None:
     wf = af.write(text)
     result = af.cli("validate", str(wf))
     assert result.returncode == 2
-    assert result.stderr.count("error:") == 1, result.stderr
     line = next(i for i, t in enumerate(text.splitlines(), 1) if "ports.nope" in t)
-    assert f"{wf}:{line}:" in result.stderr
-    assert "step 'serve' asks for no port 'nope' (it asks for: http)" in result.stderr
-
-    twice = af.write(service_workflow().replace("ports: [http]", "ports: [http, http]"))
-    result = af.cli("validate", str(twice))
-    assert result.returncode == 2
-    assert "steps[0].ports: port 'http' is listed twice" in result.stderr
-
-    elsewhere = af.write(
-        service_workflow().replace(
-            "needs: [serve]\n", "needs: [serve]\n    env: {P: '${{ ports.http }}'}\n"
-        )
+    assert result.stderr == (
+        f"error: {wf}:{line}:5: steps[0].ready: step 'serve' asks for no port 'nope' "
+        "(it asks for: http)\n"
     )
-    result = af.cli("validate", str(elsewhere))
-    assert result.returncode == 2
-    assert "step 'client' asks for no port 'http': add `ports: [http]`" in result.stderr
+
+    def problems(text: str) -> list[str]:
+        with pytest.raises(WorkflowError) as info:
+            parse_workflow(text, "wf.yaml")
+        return [str(p) for p in info.value.problems]
+
+    twice = service_workflow().replace("ports: [http]", "ports: [http, http]")
+    assert problems(twice) == [
+        "wf.yaml:7:5: steps[0].ports: port 'http' is listed twice: each name gets one port"
+    ]
+    typo = service_workflow().replace('PORT: "${{ ports.http }}', 'PORT: "${{ ports.htp }}')
+    assert problems(typo) == [
+        "wf.yaml:8:11: steps[0].env.PORT: step 'serve' asks for no port 'htp' "
+        "(did you mean 'http'?)"
+    ]
+    other = service_workflow().replace(
+        "needs: [serve]\n", "needs: [serve]\n    env: {P: '${{ ports.http }}'}\n"
+    )
+    assert problems(other) == [
+        "wf.yaml:22:11: steps[1].env.P: step 'client' asks for no port 'http': add "
+        "`ports: [http]` to the step"
+    ]
+    top = service_workflow().replace("steps:\n", "env: {P: '${{ ports.http }}'}\nsteps:\n", 1)
+    assert problems(top) == [
+        "wf.yaml:4:7: env.P: ${{ ports.http }} works in a step's run, env, ready, success and "
+        "outputs only: hand it to other steps through an output (`value:`)"
+    ]
+
+
+def test_a_server_on_every_address_passes_a_tcp_probe_of_localhost(af: Env) -> None:
+    # http.server binds `::` (both families) or 0.0.0.0: the step's own socket all the same.
+    wf = af.write(
+        """\
+        version: 1
+        name: wild
+        sandbox: {backend: local}
+        steps:
+          - id: serve
+            service: true
+            ports: [http]
+            run: exec python3 -m http.server ${{ ports.http }}
+            ready: {tcp: "localhost:${{ ports.http }}", interval: 0.1s, timeout: 20s}
+          - id: client
+            needs: [serve]
+            run: echo fine
+        """
+    )
+    result = af.cli("run", str(wf), "--ci", "--run-id", "w1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    port = af.state("w1")["steps"]["serve"]["ports"]["http"]
+    assert f"connect localhost:{port}: ok" in result.stdout
+
+
+def test_a_cached_step_that_reads_a_services_port_is_taken_from_the_cache(af: Env) -> None:
+    # The port changes from run to run; the client's key must not: it is keyed by the
+    # service (its command, its `ports:` as written), not by where the service listened.
+    text = service_workflow().replace("  - id: client\n", "  - id: client\n    cache: {}\n")
+    wf = af.write(text)
+    first = af.cli("run", str(wf), "--ci", "--run-id", "c1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = af.cli("run", str(wf), "--ci", "--run-id", "c2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    state = af.state("c2")
+    assert state["steps"]["client"]["cached_from"] == "c1"
+    assert state["steps"]["serve"]["status"] == "skipped"  # nothing needed it
+    port = af.state("c1")["steps"]["serve"]["ports"]["http"]
+    assert state["steps"]["client"]["outputs"]["got"] == f"http://127.0.0.1:{port}/ c1"

@@ -77,8 +77,8 @@ def test_unknown_step_key_without_close_match_lists_known_keys() -> None:
     text = HEADER + "steps:\n  - id: a\n    run: x\n    qqqq: 1\n"
     assert problems(text) == [
         "wf.yaml:6:5: steps[0]: unknown key 'qqqq'; known keys: artifacts, cache, description, "
-        "env, expect, id, needs, on_failure, outputs, ports, ready, recover, resources, retry, run, "
-        "service, stall_timeout, success, task, timeout, workdir"
+        "env, expect, id, needs, on_failure, outputs, ports, ready, recover, resources, retry, "
+        "run, service, stall_timeout, success, task, timeout, workdir"
     ]
 
 
@@ -826,8 +826,8 @@ def test_cli_validate_bad_file_exits_2_with_one_line_per_problem(tmp_path: Path)
         "error: bad.yaml:3:1: max_parallel: input should be a valid integer, "
         "unable to parse string as an integer",
         "error: bad.yaml:7:5: steps[0]: unknown key 'qqqq'; known keys: artifacts, cache, "
-        "description, env, expect, id, needs, on_failure, outputs, ports, ready, recover, resources, "
-        "retry, run, service, stall_timeout, success, task, timeout, workdir",
+        "description, env, expect, id, needs, on_failure, outputs, ports, ready, recover, "
+        "resources, retry, run, service, stall_timeout, success, task, timeout, workdir",
     ]
     assert "Traceback" not in result.stderr + result.stdout
 
