@@ -209,6 +209,19 @@ def test_the_ledger_gives_back_a_dead_runs_ports_and_never_a_live_runs(tmp_path:
     saved = json.loads((home / ports.LEDGER).read_text())
     assert set(saved["ports"]) == {str(p) for p in ports.held(home)}
 
+    # A live run that got the dead run's port meanwhile keeps it; the dead run's resume
+    # keeps its own too, and says so.
+    port = dead.ports["serve"]["http"]
+    (home / "runs" / "next").mkdir()
+    with hold_lock(home / "runs" / "next" / "lock", busy):
+        ports.hold(home, "next", {"web": ["http"]}, {"web": {"http": port}})
+        resumed = ports.hold(home, "dead", {"serve": ["http"]}, dead.ports)
+        assert resumed.ports == dead.ports
+        assert resumed.shared == [
+            f"port {port} (serve.http) was given to run next (web.http) while this run was "
+            "not driven"
+        ]
+
 
 def test_a_port_the_step_did_not_ask_for_is_a_load_error(af: Env) -> None:
     text = service_workflow().replace(
