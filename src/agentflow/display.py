@@ -43,6 +43,7 @@ STATUS_STYLE = {
     "blocked": "magenta",
     "interrupted": "yellow",
     "ended": "yellow",
+    "pruned": "blue",
 }
 STATUS_MARK = {
     "pending": "·",
@@ -55,6 +56,7 @@ STATUS_MARK = {
     "skipped": "↷",
     "blocked": "⏸",
     "ended": "■",
+    "pruned": "✂",
 }
 
 
