@@ -5,12 +5,18 @@ its id as a sweep's."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
+from agentflow import history
 from agentflow.cli.app import command, console
 from agentflow.cli.commands_define import SetOption
 from agentflow.cli.commands_run import (
@@ -22,12 +28,16 @@ from agentflow.cli.commands_run import (
     YesOption,
 )
 from agentflow.cli.sweeping import begin, follow_sweep
+from agentflow.display import STATUS_STYLE
 from agentflow.errors import UsageError
+from agentflow.history import RunSummary
 from agentflow.orchestrator import SandboxChoice
 from agentflow.planner.inputs import parse_set_options
+from agentflow.report.text import human_duration
 from agentflow.search.info import SearchInfo, search_dir
 from agentflow.store import Store, new_run_id
-from agentflow.sweep import SweepOptions, SweepRecord
+from agentflow.sweep import SweepOptions, SweepRecord, label, read_record
+from agentflow.textsafe import one_line
 from agentflow.workflow import load_workflow
 
 
@@ -101,3 +111,42 @@ def search(
         f"({spec.sampler}), {spec.parallel} at once{prune}"
     )
     follow_sweep(store, record, wf, ci)
+
+
+def trials_history(sweep_id: str, as_json: bool) -> None:
+    """``agentflow history SEARCH`` (or a sweep): its runs, in the order they began, each
+    with its values, score, how it ended (``pruned`` too) and how long it took."""
+    store = Store()
+    record = read_record(store.home, sweep_id)
+    recorded: dict[str, RunSummary] = {}
+    for m in record.members:
+        with contextlib.suppress(UsageError):
+            found = history.get(store.home, m.run_id) if m.run_id else None
+            if found is not None and found.run_id == m.run_id:  # exactly it, no prefix
+                recorded[found.run_id] = found
+    if as_json:
+        rows = [
+            {**m.model_dump(mode="json"),
+             "duration_s": recorded[m.run_id].duration_s if m.run_id in recorded else None}
+            for m in record.members
+        ]  # fmt: skip
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    objective = record.objective
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for name in ("#", "values", *([objective.metric] if objective else []), "status", "time"):
+        table.add_column(name, justify="right" if name in ("#", "time") else "left")
+    table.add_column("run", overflow="fold")
+    for m in record.members:
+        summary = recorded.get(m.run_id or "")
+        status = f"pruned ({m.message})" if m.status == "pruned" and m.message else m.status
+        table.add_row(
+            str(m.index),
+            Text(one_line(label(m.values))),
+            *([] if objective is None else ["" if m.score is None else f"{m.score:g}"]),
+            Text(status, style=STATUS_STYLE.get(m.status, "")),
+            human_duration(summary.duration_s) if summary else "",
+            m.run_id or "",
+        )
+    console.print(f"{record.kind} {sweep_id}: {len(record.members)} of {record.planned()} runs")
+    console.print(table)
