@@ -46,7 +46,7 @@ steps:
       score: {log: 'score=(\\S+)'}
 """
 
-# Each trial "trains" for 12 steps; its loss at every step is worse the farther x is from
+# Each trial "trains" for 10 steps; its loss at every step is worse the farther x is from
 # 0.3, so a trial far off is clearly worse than the median at the same step.
 TRAIN = """\
 version: 1
@@ -55,7 +55,7 @@ inputs:
   x: {default: 0.5}
 objective: {metric: score, goal: maximize}
 search:
-  trials: 8
+  trials: 6
   parallel: 1
   seed: 7
   sampler: random
@@ -68,9 +68,9 @@ steps:
       python3 -u -c "
       import time
       x = ${{ inputs.x }}
-      for i in range(1, 13):
+      for i in range(1, 11):
           print('loss=%g' % (abs(x - 0.3) * 10 + 1.0 / i), flush=True)
-          time.sleep(0.25)
+          time.sleep(0.2)
       print('score=%g' % -abs(x - 0.3))
       "
     expect: {metrics: {loss: 'loss=([0-9.eE+-]+)'}}
@@ -186,7 +186,7 @@ def test_pruning_stops_clearly_worse_trials_and_they_end_pruned(af: Env) -> None
     pruned = [m for m in record.members if m.status == "pruned"]
     kept = [m for m in record.members if m.status == "succeeded"]
     assert pruned, res.stdout
-    assert len(pruned) + len(kept) == 8
+    assert len(pruned) + len(kept) == 6
     for m in pruned:
         # Only clearly worse values are pruned, and their runs were stopped early.
         assert float(str(m.values["x"])) >= 0.9, (m.values, res.stdout)
@@ -194,11 +194,11 @@ def test_pruning_stops_clearly_worse_trials_and_they_end_pruned(af: Env) -> None
         assert (m.message or "").startswith("at step "), m.message
         assert m.run_id is not None
         loss = json.loads((af.run_dir(m.run_id) / "metrics" / "train.json").read_text())
-        assert loss["series"]["loss"]["count"] < 12
+        assert loss["series"]["loss"]["count"] < 10
         assert af.state(m.run_id)["status"] == "interrupted"
     assert all(m.score is not None for m in kept)
     assert "pruned (at step " in res.stdout
-    assert f"{len(pruned)} of 8 trials pruned" in res.stdout
+    assert f"{len(pruned)} of 6 trials pruned" in res.stdout
     assert "did not succeed" not in res.stdout
     assert record.search is not None
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{record.search.study}")
