@@ -4,13 +4,16 @@ stopped), each in a fresh home and workspace (no step cache shared), and what ea
 
     python bench/search_prune.py                    # a synthetic trainer (about 2 minutes)
     python bench/search_prune.py --speculator       # workflows/speculator.yaml, shrunk
+    python bench/search_prune.py --speculator --show --draft-steps 60   # the tests' inputs
     python bench/search_prune.py --trials 12 --rounds 1
 
-The synthetic trainer prints ``loss=`` for 16 steps of 0.25 s, worse the farther its ``x``
-is from 0.3, and scores ``-|x - 0.3|``. The speculator search is the workflow's own
-``search:`` (draft width, window, k; pruning on the draft's loss), with the fast inputs of
-tests/test_speculator.py. With a pruner, TPE also learns from pruned trials, so the two
-searches propose the same first trials and may differ after the first prune.
+Besides the wall time, the table has the seconds spent in the pruned step (``train``,
+``train-draft``) over all trials. The synthetic trainer prints ``loss=`` for 16 steps of
+0.25 s, worse the farther its ``x`` is from 0.3, and scores ``-|x - 0.3|``. The
+speculator search is the workflow's own ``search:`` (draft width, window, k; pruning on
+the draft's loss), with the fast inputs of tests/test_speculator.py. With a pruner, TPE
+also learns from pruned trials, so the two searches propose the same first trials and may
+differ after the first prune.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 from common import AGENTFLOW, Home, median, private_home
@@ -31,9 +35,11 @@ FAST = {
     "target_d": "64",
     "target_layers": "2",
     "samples": "30",
-    "draft_steps": "60",
+    "draft_steps": "300",
 }
-"""tests/test_speculator.py's fast inputs, but draft_hidden: the search chooses it."""
+"""tests/test_speculator.py's fast inputs (but draft_hidden: the search chooses it), with a
+longer draft training (``--draft-steps``): at 60 steps it lasts about 5 s, no more than a
+trial's own start and stop, and pruning has nothing to save."""
 
 TRAINER = """\
 version: 1
@@ -61,7 +67,7 @@ steps:
       "
     expect: {metrics: {loss: 'loss=([0-9.eE+-]+)'}}
     outputs:
-      score: {log: 'score=(\\\\S+)'}
+      score: {log: 'score=(\\S+)'}
 """
 
 
@@ -103,7 +109,9 @@ def _once(speculator: bool, trials: int, prune: bool) -> dict[str, object]:
             raise RuntimeError(f"search exited {done.returncode}:\n{done.stdout}{done.stderr}")
         (record_path,) = (h.home / "sweeps").glob("*-search-*.json")
         record = json.loads(record_path.read_text())
-    members = record["members"]
+        members = record["members"]
+        step = "train-draft" if speculator else "train"
+        busy = sum(_step_seconds(h.run_dir(m["run_id"]), step) for m in members if m["run_id"])
     scores = [m["score"] for m in members if m["score"] is not None]
     best = max(scores) if scores else None
     return {
@@ -112,19 +120,37 @@ def _once(speculator: bool, trials: int, prune: bool) -> dict[str, object]:
         "pruned": sum(m["status"] == "pruned" for m in members),
         "failed": sum(m["status"] not in ("succeeded", "pruned") for m in members),
         "best": best,
-        "table": done.stdout[done.stdout.find("\n#  ") :],
+        "busy": busy,
+        "table": done.stdout[done.stdout.rfind("\nsearch ") :],
     }
+
+
+def _step_seconds(run_dir: Path, step: str) -> float:
+    """How long the step ran in this run (0 when it did not: cached, or never reached)."""
+    try:
+        st = json.loads((run_dir / "state.json").read_text())["steps"][step]
+        start, end = st.get("started_at"), st.get("finished_at")
+    except (OSError, KeyError, ValueError):
+        return 0.0
+    if not start or not end:
+        return 0.0
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speculator", action="store_true")
     parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument(
+        "--draft-steps", type=int, default=300,
+        help="The speculator's draft_steps: long enough for pruning to matter.",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--show", action="store_true", help="Print each search's table.")
     args = parser.parse_args()
     rows = []
     for prune in (True, False):
+        FAST["draft_steps"] = str(args.draft_steps)
         runs = [_once(args.speculator, args.trials, prune) for _ in range(args.rounds)]
         if args.show:
             for r in runs:
@@ -132,15 +158,20 @@ def main() -> None:
         rows.append((prune, runs))
     what = "speculator" if args.speculator else "synthetic trainer"
     print(f"\nsearch of {args.trials} trials, {what}, {args.rounds} round(s), median wall time")
-    print(f"{'pruner':<10} {'wall s':>8} {'trials':>7} {'pruned':>7} {'failed':>7} {'best':>10}")
+    step = "train-draft" if args.speculator else "train"
+    print(
+        f"{'pruning':<8} {'wall s':>8} {step + ' s':>14} {'trials':>7} {'pruned':>7} "
+        f"{'failed':>7} {'best':>10}"
+    )
     walls = {}
     for prune, runs in rows:
         wall = median([float(str(r["wall"])) for r in runs])
         walls[prune] = wall
         last = runs[-1]
         best = last["best"]
+        busy = median([float(str(r["busy"])) for r in runs])
         print(
-            f"{'median' if prune else 'none':<10} {wall:>8.1f} {last['trials']!s:>7} "
+            f"{'on' if prune else 'off':<8} {wall:>8.1f} {busy:>14.1f} {last['trials']!s:>7} "
             f"{last['pruned']!s:>7} {last['failed']!s:>7} "
             f"{'' if best is None else format(best, '.4g'):>10}"
         )

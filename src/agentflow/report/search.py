@@ -130,7 +130,7 @@ def _rank_key(m: Member, better_high: bool) -> float:
 
 def _shade(share: float) -> str:
     """From light (0, the worst) to the report's blue (1, the best)."""
-    light, dark = (0xD0, 0xEB, 0xFF), (0x1C, 0x4E, 0xB6)
+    light, dark = (0xA5, 0xD8, 0xFF), (0x1C, 0x4E, 0xB6)
     rgb = [round(a + (b - a) * share) for a, b in zip(light, dark, strict=True)]
     return "#" + "".join(f"{c:02x}" for c in rgb)
 
@@ -158,7 +158,8 @@ def page(
     best = record.best()
     best_html = (
         f"<p><b>best:</b> {escape(label(best.values))} ({escape(metric)} {best.score:g})</p>"
-        f"<pre>{escape(record.best_command or record.command_for(best))}</pre>"
+        f'<pre style="white-space:pre-wrap;background:#f6f8fa;padding:8px">'
+        f"{escape(record.best_command or record.command_for(best))}</pre>"
         if best is not None and best.score is not None
         else "<p>No trial gave the objective.</p>"
     )
@@ -175,12 +176,14 @@ def page(
     sid = escape(record.sweep_id)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>search {sid} · agentflow</title></head>"
+        f"<title>search {sid} · agentflow</title>"
+        "<style>th{text-align:left}td,th{padding:2px 14px 2px 0;vertical-align:top}</style></head>"
         '<body style="margin:24px;font:14px/1.5 system-ui,sans-serif;color:#1f2328">'
         f'<h1 style="font-size:22px">Search {sid}</h1>'
         f"<p>{len(record.members)} trials of {escape(record.workflow)}, {pruned} pruned; "
         f"status {escape(record.status)}</p>{best_html}"
-        f'<h2>Trials</h2><table class="trials" cellpadding="4"><tr><th>#</th><th>values</th>'
+        f'<h2>Trials</h2><table class="trials">'
+        f"<tr><th>#</th><th>values</th>"
         f"<th>{escape(metric)}</th><th>status</th><th>run</th></tr>{rows}</table>"
         f"<h2>Importance</h2>{imp}<h2>Parallel coordinates</h2>{parallel}{curve_html}"
         "</body></html>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 STUDY_NAME = "search"
 
 optuna.logging.set_verbosity(logging.WARNING)
+# Features an older Optuna calls experimental (constant_liar) work: no warning per trial.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def distributions(search: Search) -> dict[str, BaseDistribution]:
