@@ -203,7 +203,7 @@ def score_of(outputs: dict[str, dict[str, str]], objective: Objective | None) ->
     for step_outputs in outputs.values():
         if objective.metric in step_outputs:
             try:
-                return float(step_outputs[objective.metric])
+                return float(step_outputs[objective.metric]) + 0.0  # no "-0" shown
             except ValueError:
                 return None
     return None
