@@ -6,6 +6,7 @@ stopped), each in a fresh home and workspace (no step cache shared), and what ea
     python bench/search_prune.py --speculator       # workflows/speculator.yaml, shrunk
     python bench/search_prune.py --speculator --show --draft-steps 60   # the tests' inputs
     python bench/search_prune.py --trials 12 --rounds 1
+    python bench/search_prune.py --speculator --sampler random   # the same trials both times
 
 Besides the wall time, the table has the seconds spent in the pruned step (``train``,
 ``train-draft``) over all trials. The synthetic trainer prints ``loss=`` for 16 steps of
@@ -80,7 +81,19 @@ def _no_pruner(text: str) -> str:
     return out
 
 
-def _setup(h: Home, speculator: bool, trials: int, prune: bool) -> tuple[Path, list[str]]:
+def _sampler(text: str, sampler: str | None) -> str:
+    """The search with another sampler (``random``: the same trials with and without
+    pruning, whatever each one scored, so that only the pruning differs)."""
+    if sampler is None:
+        return text
+    out, n = re.subn(r"(?m)^(\s+)seed: (\d+)$", rf"\1seed: \2\n\1sampler: {sampler}", text, count=1)
+    assert n == 1, "the workflow's search has no `seed:` line to put the sampler after"
+    return out
+
+
+def _setup(
+    h: Home, speculator: bool, trials: int, prune: bool, sampler: str | None
+) -> tuple[Path, list[str]]:
     if speculator:
         shutil.copytree(ROOT / "workflows" / "tinylm", h.work / "tinylm")
         (h.work / "runbooks").mkdir()
@@ -92,13 +105,14 @@ def _setup(h: Home, speculator: bool, trials: int, prune: bool) -> tuple[Path, l
         sets += ["--trials", str(trials)]
     else:
         text, sets = TRAINER.replace("TRIALS", str(trials)), []
+    text = _sampler(text, sampler)
     path = h.write("wf.yaml", text if prune else _no_pruner(text))
     return path, sets
 
 
-def _once(speculator: bool, trials: int, prune: bool) -> dict[str, object]:
+def _once(speculator: bool, trials: int, prune: bool, sampler: str | None) -> dict[str, object]:
     with private_home() as h:
-        path, sets = _setup(h, speculator, trials, prune)
+        path, sets = _setup(h, speculator, trials, prune, sampler)
         t0 = time.perf_counter()
         done = subprocess.run(
             [AGENTFLOW, "search", str(path), "--ci", "--sandbox", "local", *sets],
@@ -146,17 +160,24 @@ def main() -> None:
         help="The speculator's draft_steps: long enough for pruning to matter.",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--sampler", choices=["tpe", "random"], default=None,
+        help="Instead of the workflow's: random proposes the same trials in both searches.",
+    )  # fmt: skip
     parser.add_argument("--show", action="store_true", help="Print each search's table.")
     args = parser.parse_args()
     rows = []
     for prune in (True, False):
         FAST["draft_steps"] = str(args.draft_steps)
-        runs = [_once(args.speculator, args.trials, prune) for _ in range(args.rounds)]
+        runs = [
+            _once(args.speculator, args.trials, prune, args.sampler) for _ in range(args.rounds)
+        ]
         if args.show:
             for r in runs:
                 print(f"--- {'pruned' if prune else 'no pruning'}{r['table']}")
         rows.append((prune, runs))
     what = "speculator" if args.speculator else "synthetic trainer"
+    what += f", sampler {args.sampler}" if args.sampler else ""
     print(f"\nsearch of {args.trials} trials, {what}, {args.rounds} round(s), median wall time")
     step = "train-draft" if args.speculator else "train"
     print(
