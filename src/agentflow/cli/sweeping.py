@@ -172,9 +172,10 @@ def follow_sweep(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) 
         start_detached(prepared, argv(run_id))
 
     view = SweepLive(record, live=not plain_output(ci))
-    sweep = _follower(store, record, wf, launch, redrive, view.say)
     asks = someone_answers(ci)
     with follower_lock(store.home, record.sweep_id), _signals_detach(), view:
+        # Under the lock: a search's study is reconciled with its record by one follower.
+        sweep = _follower(store, record, wf, launch, redrive, view.say)
         while True:
             try:
                 done = sweep.follow(lambda: view.update(sweep.look.states))
