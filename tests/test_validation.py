@@ -62,7 +62,7 @@ def test_unknown_top_level_key_without_close_match_lists_known_keys() -> None:
     assert problems(text) == [
         "wf.yaml:3:1: unknown key 'zzzz'; known keys: defaults, description, docs, env, goal, "
         "inputs, matrix, max_consecutive_failures, max_parallel, max_parallel_runs, name, notify, "
-        "objective, planner, sandbox, secrets, steps, version"
+        "objective, planner, sandbox, search, secrets, steps, version"
     ]
 
 

@@ -44,6 +44,7 @@ STATUS_STYLE = {
     "blocked": "magenta",
     "interrupted": "yellow",
     "ended": "yellow",
+    "pruned": "blue",
 }
 STATUS_MARK = {
     "pending": "·",
@@ -56,6 +57,7 @@ STATUS_MARK = {
     "skipped": "↷",
     "blocked": "⏸",
     "ended": "■",
+    "pruned": "✂",
 }
 
 

@@ -18,13 +18,17 @@ import shlex
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentflow.errors import RunLockedError, StateError, UsageError, first_line
+from agentflow.search.info import SearchInfo
 from agentflow.store import hold_lock, lock_holder, new_run_id, valid_run_id
 from agentflow.workflow.model import Objective, Scalar
+
+if TYPE_CHECKING:
+    from agentflow.workflow.load import WorkflowFile
 
 MATRIX_KEYWORDS = ("include", "exclude")
 
@@ -111,6 +115,8 @@ class Member(BaseModel):
     score: float | None = None
     """The objective's value, when the run gave it."""
     message: str | None = None
+    trial: int | None = None
+    """In a search: the number of its Optuna trial (``pruned``: stopped early by it)."""
 
 
 class SweepRecord(BaseModel):
@@ -140,6 +146,16 @@ class SweepRecord(BaseModel):
     """Member indices, best first, written when the sweep ends."""
     best_command: str | None = None
     """The command that runs the best combination again, with every ``--set``."""
+    search: SearchInfo | None = None
+    """An adaptive search (``agentflow search``): members are asked from its study."""
+
+    @property
+    def kind(self) -> str:
+        return "search" if self.search is not None else "sweep"
+
+    def planned(self) -> int:
+        """How many runs in all (a search's members come one by one)."""
+        return max(len(self.members), self.search.trials if self.search else 0)
 
     def ranked(self) -> list[Member]:
         """Best first: runs that gave the objective by it, then the rest in order."""
@@ -166,11 +182,11 @@ class SweepRecord(BaseModel):
         """The final status (``interrupted`` first: a resume has work; then ``blocked``,
         ``failed``), the ranking and the best command."""
         statuses = {m.status for m in self.members}
-        if statuses & {"interrupted", "running", "pending"}:
+        if statuses & {"interrupted", "running", "pending"} or len(self.members) < self.planned():
             self.status = "interrupted"
         elif "blocked" in statuses:
             self.status = "blocked"
-        elif statuses != {"succeeded"}:
+        elif not statuses <= {"succeeded", "pruned"}:  # a pruned trial did its job
             self.status = "failed"
         else:
             self.status = "succeeded"
@@ -187,7 +203,7 @@ def score_of(outputs: dict[str, dict[str, str]], objective: Objective | None) ->
     for step_outputs in outputs.values():
         if objective.metric in step_outputs:
             try:
-                return float(step_outputs[objective.metric])
+                return float(step_outputs[objective.metric]) + 0.0  # no "-0" shown
             except ValueError:
                 return None
     return None
@@ -224,6 +240,24 @@ def save_record(home: Path, record: SweepRecord) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(record.model_dump_json(indent=2), encoding="utf-8")
     tmp.replace(path)
+
+
+def frozen_path(home: Path, sweep_id: str) -> Path:
+    """The workflow file as the sweep started (``run_sweep`` writes it)."""
+    return sweep_path(home, sweep_id).with_suffix(".workflow.yaml")
+
+
+def frozen_workflow(home: Path, record: SweepRecord) -> WorkflowFile:
+    """The workflow as the sweep started it; a record of an earlier version: the file as
+    it is now."""
+    from agentflow.workflow.load import WorkflowFile, load_workflow, parse_workflow
+
+    frozen = frozen_path(home, record.sweep_id)
+    path = Path(record.workflow_file)
+    if frozen.is_file():
+        text = frozen.read_text(encoding="utf-8")
+        return WorkflowFile(path, text, parse_workflow(text, str(path), base_dir=path.parent))
+    return load_workflow(path)
 
 
 def records(home: Path) -> Iterator[SweepRecord]:

@@ -21,8 +21,9 @@ from agentflow.state import UNSUCCESSFUL, RunState
 from agentflow.store import RunDir, Store
 from agentflow.sweep import Member, SweepRecord, save_record, score_of
 
-ENDED = {"succeeded", "failed", "blocked"}
-"""Member statuses that are final: a resume leaves these runs alone."""
+ENDED = {"succeeded", "failed", "blocked", "pruned"}
+"""Member statuses that are final: a resume leaves these runs alone (``pruned``: a trial of
+a search stopped early, see ``agentflow.search``)."""
 
 Launch = Callable[[Member, str], None]
 """Plans and starts the run of a member under the given run id (a detached orchestrator)."""
@@ -82,12 +83,16 @@ class Sweep:
                 if member.status == "running":
                     self._check(member)
             refresh()
-            if not any(m.status in ("pending", "running") for m in self.record.members):
+            if not self.unfinished():
                 break
             time.sleep(self.poll)
         self.record.conclude()
         self.save()
         return self.record
+
+    def unfinished(self) -> bool:
+        """Runs to start or to follow still (a search: trials not yet asked, too)."""
+        return any(m.status in ("pending", "running") for m in self.record.members)
 
     def run_id(self, member: Member) -> str:
         return f"{self.record.sweep_id}-{member.index}"

@@ -16,6 +16,7 @@ from agentflow.cli import (
     commands_report,
     commands_resume,
     commands_run,
+    searching,
 )
 from agentflow.cli.app import app
 
@@ -31,6 +32,7 @@ __all__ = [
     "commands_resume",
     "commands_run",
     "main",
+    "searching",
 ]
 
 

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from agentflow import history
 from agentflow.cli.app import command, console
+from agentflow.cli.searching import trials_history
 from agentflow.display import STATUS_STYLE
 from agentflow.errors import UsageError
 from agentflow.history import Comparison, Row, RunSummary
@@ -22,6 +23,7 @@ from agentflow.report import build_report
 from agentflow.report.curves import overlay_page
 from agentflow.report.text import human_duration, usd
 from agentflow.store import Store
+from agentflow.sweep import is_sweep
 from agentflow.textsafe import one_line
 from agentflow.workflow import load_workflow
 
@@ -33,7 +35,8 @@ def history_command(
     workflow: Annotated[
         str | None,
         typer.Argument(
-            help="A workflow's name, or its file; all workflows when omitted.",
+            help="A workflow's name, or its file, or a search's (or sweep's) id: its "
+            "trials; all workflows when omitted.",
             show_default=False,
         ),
     ] = None,
@@ -45,6 +48,9 @@ def history_command(
     """Show past runs (of one workflow), oldest first, as the run history recorded them
     when each run finished or was stopped."""
     home = Store().home
+    if workflow is not None and is_sweep(home, workflow):
+        trials_history(workflow, as_json)  # a search's (or sweep's) runs
+        return
     name = _workflow_name(workflow)
     found = history.runs(home, name, limit or None)
     if as_json:

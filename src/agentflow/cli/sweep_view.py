@@ -112,11 +112,12 @@ def shown_status(store: Store, record: SweepRecord) -> str:
 
 
 def header(record: SweepRecord, status: str | None = None) -> Text:
-    done = sum(m.status in ("succeeded", "failed", "blocked") for m in record.members)
+    done = sum(m.status in ("succeeded", "failed", "blocked", "pruned") for m in record.members)
     running = sum(m.status == "running" for m in record.members)
     text = Text.assemble(
-        ("sweep ", "bold"), (record.sweep_id, "bold cyan"), f"  {done}/{len(record.members)} done"
-    )
+        (f"{record.kind} ", "bold"), (record.sweep_id, "bold cyan"),
+        f"  {done}/{record.planned()} done",
+    )  # fmt: skip
     if running:
         text.append(f", {running} running")
     if status is not None:
@@ -169,7 +170,7 @@ class SweepLive:
 
     def say(self, member: Member, text: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
-        total = len(self.record.members)
+        total = self.record.planned()
         shown = escape(f"{label(member.values)}  {one_line(text)}")
         out = self.live.console if self.live is not None else console
         out.print(f"{stamp}  [{member.index}/{total}] {shown}", highlight=False)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -41,6 +41,8 @@ from agentflow.sweep import (
     expand,
     follower,
     follower_lock,
+    frozen_path,
+    frozen_workflow,
     label,
     members_of,
     new_sweep_id,
@@ -48,9 +50,9 @@ from agentflow.sweep import (
     save_record,
     sweep_path,
 )
-from agentflow.sweep_follow import ENDED, Sweep
+from agentflow.sweep_follow import ENDED, Launch, Redrive, Sweep
 from agentflow.textsafe import json_text
-from agentflow.workflow.load import WorkflowFile, load_workflow, parse_workflow
+from agentflow.workflow.load import WorkflowFile
 
 EXIT_INTERRUPTED = 130
 EXIT_BY_STATUS = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "blocked": EXIT_BLOCKED}
@@ -101,17 +103,12 @@ def run_sweep(
         parallel=workflow.max_parallel_runs,
         created_at=datetime.now(UTC),
     )
-    store.ensure_home()
-    # The workflow as it was: runs not started yet when the sweep is resumed use this copy.
-    frozen = _frozen_path(store, record.sweep_id)
-    frozen.parent.mkdir(parents=True, exist_ok=True)
-    frozen.write_text(wf.text, encoding="utf-8")
-    save_record(store.home, record)
+    begin(store, record, wf)
     console.print(
         f"sweep [bold cyan]{record.sweep_id}[/]: {len(record.members)} runs of "
         f"{workflow.name}, {record.parallel} at once"
     )
-    _follow(store, record, wf, ci)
+    follow_sweep(store, record, wf, ci)
 
 
 def resume_sweep(sweep_id: str, *, ci: bool, flags: SweepOptions) -> None:
@@ -119,33 +116,34 @@ def resume_sweep(sweep_id: str, *, ci: bool, flags: SweepOptions) -> None:
     whose orchestrator is gone are driven again, finished runs are left as they are."""
     store = Store()
     record = read_record(store.home, sweep_id)
-    if all(m.status in ENDED for m in record.members):
-        console.print(f"sweep {sweep_id} already ended ({record.status}): nothing to do")
+    if all(m.status in ENDED for m in record.members) and len(record.members) >= record.planned():
+        console.print(f"{record.kind} {sweep_id} already ended ({record.status}): nothing to do")
         _ranking(record)
         raise typer.Exit(EXIT_BY_STATUS.get(record.status, EXIT_FAILED))
     given = flags.model_dump(exclude_defaults=True)
     record.options = record.options.model_copy(update=given)
-    frozen = _frozen_path(store, sweep_id)
-    path = Path(record.workflow_file)
-    if frozen.is_file():
-        text = frozen.read_text(encoding="utf-8")
-        wf = WorkflowFile(path, text, parse_workflow(text, str(path), base_dir=path.parent))
-    else:  # a record of an earlier version: the file as it is now
-        wf = load_workflow(path)
+    wf = frozen_workflow(store.home, record)
     began = run_states(store, record)  # a launch cut short may have made its run
     waiting = sum(m.status == "pending" and m.index not in began for m in record.members)
+    waiting += record.planned() - len(record.members)  # a search's trials not yet asked
     console.print(
-        f"sweep [bold cyan]{sweep_id}[/]: resuming; {waiting} of {len(record.members)} runs "
-        f"not started, {sum(m.status in ENDED for m in record.members)} over"
+        f"{record.kind} [bold cyan]{sweep_id}[/]: resuming; {waiting} of {record.planned()} "
+        f"runs not started, {sum(m.status in ENDED for m in record.members)} over"
     )
-    _follow(store, record, wf, ci)
+    follow_sweep(store, record, wf, ci)
 
 
-def _frozen_path(store: Store, sweep_id: str) -> Path:
-    return sweep_path(store.home, sweep_id).with_suffix(".workflow.yaml")
+def begin(store: Store, record: SweepRecord, wf: WorkflowFile) -> None:
+    """The record saved, and the workflow as it was: runs not started yet when the sweep
+    is resumed use this copy."""
+    store.ensure_home()
+    frozen = frozen_path(store.home, record.sweep_id)
+    frozen.parent.mkdir(parents=True, exist_ok=True)
+    frozen.write_text(wf.text, encoding="utf-8")
+    save_record(store.home, record)
 
 
-def _follow(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) -> None:
+def follow_sweep(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) -> None:
     options = record.options
     planner = approved_planning(planner_for(wf, options.planner), wf.path, options.yes, ci)
     sandbox = cast(SandboxChoice | None, options.sandbox)  # checked by `run`'s option
@@ -174,9 +172,10 @@ def _follow(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) -> No
         start_detached(prepared, argv(run_id))
 
     view = SweepLive(record, live=not plain_output(ci))
-    sweep = Sweep(store, record, launch, redrive, view.say)
     asks = someone_answers(ci)
     with follower_lock(store.home, record.sweep_id), _signals_detach(), view:
+        # Under the lock: a search's study is reconciled with its record by one follower.
+        sweep = _follower(store, record, wf, launch, redrive, view.say)
         while True:
             try:
                 done = sweep.follow(lambda: view.update(sweep.look.states))
@@ -193,6 +192,17 @@ def _follow(store: Store, record: SweepRecord, wf: WorkflowFile, ci: bool) -> No
                 done, outcome = sweep.detach(f"detached ({e})"), "detached"
             break
     _conclude(store, done, outcome)
+
+
+def _follower(
+    store: Store, record: SweepRecord, wf: WorkflowFile, launch: Launch, redrive: Redrive,
+    say: Callable[[Member, str], None],
+) -> Sweep:  # fmt: skip
+    if record.search is None:
+        return Sweep(store, record, launch, redrive, say)
+    from agentflow.search.follow import SearchFollow  # Optuna: only when searching
+
+    return SearchFollow(store, record, wf.workflow, launch, redrive, say)
 
 
 class _Signalled(BaseException):
@@ -219,17 +229,23 @@ def _conclude(store: Store, record: SweepRecord, outcome: str) -> None:
         _members(store, record)
         going = [m.run_id for m in record.members if m.status == "running"]
         waiting = sum(m.status == "pending" for m in record.members)
+        waiting += record.planned() - len(record.members)
+        kind = record.kind
         if outcome == "stopped":
-            console.print(f"[yellow]sweep {sid} stopped[/] ({waiting} run(s) not started)")
+            console.print(f"[yellow]{kind} {sid} stopped[/] ({waiting} run(s) not started)")
         else:
             console.print(
-                f"[yellow]detached from sweep {sid}:[/] {len(going)} run(s) go on in tmux, "
+                f"[yellow]detached from {kind} {sid}:[/] {len(going)} run(s) go on in tmux, "
                 f"{waiting} not started"
             )
         console.print(f"  continue: agentflow resume {sid}\n  status:   agentflow status {sid}")
         raise typer.Exit(EXIT_INTERRUPTED)
     _ranking(record)
     console.print(f"record: {sweep_path(store.home, sid)}")
+    if record.search is not None:
+        from agentflow.search.page import write_page  # Optuna: only for a search
+
+        console.print(f"report: {write_page(store, record)}", soft_wrap=True)
     if record.status == "interrupted":
         console.print(f"some runs did not finish: `agentflow resume {sid}` continues them")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -253,7 +269,8 @@ def _ranking(record: SweepRecord) -> None:
         row = [str(rank), label(m.values)]
         if objective is not None:
             row.append("" if m.score is None else f"{m.score:g}")
-        table.add_row(*row, m.status, m.run_id or "")
+        status = f"pruned ({m.message})" if m.status == "pruned" and m.message else m.status
+        table.add_row(*row, status, m.run_id or "")
     console.print(table)
     best = record.best()
     if best is not None and objective is not None:
@@ -262,9 +279,12 @@ def _ranking(record: SweepRecord) -> None:
             highlight=False,
         )
         console.print(f"  {record.best_command or record.command_for(best)}", markup=False)
-    failed = sum(m.status != "succeeded" for m in record.members)
+    failed = sum(m.status not in ("succeeded", "pruned") for m in record.members)
     if failed:
         console.print(f"{failed} of {len(record.members)} runs did not succeed")
+    pruned = [m for m in record.members if m.status == "pruned"]
+    if pruned:  # stopped early on purpose: no failure
+        console.print(f"{len(pruned)} of {len(record.members)} trials pruned (stopped early)")
 
 
 def _members(store: Store, record: SweepRecord) -> None:

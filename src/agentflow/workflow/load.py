@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from agentflow.errors import Problem, WorkflowError
 from agentflow.template import TemplateSyntaxError, references, strings_in
 from agentflow.workflow.model import Resources, Step, Workflow
+from agentflow.workflow.search import search_problems
 from agentflow.workflow.support import changed_keys, unsupported
 from agentflow.workflow.types import UNITS_REQUIRED
 from agentflow.workflow.yamlhints import colon_hint, mapping_hint
@@ -455,6 +456,7 @@ def _semantic_problems(
     yield from _template_problems(workflow, located)
     yield from _slurm_problems(workflow, located)
     yield from _sweep_problems(workflow, located)
+    yield from (located.at(loc, msg) for loc, msg in search_problems(workflow))
     if base_dir is not None:
         for i, mount in enumerate(workflow.sandbox.mounts):
             if not (base_dir / mount.source).exists():

@@ -24,6 +24,7 @@ from agentflow.template import EXPRESSION as _EXPRESSION
 from agentflow.template import references
 from agentflow.workflow.metric import Metric
 from agentflow.workflow.notify import Notify
+from agentflow.workflow.search import Search
 from agentflow.workflow.types import Duration, Env, EnvName, StepId, parse_size
 
 
@@ -597,6 +598,8 @@ class Workflow(Model):
     """How to rank the runs of a sweep."""
     max_parallel_runs: int = Field(default=1, ge=1)
     """The most runs of a sweep at once."""
+    search: Search | None = None
+    """An adaptive search over inputs (``agentflow search``), against the ``objective``."""
     notify: Notify | None = None
     """Who is told when a run ends, fails or waits for a person (``--notify URL`` adds a
     webhook)."""
