@@ -256,7 +256,7 @@ def test_artifact_patterns_are_checked_when_the_workflow_is_validated(af: Env) -
         "the workspace: give a path relative to the step's folder, not an absolute one",
         f"error: {wf}:6:30: steps[0].artifacts[1]: an artifact pattern cannot be empty",
         f"error: {wf}:6:34: steps[0].artifacts[2]: unknown expression '${{{{ nope }}}}': use "
-        "inputs.NAME, env.NAME, run.id or steps.ID.outputs.NAME",
+        "inputs.NAME, env.NAME, run.id, steps.ID.outputs.NAME or ports.NAME",
     ]
     # One pattern may be written without a list.
     ok = af.write(

@@ -77,8 +77,8 @@ def test_unknown_step_key_without_close_match_lists_known_keys() -> None:
     text = HEADER + "steps:\n  - id: a\n    run: x\n    qqqq: 1\n"
     assert problems(text) == [
         "wf.yaml:6:5: steps[0]: unknown key 'qqqq'; known keys: artifacts, cache, description, "
-        "env, expect, id, needs, on_failure, outputs, ready, recover, resources, retry, run, "
-        "service, stall_timeout, success, task, timeout, workdir"
+        "env, expect, id, needs, on_failure, outputs, ports, ready, recover, resources, retry, "
+        "run, service, stall_timeout, success, task, timeout, workdir"
     ]
 
 
@@ -442,7 +442,7 @@ def test_unknown_expression_form() -> None:
     text = HEADER + "steps:\n  - id: a\n    run: echo ${{ foo.bar }}\n"
     assert problems(text) == [
         "wf.yaml:5:5: steps[0].run: unknown expression '${{ foo.bar }}': "
-        "use inputs.NAME, env.NAME, run.id or steps.ID.outputs.NAME"
+        "use inputs.NAME, env.NAME, run.id, steps.ID.outputs.NAME or ports.NAME"
     ]
 
 
@@ -450,7 +450,7 @@ def test_unknown_expression_in_workflow_env() -> None:
     text = HEADER + "env: {A: '${{ secrets.X }}'}\n" + ONE_STEP
     assert problems(text) == [
         "wf.yaml:3:7: env.A: unknown expression '${{ secrets.X }}': "
-        "use inputs.NAME, env.NAME, run.id or steps.ID.outputs.NAME"
+        "use inputs.NAME, env.NAME, run.id, steps.ID.outputs.NAME or ports.NAME"
     ]
 
 
@@ -725,7 +725,7 @@ def test_semantic_and_not_supported_problems_are_reported_together_by_line() -> 
     assert found == [
         "wf.yaml:5:13: steps[0].needs[0]: unknown step 'zz'; steps are: a, b",
         "wf.yaml:8:5: steps[1].run: unknown expression '${{ nope }}': "
-        "use inputs.NAME, env.NAME, run.id or steps.ID.outputs.NAME",
+        "use inputs.NAME, env.NAME, run.id, steps.ID.outputs.NAME or ports.NAME",
         "wf.yaml:10:5: steps[2].id: duplicate step id 'a' (first used by steps[0])",
     ]
 
@@ -830,8 +830,8 @@ def test_cli_validate_bad_file_exits_2_with_one_line_per_problem(tmp_path: Path)
         "error: bad.yaml:3:1: max_parallel: input should be a valid integer, "
         "unable to parse string as an integer",
         "error: bad.yaml:7:5: steps[0]: unknown key 'qqqq'; known keys: artifacts, cache, "
-        "description, env, expect, id, needs, on_failure, outputs, ready, recover, resources, "
-        "retry, run, service, stall_timeout, success, task, timeout, workdir",
+        "description, env, expect, id, needs, on_failure, outputs, ports, ready, recover, "
+        "resources, retry, run, service, stall_timeout, success, task, timeout, workdir",
     ]
     assert "Traceback" not in result.stderr + result.stdout
 

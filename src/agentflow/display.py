@@ -279,7 +279,7 @@ def progress_cell(st: StepState, bar_width: int, *, with_counts: bool) -> Render
 def progress_text(st: StepState, *, with_counts: bool = True) -> str:
     """``45% 3/8 eta 2m`` for a step whose output shows progress; ``ready`` for a service."""
     if st.status == "running" and st.ready_at is not None:
-        return "ready"
+        return "ready" + "".join(f" :{port}" for port in st.ports.values())
     p = st.progress
     if p is None:
         return ""

@@ -89,6 +89,8 @@ def _step_update(e: Event, st: StepState) -> dict[str, object]:
         }
     if e.kind == "service_ready" and st.ready_at is None:
         return {"ready_at": e.ts}
+    if e.kind == "ports_held" and e.data and isinstance(held := e.data.get("ports"), dict):
+        return {"ports": {**st.ports, **held}}
     if e.kind == "outputs" and e.message and not st.outputs:
         return {"outputs": _outputs(e.message)}
     return {}

@@ -122,6 +122,9 @@ class StepState(StateModel):
     """The pool's GPUs the latest attempt was given (``resources.gpus``, ``agentflow.pool``)."""
     cpus: list[int] = Field(default_factory=list)
     """The pool's CPUs the latest attempt was pinned to (``resources.cpus``)."""
+    ports: dict[str, int] = Field(default_factory=dict)
+    """The loopback ports agentflow chose for the step's ``ports:`` names (kept by resume
+    and rerun: the same for the whole run)."""
 
 
 class MetricSummary(StateModel):

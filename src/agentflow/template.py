@@ -1,7 +1,8 @@
 """``${{ ... }}`` expressions in commands and environment values.
 
-Forms: ``inputs.NAME``, ``env.NAME``, ``run.id``, ``steps.ID.outputs.NAME``. Inputs are
-substituted when the plan is made; the others just before a step starts.
+Forms: ``inputs.NAME``, ``env.NAME``, ``run.id``, ``steps.ID.outputs.NAME``,
+``ports.NAME`` (a port the step asked for). Inputs are substituted when the plan is made;
+the others just before a step starts.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 _EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+EXPRESSION = _EXPR
+"""One ``${{ ... }}`` expression (its inside is group 1)."""
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 _FORMS = {
     "inputs": re.compile(rf"^inputs\.({_NAME})$"),
     "env": re.compile(rf"^env\.({_NAME})$"),
     "run": re.compile(r"^run\.(id)$"),
     "steps": re.compile(rf"^steps\.({_NAME})\.outputs\.({_NAME})$"),
+    "ports": re.compile(r"^ports\.([A-Za-z_][A-Za-z0-9_]*)$"),
 }
 
 
 @dataclass(frozen=True)
 class Ref:
-    """One expression: its kind (``inputs``, ``env``, ``run``, ``steps``) and names."""
+    """One expression: its kind (``inputs``, ``env``, ``run``, ``steps``, ``ports``) and
+    names."""
 
     text: str
     kind: str
@@ -40,8 +45,8 @@ def parse(expression: str) -> Ref:
         if m:
             return Ref(expression, kind, m.groups())
     raise TemplateSyntaxError(
-        f"unknown expression '${{{{ {expression} }}}}': use inputs.NAME, env.NAME, run.id "
-        "or steps.ID.outputs.NAME"
+        f"unknown expression '${{{{ {expression} }}}}': use inputs.NAME, env.NAME, run.id, "
+        "steps.ID.outputs.NAME or ports.NAME"
     )
 
 

@@ -271,6 +271,8 @@ def read_outputs(outputs: dict[str, Output], at: Where) -> dict[str, str]:
             values[name] = value if isinstance(value, str) else json.dumps(value)
         elif out.file:
             values[name] = _read(out.file, at, VALUE_MAX + 1024).strip()
+        elif out.value is not None:
+            values[name] = out.value
         else:
             assert out.log is not None
             log = safefs.tail(at.log, at.steps, LOG_TAIL_BYTES)

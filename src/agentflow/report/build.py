@@ -143,6 +143,7 @@ def _step(
         metrics=metric_results(step, st, events),
         artifacts=kept.files if kept else [],
         series=list(series.load(run.path, step_id).series.values()),
+        ports=st.ports,
     )
     if report.went_wrong:
         report = report.model_copy(update={"log_tail": log_tail(log, TAIL_LINES)})

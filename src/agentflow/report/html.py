@@ -248,6 +248,9 @@ def _note(s: StepReport) -> str:
     note = one_line(s.message)
     if s.ready_after_s is not None:
         note = f"ready after {human_duration(s.ready_after_s)}" + (f"; {note}" if note else "")
+    if s.ports:
+        ports = "ports " + ", ".join(f"{k}={v}" for k, v in s.ports.items())
+        note = ports + (f"; {note}" if note else "")
     if held := held_by_attempt(s.history):  # the pool's devices each attempt had
         note = held + (f"; {note}" if note else "")
     return note

@@ -72,12 +72,15 @@ def _renderer(workflow: Workflow, step: Step, state: RunState) -> Callable[[str]
             return env.get(ref.names[0])
         if ref.kind == "run":
             return state.run_id
+        if ref.kind == "ports":
+            port = own.ports.get(ref.names[0]) if own else None
+            return None if port is None else str(port)
         other = state.steps.get(ref.names[0])
         return other.outputs.get(ref.names[1]) if other else None
 
+    own = state.steps.get(step.id)
     for key, value in [*workflow.env.items(), *step.env.items()]:
         env[key] = substitute(value, lookup)
-    own = state.steps.get(step.id)
     env.update(own.env_overrides if own else {})
     return lambda text: substitute(text, lookup)
 

@@ -111,6 +111,8 @@ class StepReport(ReportModel):
     """The end of the log of a step that did not succeed (cleaned of colour codes)."""
     series: list[Series] = Field(default_factory=list)
     """Its ``expect.metrics`` over time (``metrics/<step>.json``)."""
+    ports: dict[str, int] = Field(default_factory=dict)
+    """The loopback ports it was given (``ports:``), by name."""
 
     @property
     def ready_after_s(self) -> float | None:

@@ -26,6 +26,7 @@ from agentflow.report import Report, write_reports
 from agentflow.runner import pooling
 from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSetup
 from agentflow.runner.launch import Launching
+from agentflow.runner.porting import hold_ports, release_ports
 from agentflow.runner.watch import Watching
 from agentflow.state import RunState, now
 from agentflow.textsafe import clip_words
@@ -84,6 +85,7 @@ class Runner(Watching, Launching):
             self._emit("run_finished", status="failed", message=said, data={"error": full})
             self._record(write_reports(self.s.run, self.state, self.s.junit, self.s.workflow))
             raise
+        hold_ports(self)
         self._ensure_session()
         waker = Waker(
             lambda: self.s.tmux.waiter(self.channel),
@@ -181,6 +183,7 @@ class Runner(Watching, Launching):
         pooling.give_all(self)
         self._emit("run_finished", status=outcome, message=self.aborting)
         self.s.sandbox.close()
+        release_ports(self)
         self._record(write_reports(self.s.run, self.state, self.s.junit, self.s.workflow))
         return self.state
 
@@ -234,6 +237,7 @@ class Runner(Watching, Launching):
         self.state = self.state.with_run(status="interrupted", finished_at=now(), message=reason)
         self._save()
         self._emit("run_stopped", status="interrupted", message=reason)
+        release_ports(self)
         self._record(write_reports(self.s.run, self.state, self.s.junit, self.s.workflow))
         with contextlib.suppress(FileNotFoundError):
             (self.s.run.path / STOP_REQUEST).unlink()

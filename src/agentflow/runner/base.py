@@ -230,16 +230,17 @@ class RunnerBase:
         caller's environment; then what a recover: rule or the model set for later attempts."""
         env: dict[str, str] = {}
         for key, value in [*self.s.workflow.env.items(), *step.env.items()]:
-            env[key] = self._render(value, env)
+            env[key] = self._render(value, env, step.id)
         env.update(self.state.steps[step.id].env_overrides)
         return env
 
-    def _rendered(self, model: M, env: dict[str, str]) -> M:
-        """A ready/success/outputs block with its ${{ }} expressions filled in."""
+    def _rendered(self, model: M, env: dict[str, str], step: str | None = None) -> M:
+        """A ready/success/outputs block with its ${{ }} expressions filled in (``step``:
+        whose ``${{ ports.NAME }}``)."""
 
         def walk(value: object) -> object:
             if isinstance(value, str):
-                return self._render(value, env)
+                return self._render(value, env, step)
             if isinstance(value, dict):
                 return {k: walk(v) for k, v in value.items()}
             if isinstance(value, list):
@@ -273,8 +274,14 @@ class RunnerBase:
         """The run's inputs, with what the model changed for the rest of the run."""
         return {**self.s.plan.inputs, **self.state.input_overrides}
 
-    def _render(self, text: str, env: dict[str, str]) -> str:
+    def _render(self, text: str, env: dict[str, str], step: str | None = None) -> str:
+        """``text`` with its expressions filled in; ``${{ ports.NAME }}`` only with the
+        ``step`` it belongs to (else kept as written: a cache key stays the same)."""
+
         def lookup(ref: Ref) -> str | None:
+            if ref.kind == "ports":
+                port = self.state.steps[step].ports.get(ref.names[0]) if step else None
+                return None if port is None else str(port)
             if ref.kind == "inputs":
                 value = self._inputs().get(ref.names[0])
                 return None if value is None else scalar_text(value)

@@ -17,7 +17,7 @@ from agentflow.runner.metering import summaries
 from agentflow.settings import settings
 from agentflow.state import FINAL, now
 from agentflow.store import valid_run_id
-from agentflow.template import input_names, strings_in
+from agentflow.template import Ref, input_names, strings_in, substitute
 from agentflow.workflow.model import Step
 
 NOT_NEEDED = "not needed: its dependents came from the cache"
@@ -83,7 +83,7 @@ def _compute_key(
         if k is None:
             return None
         needs[need] = k
-    env = r._step_env(step)
+    env = _key_env(r, step)
     spec = r.s.workflow.cache_of(step)
     patterns = [r._render(p, env) for p in spec.inputs] if spec else []
     try:
@@ -92,7 +92,7 @@ def _compute_key(
         if not quiet:
             r._emit("cache_skipped", step_id, message=f"not cached: {e}")
         return None
-    command = r._render(r.state.steps[step_id].run_override or planned.run, env)
+    command = _keyed(r, r.state.steps[step_id].run_override or planned.run, env)
     # Secrets by name only: a hash of a short secret could be guessed back.
     material: dict[str, JsonValue] = {
         "step": step_id,
@@ -106,6 +106,30 @@ def _compute_key(
         "declared": _declared(step),
     }
     return cache.digest(material)
+
+
+def _key_env(r: RunnerBase, step: Step) -> dict[str, str]:
+    """The step's environment as its key sees it: ``_step_env``, with ``_keyed``."""
+    env: dict[str, str] = {}
+    for key, value in [*r.s.workflow.env.items(), *step.env.items()]:
+        env[key] = _keyed(r, value, env)
+    env.update(r.state.steps[step.id].env_overrides)
+    return env
+
+
+def _keyed(r: RunnerBase, text: str, env: dict[str, str]) -> str:
+    """``text`` rendered for a key: ports and a service's outputs kept as written. Where a
+    server listens changes from run to run (and is not known before it is ready, when a
+    service asks whether it is needed); the server itself is in the key, by ``needs``."""
+
+    def lookup(ref: Ref) -> str | None:
+        if ref.kind == "ports":
+            return None
+        if ref.kind == "steps" and ref.names[0] in r.services:
+            return None
+        return r._render(f"${{{{ {ref.text} }}}}", env)
+
+    return substitute(text, lookup)
 
 
 def _declared(step: Step) -> JsonValue:

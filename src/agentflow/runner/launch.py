@@ -140,7 +140,7 @@ class Launching(RunnerBase):
         step_dir = self.s.run.step_dir(planned.id)
         env = self._step_env(step)
         env.update(drawn.env(self))
-        command = self._render(st.run_override or planned.run, env)
+        command = self._render(st.run_override or planned.run, env, planned.id)
         header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
         try:
             stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())

@@ -116,7 +116,7 @@ class Outcomes(Agentic):
         env = self._step_env(step)
         where = self._where(step, env)
         if step.success is not None:
-            check = success_checks(self._rendered(step.success, env), where)
+            check = success_checks(self._rendered(step.success, env, step.id), where)
             if not check.ok:
                 self._emit("check_failed", step.id, message=check.detail)
                 return "failed", check.detail
@@ -125,7 +125,7 @@ class Outcomes(Agentic):
         outputs: dict[str, str] | None = None
         if step.outputs and not step.service:
             try:
-                rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
+                rendered = {k: self._rendered(v, env, step.id) for k, v in step.outputs.items()}
                 outputs = read_outputs(rendered, where)
             except OutputError as e:
                 return "failed", f"outputs: {e}"

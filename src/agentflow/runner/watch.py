@@ -12,6 +12,7 @@ from agentflow import stepfiles
 from agentflow.monitor import (
     StepClock,
 )
+from agentflow.runner import porting
 from agentflow.runner.outcome import Outcomes
 from agentflow.sandbox import Job, Scheduler
 from agentflow.state import StepState, now
@@ -181,10 +182,11 @@ class Watching(Outcomes):
         where = self._where(step, env)
         if isinstance(self.s.sandbox, Scheduler):  # probe where the service runs: its node
             where = replace(where, box=self.s.sandbox.executor(step_id))
-        check = probe(self._rendered(step.ready, env), where)
+        ready = self._rendered(step.ready, env, step_id)
+        check = probe(ready, where)
         self.next_probe[step_id] = now() + timedelta(seconds=step.ready.interval)
         self.last_probe[step_id] = check.detail
-        if check.ok:
+        if check.ok and not porting.refused(self, step, ready):
             self._became_ready(step_id, step, check.detail)
 
     def _became_ready(self, step_id: str, step: Step, detail: str) -> None:
@@ -198,7 +200,7 @@ class Watching(Outcomes):
         if step.outputs:
             try:
                 env = self._step_env(step)
-                rendered = {k: self._rendered(v, env) for k, v in step.outputs.items()}
+                rendered = {k: self._rendered(v, env, step_id) for k, v in step.outputs.items()}
                 outputs = read_outputs(rendered, self._where(step, env))
             except OutputError as e:
                 self._emit("output_missing", step_id, message=str(e))

@@ -133,3 +133,9 @@ def _kill_marked(entry: bytes) -> bool:
             continue
         found = True
     return found
+
+
+def step_marker(step_dir: Path) -> str:
+    """The marker the step's processes carry (``AGENTFLOW_PROC``): what the readiness
+    check of its ports looks for."""
+    return _marker(step_dir)

@@ -632,6 +632,8 @@ def _template_problems(workflow: Workflow, located: _Locator) -> Iterator[Proble
                 yield located.at(loc, f"unknown input '{ref.names[0]}' (inputs: {known})")
             elif ref.kind == "steps":
                 yield from _step_ref_problems(ref.names, loc, owner, by_id, located)
+            elif ref.kind == "ports":
+                yield from _port_ref_problems(ref.names[0], loc, owner, located)
 
 
 def _step_ref_problems(
@@ -658,6 +660,30 @@ def _step_ref_problems(
         yield located.at(
             loc,
             f"step '{step.id}' reads an output of '{target}' but does not need it: add it to needs",
+        )
+
+
+PORT_KEYS = ("run", "task", "env", "ready", "success", "outputs")
+"""Where ``${{ ports.NAME }}`` is filled in: the step's own command and checks."""
+
+
+def _port_ref_problems(
+    name: str, loc: Loc, step: Step | None, located: _Locator
+) -> Iterator[Problem]:
+    if step is None or loc[2] not in PORT_KEYS:
+        yield located.at(
+            loc,
+            f"${{{{ ports.{name} }}}} works in a step's run, env, ready, success and outputs "
+            "only: hand it to other steps through an output (`value:`)",
+        )
+    elif name not in step.ports:
+        asked = ", ".join(step.ports)
+        hint = difflib.get_close_matches(name, step.ports, n=1)
+        tail = f" (did you mean '{hint[0]}'?)" if hint else f" (it asks for: {asked})"
+        yield located.at(
+            loc,
+            f"step '{step.id}' asks for no port '{name}'"
+            + (tail if asked else ": add `ports: [" + name + "]` to the step"),
         )
 
 

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from agentflow.byid import ById
+from agentflow.template import EXPRESSION as _EXPRESSION
 from agentflow.template import references
 from agentflow.workflow.metric import Metric
 from agentflow.workflow.notify import Notify
@@ -307,6 +308,11 @@ class Probe(Model):
     """Give up after this long: the step fails."""
     interval: Duration = 1.0
     """Time between two probes."""
+    owned: bool = True
+    """Local sandbox: an ``http`` or ``tcp`` probe of a loopback port (or a probe that names
+    one of the step's ``ports``) passes only when the step's own processes listen on it,
+    never another run's server. ``false`` for a server the step has something else start
+    (``docker run -p``, a system service)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Probe:
@@ -315,7 +321,9 @@ class Probe(Model):
             raise ValueError("give exactly one of http, tcp, command, log, file")
         if self.log:
             _check_regex(self.log)
-        if self.tcp and not re.fullmatch(r"[^:\s]+:\d{1,5}", self.tcp):
+        # An expression (`${{ ports.http }}`) is filled in before each probe, and the
+        # result checked again then.
+        if self.tcp and not re.fullmatch(r"[^:\s]+:\d{1,5}", _EXPRESSION.sub("1", self.tcp)):
             raise ValueError(f"tcp: expected host:port, got {self.tcp!r}")
         return self
 
@@ -384,14 +392,17 @@ class Output(Model):
     """A file whose whole content (stripped) is the value."""
     log: str | None = None
     """A regular expression over the output; the first group of the last match is the value."""
+    value: str | None = None
+    """The value itself, with its expressions filled in (``http://127.0.0.1:${{ ports.http
+    }}``): how a service hands its ports to the steps that need it."""
 
     model_config = ConfigDict(populate_by_name=True)
 
     @model_validator(mode="after")
     def _one_source(self) -> Output:
-        sources = [s for s in (self.json_file, self.file, self.log) if s]
+        sources = [s for s in (self.json_file, self.file, self.log, self.value) if s]
         if len(sources) != 1:
-            raise ValueError("give exactly one of json, file, log")
+            raise ValueError("give exactly one of json, file, log, value")
         if self.json_file and not self.key:
             raise ValueError("`json` needs a `key`")
         if self.log:
@@ -448,6 +459,15 @@ def _artifact_pattern(pattern: str) -> str:
 
 ArtifactPattern = Annotated[str, AfterValidator(_artifact_pattern)]
 
+PortName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def _unique_ports(names: list[str]) -> list[str]:
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise ValueError(f"port {twice[0]!r} is listed twice: each name gets one port")
+    return names
+
 
 class Step(Model):
     """One unit of work: a command (``run``) or a description for the planner (``task``)."""
@@ -502,6 +522,11 @@ class Step(Model):
     cache: Cache | None = None
     """Reuse the result of an earlier run's step with the same key instead of running
     (``--no-cache`` turns it off for a run)."""
+    ports: Annotated[list[PortName], AfterValidator(_unique_ports)] = Field(default_factory=list)
+    """Names of TCP ports the step needs (``[http]``): agentflow picks a free loopback port
+    for each, held for the run (no other run of the home gets it; the same after a
+    resume), and fills it in as ``${{ ports.NAME }}`` in the step's ``run``, ``env``,
+    ``ready``, ``success`` and ``outputs`` (an ``outputs`` ``value`` hands it on)."""
 
     @model_validator(mode="after")
     def _run_or_task(self) -> Step:
