@@ -129,8 +129,7 @@ if [ "$tee_code" -ne 0 ]; then
   printf '%4d\n' "$tee_code" 1<>"$d/output_incomplete.tmp"
   mv "$d/output_incomplete.tmp" "$d/output_incomplete"
 fi
-# The FIFO and the unused reserve stay (no rm to run): the host reads neither, a new
-# attempt starts in a clean folder, and a wrapper run again in this one clears them first.
+rm -f "$d/fifo" "$d/output_incomplete.tmp"
 [ -z "${hup:-}" ] || : >"$d/hangup"
 printf '%4d\n' "$code" 1<>"$d/exit_code.tmp"
 mv "$d/exit_code.tmp" "$d/exit_code"
