@@ -195,7 +195,9 @@ def test_pruning_stops_clearly_worse_trials_and_they_end_pruned(af: Env) -> None
         assert m.run_id is not None
         loss = json.loads((af.run_dir(m.run_id) / "metrics" / "train.json").read_text())
         assert loss["series"]["loss"]["count"] < 10
-        assert af.state(m.run_id)["status"] == "interrupted"
+        state = af.state(m.run_id)
+        assert state["status"] == "interrupted"
+        assert state["message"].startswith(f"pruned by search {record.sweep_id}: at step ")
     assert all(m.score is not None for m in kept)
     assert "pruned (at step " in res.stdout
     assert f"{len(pruned)} of 6 trials pruned" in res.stdout

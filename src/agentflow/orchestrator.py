@@ -22,7 +22,14 @@ from agentflow.errors import EnvironmentProblem, StateError, UsageError
 from agentflow.notify import Notifier, attach, remember
 from agentflow.plan import Plan
 from agentflow.pool import Demand, demand
-from agentflow.runner import STOP_REQUEST, InterruptChoice, Observer, Runner, RunSetup
+from agentflow.runner import (
+    STOP_REASON_MAX,
+    STOP_REQUEST,
+    InterruptChoice,
+    Observer,
+    Runner,
+    RunSetup,
+)
 from agentflow.sandbox import Sandbox
 from agentflow.sandbox.local import LocalSandbox
 from agentflow.settings import settings
@@ -341,12 +348,13 @@ def resume(prepared: Prepared) -> RunState:
     return runner.resume()
 
 
-def request_stop(run: RunDir, wait: float = 30.0) -> bool:
-    """Ask a live orchestrator to stop its run; True if one was there and let go in time."""
+def request_stop(run: RunDir, wait: float = 30.0, reason: str = "") -> bool:
+    """Ask a live orchestrator to stop its run; True if one was there and let go in time.
+    ``reason``: what its steps and the run say stopped them (``agentflow stop`` else)."""
     pid = run.lock_holder()
     if pid is None or pid <= 0:
         return False
-    (run.path / STOP_REQUEST).touch()
+    (run.path / STOP_REQUEST).write_text(reason[:STOP_REASON_MAX], encoding="utf-8")
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -24,14 +24,14 @@ from agentflow.monitor import Waker
 from agentflow.pool.run import WAIT_POLL
 from agentflow.report import Report, write_reports
 from agentflow.runner import pooling
-from agentflow.runner.base import STOP_REQUEST, InterruptChoice, Observer, RunSetup
+from agentflow.runner.base import STOP_REASON_MAX, STOP_REQUEST, InterruptChoice, Observer, RunSetup
 from agentflow.runner.launch import Launching
 from agentflow.runner.porting import hold_ports, release_ports
 from agentflow.runner.watch import Watching
 from agentflow.state import RunState, now
-from agentflow.textsafe import clip_words
+from agentflow.textsafe import clip_words, one_line
 
-__all__ = ["STOP_REQUEST", "InterruptChoice", "Observer", "RunSetup", "Runner"]
+__all__ = ["STOP_REASON_MAX", "STOP_REQUEST", "InterruptChoice", "Observer", "RunSetup", "Runner"]
 
 PANES_BACKSTOP = 1.0
 """Seconds after which the runner looks at the windows of running steps even when no
@@ -150,9 +150,12 @@ class Runner(Watching, Launching):
         return "detach"
 
     def _stop_reason(self) -> str:
-        if (self.s.run.path / STOP_REQUEST).exists():
-            return "stopped by `agentflow stop`"
-        return "stopped by Ctrl-C"
+        try:
+            with open(self.s.run.path / STOP_REQUEST, encoding="utf-8", errors="replace") as f:
+                given = one_line(f.read(STOP_REASON_MAX), STOP_REASON_MAX)
+        except OSError:
+            return "stopped by Ctrl-C"
+        return given or "stopped by `agentflow stop`"
 
     def _done(self) -> bool:
         return self.index.finished

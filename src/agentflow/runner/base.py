@@ -49,6 +49,8 @@ InterruptChoice = Literal["stop", "detach", "continue"]
 """What a person wants after Ctrl-C: stop the run, leave it running, or go on watching."""
 
 STOP_REQUEST = "stop-requested"
+STOP_REASON_MAX = 300
+"""The most characters of the reason a stop request may give (a search's prune)."""
 """A file in the run directory: the orchestrator's SIGTERM means "stop", not "detach"."""
 
 

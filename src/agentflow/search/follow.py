@@ -82,7 +82,7 @@ class SearchFollow(Sweep):
         assert member.run_id is not None
         run = self.store.open(member.run_id)
         try:
-            stopped = request_stop(run)
+            stopped = request_stop(run, reason=f"pruned by search {self.record.sweep_id}: {why}")
             state = run.read_state()
         except (AgentflowError, StateError) as e:
             self.say(member, f"could not prune: {first_line(e)}")
