@@ -12,8 +12,8 @@ import yaml
 
 from agentflow.errors import WorkflowError
 from agentflow.workflow import format_duration, parse_workflow
-from agentflow.workflow.load import BoundedLoader
 from agentflow.workflow.model import RecoverRule
+from agentflow.workflow.yamlpos import BoundedLoader
 
 
 class EditFailed(Exception):
