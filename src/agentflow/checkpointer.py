@@ -78,7 +78,7 @@ class Checkpointer:
                 problem = self._problem_found()
                 self._snapshot(state)
                 return problem
-            if before.steps.keys() != state.steps.keys():
+            if not checkpoint_log.same_steps(before, state):
                 self._snapshot(state)  # steps added or removed: no record says that
                 return ""
             ending = state.status != "running"

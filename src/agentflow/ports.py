@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import json
-import os
 import secrets
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from agentflow.ledgerfile import SharedFile
 from agentflow.store import lock_holder
 
 LEDGER = "ports.json"
@@ -81,7 +79,7 @@ def hold(
     """Ports for a run: every step in ``wanted`` (step id: port names) gets the port
     ``recorded`` (the checkpoint) has for a name, else a new free one. The ledger then
     holds exactly these for the run. NoFreePort when no free port is found."""
-    with _locked(home):
+    with _ledger(home).locked():
         ledger = _forget_dead(_read(home), run_id, home)
         others = {p: h for p, h in ledger.items() if h.run != run_id}
         mine: dict[int, Holding] = {}
@@ -103,22 +101,22 @@ def hold(
                     )
                 ports[step][name] = port
                 mine[port] = Holding(run=run_id, step=step, name=name)
-        _write(home, Ledger(ports={**others, **mine}))
+        _ledger(home).write(Ledger(ports={**others, **mine}))
     return Held(ports, new, shared)
 
 
 def release(home: Path, run_id: str) -> None:
     """The run's ports go back to the ledger (the run is over)."""
-    with _locked(home):
+    with _ledger(home).locked():
         ledger = _read(home)
         kept = {p: h for p, h in ledger.items() if h.run != run_id}
         if len(kept) != len(ledger):
-            _write(home, Ledger(ports=kept))
+            _ledger(home).write(Ledger(ports=kept))
 
 
 def held(home: Path) -> dict[int, Holding]:
     """The ledger as it is (for tests and tools)."""
-    with _locked(home):
+    with _ledger(home).locked():
         return _read(home)
 
 
@@ -178,40 +176,11 @@ def _forget_dead(ledger: dict[int, Holding], run_id: str, home: Path) -> dict[in
     return kept
 
 
-@contextlib.contextmanager
-def _locked(home: Path) -> Iterator[None]:
-    # Waited for, unlike a run's lock: it is held for a few milliseconds at a time.
-    home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _ledger(home: Path) -> SharedFile[Ledger]:
+    return SharedFile(home, LEDGER, LOCK, Ledger)
 
 
 def _read(home: Path) -> dict[int, Holding]:
-    try:
-        with open(home / LEDGER, "rb", opener=_nofollow) as f:
-            return dict(Ledger.model_validate_json(f.read()).ports)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValidationError, ValueError):
-        # A damaged ledger is started again: the bind test still keeps listening ports
-        # apart, and each live run writes its own back at its next allocation or resume.
-        return {}
-
-
-def _write(home: Path, ledger: Ledger) -> None:
-    tmp = home / f".{LEDGER}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    data = json.dumps(ledger.model_dump(mode="json"), indent=1).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, home / LEDGER)
-
-
-def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+    # A damaged ledger is started again: the bind test still keeps listening ports apart,
+    # and each live run writes its own back at its next allocation or resume.
+    return dict(_ledger(home).read().ports)

@@ -11,17 +11,16 @@ its attempt is over (an exit code written, or no process of the step left).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 from collections.abc import Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agentflow import stepfiles
+from agentflow.ledgerfile import SharedFile
 from agentflow.pool.devices import Pool
 from agentflow.sandbox import PROC_VAR
 from agentflow.state import now
@@ -67,42 +66,17 @@ class Ledger:
     def __init__(self, home: Path) -> None:
         self.dir = home / "pool"
         self.path = self.dir / LEDGER
+        self._file = SharedFile(self.dir, LEDGER, LOCK, LedgerFile)
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[LedgerFile]:
         """The ledger under its lock; written back when changed."""
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: held only for a read and a write
-            book = self._read()
+        with self._file.locked():
+            book = self._file.read()
             before = book.model_dump_json()
             yield book
             if book.model_dump_json() != before:
-                self._write(book)
-        finally:
-            os.close(fd)
-
-    def _read(self) -> LedgerFile:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return LedgerFile()
-        try:
-            return LedgerFile.model_validate_json(text)
-        except ValidationError:
-            # Only agentflow writes it, whole (a rename); damaged by hand or a disk: kept
-            # aside, and the runs of the home take their devices again from an empty one.
-            with contextlib.suppress(OSError):
-                os.replace(self.path, self.path.with_name(LEDGER + ".damaged"))
-            return LedgerFile()
-
-    def _write(self, book: LedgerFile) -> None:
-        tmp = self.path.with_name(f".{LEDGER}.{os.getpid()}.tmp")
-        data = json.dumps(book.model_dump(mode="json"), indent=1) + "\n"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+                self._file.write(book)
 
     def held(self) -> list[Holding]:
         """Every holding now (for a person: `status`, tests)."""
