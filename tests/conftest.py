@@ -182,6 +182,21 @@ def af(tmp_path: Path) -> Iterator[Env]:
                 os.killpg(pane, signal.SIGKILL)
         server.kill()
     socket.unlink(missing_ok=True)  # one per test's home: they would pile up in ~/.cache
+    _kill_stray_servers(tmp_path)
+
+
+def _kill_stray_servers(root: Path) -> None:
+    """tmux servers of this test that the socket no longer reaches: an orchestrator killed
+    (chaos) while its server started can leave one whose socket the next one replaced.
+    They name the test's folder in their command line."""
+    mark = str(root).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"tmux") and mark in b" ".join(argv):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _remove_containers(home: Path) -> None:
