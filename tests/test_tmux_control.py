@@ -73,14 +73,14 @@ def test_a_client_that_cannot_attach_says_so(tmux: Tmux) -> None:
     assert tmux.control is None
 
 
-def test_the_waiter_wakes_for_a_window_that_died_unreported_only(tmux: Tmux) -> None:
+def test_the_waiter_wakes_for_a_window_that_died(tmux: Tmux) -> None:
     channel = wake_channel("s1")
     waiter = tmux.waiter(channel)
     try:
         cwd = tmux.socket_path.parent
         title = f"printf '\\033]2;{REPORTED_TITLE}\\033\\\\'"
         tmux.new_window("s1", "reported", ["/bin/sh", "-c", title], cwd)
-        assert not _woke(waiter, 1.5), "a window whose wrapper reported wakes nobody"
+        assert _woke(waiter, 10), "a window that died wakes the runner"
         tmux.new_window("s1", "crashed", ["/bin/sh", "-c", "kill -KILL $$"], cwd)
         assert _woke(waiter, 10), "a window that died unreported wakes the runner"
         tmux.new_window("s1", "again", ["/bin/sh", "-c", "exit 1"], cwd)
