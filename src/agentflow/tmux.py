@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ the server outlives the run that started it: nothing of a run (a secret, the wor
 variables) may be in it."""
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REPORTED_TITLE = "agentflow-reported"
+SERVER_TRIES = 3
+"""Tries of a command that may start the server, when the server exits under it."""
 """The title a step's wrapper gives its window once it has written the exit code and woken
 the runner (``wrapper.sh``): the window's end needs no wake-up of its own."""
 
@@ -194,15 +197,21 @@ class Tmux:
         """A tmux command that may start the server, from a client whose environment is
         ``server_env``: the server takes its environment from the client that starts it
         (libtmux's would be this process's, secrets and all), and keeps it for its life."""
-        done = subprocess.run(
-            [self.binary, "-S", str(self.socket_path), *args],
-            env=server_env(),
-            cwd="/",  # the server's PWD: tmux sets each window's own
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        for _ in range(SERVER_TRIES):
+            done = subprocess.run(
+                [self.binary, "-S", str(self.socket_path), *args],
+                env=server_env(),
+                cwd="/",  # the server's PWD: tmux sets each window's own
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            # A server that went away while this client reached it (killed, or one that
+            # another orchestrator was starting on the same socket): a new one is started.
+            if done.returncode == 0 or "server exited unexpectedly" not in done.stderr:
+                break
+            time.sleep(0.2)
         if done.returncode != 0:
             raise EnvironmentProblem(f"tmux {args[0]} failed: {done.stderr.strip()}")
         return done.stdout.splitlines()
