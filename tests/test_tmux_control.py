@@ -81,8 +81,12 @@ def test_the_waiter_wakes_for_a_window_that_died(tmux: Tmux) -> None:
         title = f"printf '\\033]2;{REPORTED_TITLE}\\033\\\\'"
         tmux.new_window("s1", "reported", ["/bin/sh", "-c", title], cwd)
         assert _woke(waiter, 10), "a window that died wakes the runner"
+        # The waiter's next `tmux wait-for` must be attached before the next death: a
+        # signal in between is not kept by tmux (the runner's periodic look covers it).
+        time.sleep(0.5)
         tmux.new_window("s1", "crashed", ["/bin/sh", "-c", "kill -KILL $$"], cwd)
         assert _woke(waiter, 10), "a window that died unreported wakes the runner"
+        time.sleep(0.5)
         tmux.new_window("s1", "again", ["/bin/sh", "-c", "exit 1"], cwd)
         assert _woke(waiter, 10), "and the waiter waits again by itself"
     finally:
