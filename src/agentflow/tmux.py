@@ -152,8 +152,8 @@ class Tmux:
         ``remain-on-exit`` and ``history-limit`` are set on the server before any step's
         window exists: a window whose command exits at once would otherwise vanish before
         anyone looks at it. A ``pane-died`` hook signals the session's wake channel
-        (``wake_channel``) when a window's process ends (a wrapper that died before it
-        could report through the FIFO among them).
+        (``wake_channel``) when a window's process ends without its wrapper having said
+        that it reported the end (``REPORTED_TITLE``).
 
         The server is started here, if it is not running, with ``server_env`` only; what
         a server started otherwise holds in its global environment is removed."""
@@ -161,10 +161,12 @@ class Tmux:
         if self.has_session(session):
             return
         if _tmux_version() >= (3, 3):
-            # A tmux command, run by the server itself: no shell, no client process. (Kept
-            # quiet for windows whose wrapper reported, by their title, it missed windows
-            # that died unreported about one time in four: every death wakes the runner.)
-            hook = f'run-shell -C "wait-for -S {wake_channel("#{session_name}")}"'
+            # A tmux command, run by the server itself: no shell, no client process; and
+            # none at all for a window whose wrapper said it reported its end (its title):
+            # the wake FIFO told the runner already, and a late wake-up would only make it
+            # look at every window again while the next step runs.
+            signal = f'run-shell -C \\"wait-for -S {wake_channel("#{session_name}")}\\"'
+            hook = f'if-shell -F "#{{!=:#{{pane_title}},{REPORTED_TITLE}}}" "{signal}"'
         else:  # tmux before 3.3: through a shell and a client
             signal = shlex.join(
                 [self.binary, "-S", str(self.socket_path), "wait-for", "-S",

@@ -139,7 +139,8 @@ wake="$d/../.wake"
 if [ -p "$wake" ]; then
   { echo "${d##*/}" >&3; } 3<>"$wake" 2>/dev/null || true
 fi
-# The window's title says the end is reported (tmux.REPORTED_TITLE), for whoever looks.
+# The window's title says the end is reported (tmux.REPORTED_TITLE): tmux then skips the
+# wake-up it sends when a window dies, which is for a wrapper that died before reporting.
 [ -t 1 ] && printf '\033]2;agentflow-reported\033\\'
 # The step's own status, so that a scheduler (Slurm) records the job as failed or not.
 exit "$code"
