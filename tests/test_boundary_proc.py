@@ -14,6 +14,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,9 @@ name: full
     lost = [e for e in run.read_events() if e.kind == "output_incomplete"]
     assert [(e.step, e.attempt, e.message) for e in lost] == [("big", 1, note)]
     assert 0 < (steps / "big" / "output.log").stat().st_size < 600000
+    left = {p.name for p in (steps / "big").iterdir()}
+    assert {"output_incomplete", "exit_code"} <= left
+    assert not {"fifo", "output_incomplete.tmp"} & left, "the host tidied the wrapper's files"
     assert note in (run.path / "report.md").read_text()
     af.env["COLUMNS"] = "200"
     assert note in af.cli("status", "full").stdout
@@ -272,3 +276,34 @@ def test_output_lost_on_a_full_disk_in_docker_is_recorded(
     small_disk: Path, af: Env, docker_client: Any
 ) -> None:
     disk_filled_by_output(af, DOCKER, "/agentflow/steps/ballast")
+
+
+def test_the_wrapper_makes_its_fifo_when_something_else_stands_there(tmp_path: Path) -> None:
+    """The host makes the step's FIFO with its folder; a file or link put at its name
+    meanwhile is replaced by the wrapper (never followed), and the step runs as ever."""
+    from agentflow import stepfiles
+    from agentflow.sandbox import wrapper_script
+
+    outside = tmp_path / "outside"
+    outside.write_text("kept\n")
+    for planted in ("file", "link"):
+        step = tmp_path / "steps" / planted
+        step.parent.mkdir(exist_ok=True)
+        stepfiles.prepare(step, 0, "echo hello\nexit 3\n", wrapper_script())
+        assert (step / "fifo").is_fifo(), "made by the host"
+        (step / "fifo").unlink()
+        if planted == "file":
+            (step / "fifo").write_text("x")
+        else:
+            (step / "fifo").symlink_to(outside)
+        done = subprocess.run(
+            ["/bin/sh", str(step / "wrapper.sh"), str(tmp_path)],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert done.returncode == 3, done.stderr
+        assert (step / "output.log").read_text() == "hello\n"
+        assert stepfiles.exit_code(step)[0] == 3
+        assert outside.read_text() == "kept\n"
+        stepfiles.tidy(step)
+        assert not (step / "fifo").exists()
+        assert not (step / "output_incomplete.tmp").exists()

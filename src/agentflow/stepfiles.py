@@ -7,6 +7,7 @@ and reads are capped (an ``exit_code`` is a few bytes, whatever size a step gave
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -18,6 +19,12 @@ from agentflow import safefs
 
 SMALL = 64
 """The most bytes read of an ``exit_code`` or ``pid`` file (a number and a newline)."""
+
+FIFO = "fifo"
+"""The pipe between the step and the wrapper's ``tee``, in the step's folder."""
+
+LEFT_FOR_HOST = (FIFO, "output_incomplete.tmp")
+"""What the wrapper of an ended attempt leaves for the host to remove."""
 
 
 def steps_root(path: Path) -> Path:
@@ -122,8 +129,23 @@ def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) ->
                     for name in files:
                         safefs.remove(keep, name)
                         os.rename(name, name, src_dir_fd=dfd, dst_dir_fd=keep)
+        # The wrapper's FIFO, made here: an mkfifo process less for every step. (When
+        # something stands at its name, the wrapper makes it.)
+        with contextlib.suppress(OSError):
+            os.mkfifo(FIFO, 0o600, dir_fd=dfd)
     safefs.write_text(step_dir / "run.sh", root, script)
     safefs.write_text(step_dir / "wrapper.sh", root, wrapper)
+
+
+def tidy(step_dir: Path) -> None:
+    """Remove what the wrapper of an ended attempt leaves for the host to remove (no rm
+    process for every step): its FIFO and its unused reserve for ``output_incomplete``."""
+    try:
+        with safefs.open_dir(step_dir.parent, [step_dir.name]) as dfd:
+            for name in LEFT_FOR_HOST:
+                safefs.remove(dfd, name)
+    except OSError:
+        pass  # (a folder that went or was swapped: nothing of ours to tidy)
 
 
 def output_incomplete(step_dir: Path) -> int | None:

@@ -39,9 +39,9 @@ shell=sh
 command -v bash >/dev/null 2>&1 && shell=bash
 # What an earlier run of this wrapper left (the host's new attempt starts in a clean folder,
 # so there is usually nothing, and no rm to run).
-for af_f in fifo exit_code exit_code.tmp hangup output_incomplete output_incomplete.tmp; do
+for af_f in exit_code exit_code.tmp hangup output_incomplete output_incomplete.tmp; do
   if [ -e "$d/$af_f" ] || [ -h "$d/$af_f" ]; then
-    rm -f "$d/fifo" "$d/exit_code" "$d/exit_code.tmp" "$d/hangup" "$d/output_incomplete" "$d/output_incomplete.tmp"
+    rm -f "$d/exit_code" "$d/exit_code.tmp" "$d/hangup" "$d/output_incomplete" "$d/output_incomplete.tmp"
     break
   fi
 done
@@ -50,7 +50,11 @@ done
 # file that records output lost on the way to output.log (a full disk).
 echo "    " >"$d/exit_code.tmp"
 echo "    " >"$d/output_incomplete.tmp"
-mkfifo "$d/fifo"
+# The host made the FIFO with the folder (no mkfifo to run); made here when it did not.
+if [ -h "$d/fifo" ] || ! [ -p "$d/fifo" ] || ! [ -w "$d/fifo" ]; then
+  rm -f "$d/fifo"
+  mkfifo "$d/fifo"
+fi
 # The log's readers carry AGENTFLOW_LOG=MARKER: if a process that is not the step's (it
 # cleared its environment) holds the output open after the step, the host's last kill
 # ends them, so that the step ends.
@@ -129,7 +133,7 @@ if [ "$tee_code" -ne 0 ]; then
   printf '%4d\n' "$tee_code" 1<>"$d/output_incomplete.tmp"
   mv "$d/output_incomplete.tmp" "$d/output_incomplete"
 fi
-rm -f "$d/fifo" "$d/output_incomplete.tmp"
+# (The FIFO and output_incomplete.tmp stay: the host removes them, with no rm to run.)
 [ -z "${hup:-}" ] || : >"$d/hangup"
 printf '%4d\n' "$code" 1<>"$d/exit_code.tmp"
 mv "$d/exit_code.tmp" "$d/exit_code"
