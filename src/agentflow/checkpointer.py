@@ -4,8 +4,8 @@ Each save appends one record to ``state.log`` (see ``checkpoint_log``): a few hu
 bytes for a step's change, whatever the workflow's size. Records are written through at
 once, so an orchestrator killed at any moment (SIGKILL) loses none of them; they are made
 durable against a crash of the machine together, one ``fdatasync`` per wake-up of the
-runner (``commit``), and at once when a step is about to start (``durable=True``: a
-launch is never done on a change that is not on disk).
+runner (``commit``), and before a launch pass opens the windows of the steps it starts
+(``commit`` too: a launch is never done on a change that is not on disk).
 
 The whole state is written to ``state.json`` (a snapshot: atomically, as always) when the
 run starts or resumes, when it ends or is left, and in between

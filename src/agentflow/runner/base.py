@@ -310,10 +310,11 @@ class RunnerBase:
         self._state = self._state.with_step(step_id, **changes)
         self.index.changed(step_id, self._state.steps[step_id])
         self._indexed = self._state.steps
-        # A step about to start: its record is on disk before anything can start it. What
-        # the run finds again by itself (its window by name, its output by reading) waits
-        # for the next sync another change needs: one sync a step in a chain, not two.
-        self._save(durable=changes.get("status") == "running", soft=changes.keys() <= SOFT)
+        # A step about to start is made durable by the launch itself, once for all the
+        # steps it starts (``Launching._open_windows``). What the run finds again by itself
+        # (its window by name, its output by reading) waits for the next sync another
+        # change needs: one sync a step in a chain, not two.
+        self._save(soft=changes.keys() <= SOFT)
 
     def _save(self, *, durable: bool = False, soft: bool = False) -> None:
         problem = self.checkpoint.save(self.state, durable=durable, soft=soft)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import signal
+from dataclasses import dataclass
 from datetime import timedelta
+
+from pydantic import JsonValue
 
 from agentflow import handoff, stepfiles
 from agentflow.errors import AgentflowError, EnvironmentProblem
@@ -28,6 +31,15 @@ SANDBOX_RETRY = 5.0
 """Seconds between tries to bring back a sandbox that went away."""
 SANDBOX_PATIENCE = 180.0
 """How long a run waits for its sandbox to come back before it stops with the error."""
+
+
+@dataclass(frozen=True)
+class Opening:
+    """An attempt recorded as started, whose window the launch pass opens at its end."""
+
+    step_id: str
+    argv: list[str]
+    event_data: dict[str, JsonValue] | None
 
 
 class Launching(RunnerBase):
@@ -83,6 +95,7 @@ class Launching(RunnerBase):
         taken = [len(ix.holding)]  # (a launch that failed at once took its place too)
         limit = self.s.workflow.max_parallel
         kept: list[str] = []  # left pending: queued again after the pass
+        opening: list[Opening] = []  # started by this pass: their windows open at its end
         for step_id in ix.movable(lambda: taken[0] >= limit):
             if step_id in self.diagnoses or step_id in self.holds:
                 kept.append(step_id)  # (a step the model is looking at waits for its answer)
@@ -97,12 +110,35 @@ class Launching(RunnerBase):
             if st.not_before is not None and now() < st.not_before:
                 kept.append(step_id)
                 continue
-            if self._launch(self.planned[step_id]):
+            if self._launch(self.planned[step_id], opening):
                 taken[0] += 1
             if self.state.steps[step_id].status == "pending":
                 kept.append(step_id)  # (a service waiting to know, a sandbox away)
+        self._open_windows(opening)
         for step_id in kept:
             ix.wanted(step_id)
+
+    def _open_windows(self, opening: list[Opening]) -> None:
+        """Start the attempts the pass made ready, in their windows, after one sync that
+        puts all their records on disk: a launch is never done on a change that is not
+        (killed in between, a resume finds each attempt, by its exit code or as crashed,
+        instead of starting it again as new)."""
+        if not opening:
+            return
+        self.checkpoint.commit()
+        for o in opening:
+            try:
+                window = self.s.tmux.new_window(self.session, o.step_id, o.argv, self.s.workspace)
+            except EnvironmentProblem:
+                # The tmux server or session went away (killed, or the machine's tmux
+                # restarted): make it again and try once more; a second failure is the
+                # environment's.
+                self._ensure_session()
+                window = self.s.tmux.new_window(self.session, o.step_id, o.argv, self.s.workspace)
+            self._update(o.step_id, window=window)
+            self.clocks[o.step_id] = StepClock(self.expected.get(o.step_id))
+            self.schedule.changed()
+            self._emit("step_started", o.step_id, status="running", data=o.event_data)
 
     def _cannot_launch(self, step_id: str, attempt: int, why: str) -> None:
         """The attempt cannot start: the step fails, saying why, and the run goes on with
@@ -113,9 +149,10 @@ class Launching(RunnerBase):
         )  # fmt: skip
         self._emit("step_finished", step_id, status="failed", message=why)
 
-    def _launch(self, planned: PlannedStep) -> bool:
-        """Start the step (or take it from the cache, or fail it); False when it is left
-        pending without taking a place (a service that waits to know whether it is needed)."""
+    def _launch(self, planned: PlannedStep, opening: list[Opening]) -> bool:
+        """Make the step's attempt ready to start (its window added to ``opening``), or take
+        it from the cache, or fail it; False when it is left pending without taking a place
+        (a service that waits to know whether it is needed)."""
         if not self._sandbox_checked:
             try:
                 self.s.sandbox.start()  # idempotent: re-attaches, or starts a new one
@@ -190,23 +227,11 @@ class Launching(RunnerBase):
             return True
         if st.window:
             self.s.tmux.kill_window(st.window)
-        # Saved before the window exists: killed in between, a resume finds the attempt
-        # (its exit code, or no window: crashed) instead of starting it again as new.
         self._update(
             planned.id, status="running", attempts=attempt, started_at=now(),
             finished_at=None, exit_code=None, window=None, message=None, kill_reason=None,
             kill_sent_at=None, not_before=None, ready_at=None, progress=None, output_bytes=0,
             last_output_at=None, fresh=False, cached_from=None, **drawn.recorded(),
         )  # fmt: skip
-        try:
-            window = self.s.tmux.new_window(self.session, planned.id, argv, self.s.workspace)
-        except EnvironmentProblem:
-            # The tmux server or session went away (killed, or the machine's tmux restarted):
-            # make it again and try once more; a second failure is the environment's.
-            self._ensure_session()
-            window = self.s.tmux.new_window(self.session, planned.id, argv, self.s.workspace)
-        self._update(planned.id, window=window)
-        self.clocks[planned.id] = StepClock(self.expected.get(planned.id))
-        self.schedule.changed()
-        self._emit("step_started", planned.id, status="running", data=drawn.event_data())
+        opening.append(Opening(planned.id, argv, drawn.event_data()))
         return True
