@@ -25,6 +25,7 @@ import itertools
 import operator
 import os
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +55,13 @@ class Record(BaseModel):
     """Each changed step's whole state."""
 
 
-def encode(seq: int, before: RunState | None, after: RunState) -> bytes | None:
+def encode(
+    seq: int, before: RunState | None, after: RunState, changed: Collection[str] | None = None
+) -> bytes | None:
     """The line that takes ``before`` to ``after``, or None when nothing changed. The
-    steps compare by identity: a state's unchanged steps are the same objects."""
+    steps compare by identity: a state's unchanged steps are the same objects.
+    ``changed``: the only steps that can differ, when the caller knows (no look at the
+    others, whose number is the workflow's size)."""
     if before is None:
         raise ValueError("a log continues a snapshot")
     run_fields = [
@@ -64,7 +69,8 @@ def encode(seq: int, before: RunState | None, after: RunState) -> bytes | None:
         for name in RunState.model_fields
         if name != "steps" and getattr(before, name) != getattr(after, name)
     ]
-    steps = {k: after.steps[k] for k in changed_steps(before, after)}
+    ids = changed_steps(before, after) if changed is None else changed
+    steps = {k: after.steps[k] for k in ids if before.steps.get(k) is not after.steps[k]}
     steps = {k: v for k, v in steps.items() if before.steps.get(k) != v}
     if not steps and set(run_fields) <= {"updated_at"}:
         return None

@@ -27,6 +27,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Collection
 
 from agentflow import checkpoint_log
 from agentflow.errors import AgentflowError
@@ -66,11 +67,20 @@ class Checkpointer:
         """fdatasyncs of the log so far (benchmarks count them)."""
         self._timer: threading.Timer | None = None
 
-    def save(self, state: RunState, *, durable: bool = False, soft: bool = False) -> str:
+    def save(
+        self,
+        state: RunState,
+        *,
+        durable: bool = False,
+        soft: bool = False,
+        changed: Collection[str] | None = None,
+    ) -> str:
         """Save ``state``; ``durable``: on disk before this returns, whatever happens to
         the machine; ``soft``: a change the run can find again on its own (a window's id,
         what was read of the output), made durable by the next sync of a change that
-        needs one rather than by a ``commit`` of its own. Returns what was wrong with the
+        needs one rather than by a ``commit`` of its own; ``changed``: the only steps
+        changed since the last save, when the caller knows (then the same steps, none
+        added or removed): the save looks at no other. Returns what was wrong with the
         log found at the first save (to be told), or ''."""
         with self._lock:
             before = self._saved
@@ -78,11 +88,11 @@ class Checkpointer:
                 problem = self._problem_found()
                 self._snapshot(state)
                 return problem
-            if not checkpoint_log.same_steps(before, state):
+            if changed is None and not checkpoint_log.same_steps(before, state):
                 self._snapshot(state)  # steps added or removed: no record says that
                 return ""
             ending = state.status != "running"
-            line = checkpoint_log.encode(self._seq + 1, before, state)
+            line = checkpoint_log.encode(self._seq + 1, before, state, changed)
             # Ending: the change goes to the log first (should the snapshot fail, a full
             # disk, it is kept), unless there is no log since the last snapshot.
             if line is not None and (self._fd is not None or not ending):

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import secrets
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -187,11 +188,16 @@ class LogFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._fd: int | None = None
+        """Opened at the first event and kept: an open and a close for every event cost
+        the orchestrator more than the line (measured at 10,000 steps)."""
 
     def event(self, event: Event, state: RunState) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        with open(fd, "a", encoding="utf-8") as f:
-            f.write(plain_line(event) + "\n")
+        if self._fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._fd = os.open(self.path, flags, 0o600)
+            weakref.finalize(self, os.close, self._fd)
+        os.write(self._fd, (plain_line(event) + "\n").encode("utf-8", errors="replace"))
 
     def update(self, state: RunState) -> None:
         return None

@@ -311,8 +311,8 @@ class Tmux:
 
     def waiter(self, channel: str) -> ProcessWaiter:
         """Something to ``select`` on that wakes when ``channel`` is signalled. tmux
-        remembers a signal sent while nobody waits, so a wake-up between two waits is
-        never lost; it is only ever a hint to look, never a result."""
+        remembers one signal sent while nobody waits (not two); a wake-up is only ever a
+        hint to look, never a result, and the periodic check is the backstop."""
         return ProcessWaiter([self.binary, "-S", str(self.socket_path), "wait-for", channel])
 
     def attach_argv(
