@@ -13,7 +13,6 @@ from agentflow.agent.tools.files import is_dir, names_of
 from agentflow.agent.tools.scene import Scene, ToolError
 from agentflow.agent.tools.schemas import CommandArgs
 from agentflow.agent.tools.text import mask_edges
-from agentflow.sandbox.docker import DockerSandbox
 from agentflow.textsafe import printable
 
 HELP_TIMEOUT = 10.0
@@ -61,6 +60,9 @@ def command_help(scene: Scene, a: CommandArgs) -> str:
     if box is None:
         raise ToolError("there is no sandbox yet (planning before it starts): nothing can run")
     command = _simple_command(a.command)
+    # (Imported here: the Docker SDK weighs 20 MB, which a local run does without.)
+    from agentflow.sandbox.docker import DockerSandbox
+
     if isinstance(box, DockerSandbox):  # the container is the boundary
         asks = re.search(r"(^|\s)(--help|-h|help)$", command)
         script = run = command if asks else f"{command} --help"

@@ -15,7 +15,6 @@ from agentflow.agent.tools.text import human_size
 from agentflow.plan import Plan, PlannedStep
 from agentflow.redact import MASK
 from agentflow.sandbox import Sandbox, describe
-from agentflow.sandbox.docker import STEPS_MOUNT, DockerSandbox
 from agentflow.sandbox.slurm import SlurmSandbox
 from agentflow.state import StepState
 from agentflow.workflow.model import Step, Workflow
@@ -152,6 +151,9 @@ echo @@gpu; if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -L 2>&1 | 
 def sandbox_info(scene: Scene, a: NoArgs) -> str:
     """What the sandbox is (its settings) and what is measured inside it."""
     box = scene.sandbox
+    # (Imported here: the Docker SDK weighs 20 MB, which a local run does without.)
+    from agentflow.sandbox.docker import STEPS_MOUNT, DockerSandbox
+
     # The sandbox's own settings where it has them (what it was started with).
     own = box.config if isinstance(box, DockerSandbox | SlurmSandbox) else None
     cfg = own or scene.workflow.sandbox
