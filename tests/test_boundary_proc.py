@@ -205,6 +205,9 @@ name: stopme
     res = af.cli("stop", "st")
     assert res.returncode == 0, res.stdout + res.stderr
     assert af.state("st")["steps"]["long"]["status"] == "failed"
+    # Nothing that blocks a copy of the run (`cp -r` waits on a FIFO) is left in it.
+    folder = af.run_dir("st") / "steps" / "long"
+    af.wait_for(lambda: not (folder / "fifo").exists(), message="the step's FIFO removed")
 
 
 def test_stop_of_a_detached_run_ends_the_setsid_child(af: Env, tag: str) -> None:

@@ -141,6 +141,8 @@ class RunnerBase:
         self.index = StepIndex(setup.plan.steps, state)
         """Counts, queues and the running set, kept with every change of a step."""
         self._indexed = state.steps
+        self.untidy: set[str] = set()
+        """Steps whose folder may hold what a wrapper leaves for the host (``_tidy``)."""
         self.kept_windows: deque[str] = deque()
         """The windows of ended attempts, oldest first (``WINDOWS_KEPT`` of them stay)."""
         self._dirty: set[str] | None = None
@@ -211,6 +213,13 @@ class RunnerBase:
             self.index = StepIndex(self.s.plan.steps, state)
             self._indexed = state.steps
             self._dirty = None
+
+    def _tidy(self, step_id: str) -> None:
+        """Remove the FIFO (and reserve) the step's wrapper leaves for the host: when its
+        attempt has ended, when it could not start, and for every step still untidy when
+        this orchestrator goes (a FIFO in a run's folder blocks `cp -r` of it)."""
+        stepfiles.tidy(self.s.run.step_dir(step_id))
+        self.untidy.discard(step_id)
 
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
         return stepfiles.exit_code(self.s.run.step_dir(step_id))

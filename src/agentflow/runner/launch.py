@@ -143,6 +143,7 @@ class Launching(RunnerBase):
     def _cannot_launch(self, step_id: str, attempt: int, why: str) -> None:
         """The attempt cannot start: the step fails, saying why, and the run goes on with
         what does not need it."""
+        self._tidy(step_id)
         self._update(
             step_id, status="failed", attempts=attempt, started_at=now(), finished_at=now(),
             exit_code=None, message=why,
@@ -179,6 +180,7 @@ class Launching(RunnerBase):
         env.update(drawn.env(self))
         command = self._render(st.run_override or planned.run, env, planned.id)
         header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
+        self.untidy.add(planned.id)
         try:
             stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())
         except OSError as e:
