@@ -88,9 +88,41 @@ class BoundedLoader(yaml.SafeLoader):
         return 1 + sum(self._sizes.get(id(child), 1) for child in children)
 
 
+class Position:
+    """Where a node starts: what is read of a node's position once it is composed. A
+    PyYAML ``Mark`` (two a node) holds six attributes in a dict; at 10,000 steps the
+    marks of the tree were about 24 MB of a 10,000-step file's load, which the process
+    keeps (Python does not give such pages back)."""
+
+    __slots__ = ("column", "line", "name")
+
+    def __init__(self, mark: Any) -> None:
+        self.name: str = mark.name
+        self.line: int = mark.line
+        self.column: int = mark.column
+
+    def get_snippet(self) -> None:
+        return None
+
+    def __str__(self) -> str:  # as a ``Mark`` says it, in an error's text
+        return f'  in "{self.name}", line {self.line + 1}, column {self.column + 1}'
+
+
+class LeanLoader(BoundedLoader):
+    """``BoundedLoader`` whose nodes keep only where they start (``Position``): for a
+    workflow's values and their lines, not for editing the text (``learn.yaml_edit``)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        node = super().compose_node(parent, index)
+        if node is not None and not isinstance(node.start_mark, Position):  # (an alias: done)
+            node.start_mark = Position(node.start_mark)
+            node.end_mark = None
+        return node
+
+
 def parse_yaml(text: str, filename: str) -> tuple[Any, dict[Loc, tuple[int, int]]]:
     try:
-        node = yaml.compose(text, Loader=BoundedLoader)
+        node = yaml.compose(text, Loader=LeanLoader)
     except YAMLLimitError as e:
         raise WorkflowError([Problem(filename, e.line, e.column, f"YAML: {e.problem}")]) from None
     except yaml.MarkedYAMLError as e:
