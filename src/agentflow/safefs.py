@@ -261,16 +261,23 @@ def write_chunks(
     """``write_text`` for bytes that come in pieces (a file copied in chunks)."""
     names = parts_below(path, root)
     with open_dir(root, names[:-1], hidden, create=True) as dfd:
-        remove(dfd, names[-1])
-        try:
-            fd = os.open(
-                names[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd
-            )
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-        except OSError as e:  # a full disk: say which file, the error alone names none
-            raise OSError(e.errno, e.strerror, str(path)) from None
+        write_at(dfd, names[-1], chunks, mode, str(path))
+
+
+def write_at(
+    dfd: int, name: str, chunks: Iterable[bytes], mode: int = 0o644, where: str = ""
+) -> None:
+    """``write_chunks`` into the folder ``dfd`` already opened (by ``open_dir``): whatever
+    stands at ``name`` is removed, never written through. ``where`` names the file in an
+    error."""
+    remove(dfd, name)
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd)
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+    except OSError as e:  # a full disk: say which file, the error alone names none
+        raise OSError(e.errno, e.strerror, where or name) from None
 
 
 def remove(dfd: int, name: str) -> None:

@@ -133,8 +133,8 @@ def prepare(step_dir: Path, earlier_attempts: int, script: str, wrapper: str) ->
         # something stands at its name, the wrapper makes it.)
         with contextlib.suppress(OSError):
             os.mkfifo(FIFO, 0o600, dir_fd=dfd)
-    safefs.write_text(step_dir / "run.sh", root, script)
-    safefs.write_text(step_dir / "wrapper.sh", root, wrapper)
+        for name, text in (("run.sh", script), ("wrapper.sh", wrapper)):
+            safefs.write_at(dfd, name, [text.encode("utf-8")], where=str(step_dir / name))
 
 
 def tidy(step_dir: Path) -> None:
