@@ -24,9 +24,15 @@ from agentflow.monitor import Waker
 from agentflow.pool.run import WAIT_POLL
 from agentflow.report import Report, write_reports
 from agentflow.runner import pooling
-from agentflow.runner.base import STOP_REASON_MAX, STOP_REQUEST, InterruptChoice, Observer, RunSetup
 from agentflow.runner.launch import Launching
 from agentflow.runner.porting import hold_ports, release_ports
+from agentflow.runner.setup import (
+    STOP_REASON_MAX,
+    STOP_REQUEST,
+    InterruptChoice,
+    Observer,
+    RunSetup,
+)
 from agentflow.runner.watch import Watching
 from agentflow.state import RunState, now
 from agentflow.textsafe import clip_words, one_line

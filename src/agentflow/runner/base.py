@@ -1,5 +1,5 @@
-"""The runner's shared state and plumbing: the setup, the checkpoint writes, events,
-signals, and how a step's environment and folders are worked out."""
+"""The runner's shared state and plumbing: the checkpoint writes, events, signals, and how
+a step's environment and folders are worked out (what it is given: ``runner.setup``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, JsonValue
 
 from agentflow import artifacts, safefs, stepfiles
-from agentflow.agent.diagnose import Diagnoser, Diagnosis
+from agentflow.agent.diagnose import Diagnosis
 from agentflow.artifacts import ArtifactError, Collector
 from agentflow.checkpointer import Checkpointer
 from agentflow.handoff import Handoff
@@ -29,71 +28,20 @@ from agentflow.monitor import (
     learned_durations,
     parse_progress,
 )
-from agentflow.plan import Plan
-from agentflow.pool import Demand
 from agentflow.pool.run import RunPool
 from agentflow.redact import Redactor
 from agentflow.runner import metering
 from agentflow.runner.index import StepIndex
-from agentflow.sandbox import Sandbox
+from agentflow.runner.setup import Observer, RunSetup
 from agentflow.settings import settings
 from agentflow.state import FINAL, Progress, RunState, StepStatus, now
-from agentflow.store import Event, RunDir
+from agentflow.store import Event
 from agentflow.template import Ref, scalar_text, substitute
-from agentflow.tmux import Tmux, wake_channel
+from agentflow.tmux import wake_channel
 from agentflow.verify import Where
-from agentflow.workflow.model import Scalar, Step, Workflow
+from agentflow.workflow.model import Scalar, Step
 
 M = TypeVar("M", bound=BaseModel)
-
-InterruptChoice = Literal["stop", "detach", "continue"]
-"""What a person wants after Ctrl-C: stop the run, leave it running, or go on watching."""
-
-STOP_REQUEST = "stop-requested"
-STOP_REASON_MAX = 300
-"""The most characters of the reason a stop request may give (a search's prune)."""
-"""A file in the run directory: the orchestrator's SIGTERM means "stop", not "detach"."""
-
-
-class Observer(Protocol):
-    """Someone who shows the run: the live table, plain lines, the orchestrator's log."""
-
-    def event(self, event: Event, state: RunState) -> None: ...
-
-    def update(self, state: RunState) -> None: ...
-
-
-@dataclass(frozen=True)
-class RunSetup:
-    """Everything a runner needs, fixed for the run's life."""
-
-    run: RunDir
-    workflow: Workflow
-    plan: Plan
-    workspace: Path
-    sandbox: Sandbox
-    tmux: Tmux
-    kill_grace: float = 10.0
-    """Seconds between TERM and KILL when a step is stopped."""
-    junit: Path | None = None
-    """Where to write a copy of the JUnit report, besides the run directory."""
-    secrets: dict[str, str] = field(default_factory=dict)
-    """The workflow's secrets by name: handed to each step, masked everywhere."""
-    diagnoser: Diagnoser | None = None
-    """Asks the model about failures of ``on_failure: diagnose`` steps."""
-    approve: Callable[[str, str, str], bool] | None = None
-    """Asks a person to approve a command the model changed (step, old, new); None where
-    nobody can be asked (then the step is escalated instead)."""
-    on_interrupt: Callable[[], InterruptChoice] | None = None
-    """Asks a person what Ctrl-C means; None where nobody can be asked (then: detach)."""
-    pool: Demand | None = None
-    """What the steps draw from the machine's GPUs and CPUs (None: nothing)."""
-
-    @property
-    def runbooks(self) -> list[Path]:
-        """The workflow's ``docs:``, for diagnoses."""
-        return [self.workspace / d for d in self.workflow.docs]
-
 
 SOFT = frozenset({"window", "output_bytes", "last_output_at", "progress"})
 """Step fields a run finds again by itself after a crash of the machine (the window by its
