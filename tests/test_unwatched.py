@@ -138,7 +138,10 @@ def test_status_json_gives_an_exit_code_before_the_orchestrator_records_it(af: E
     af.write(GATED)
     proc = af.start("run", "wf.yaml", "--ci", "--run-id", "drv")
     try:
-        af.wait_for(lambda: af.state("drv")["steps"]["short"]["status"] == "running")
+        # Its wrapper started (a step recorded running may wait for its window a moment:
+        # the launch pass opens the windows of all it started after one sync).
+        pid = af.run_dir("drv") / "steps" / "short" / "pid"
+        af.wait_for(pid.exists, message="short started")
         proc.kill()
         proc.wait(timeout=30)
     finally:
