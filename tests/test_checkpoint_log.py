@@ -255,13 +255,15 @@ def test_a_run_that_ended_in_its_log_alone_is_settled_into_state_json(tmp_path: 
 
 
 def test_a_change_the_run_finds_again_waits_for_the_next_sync(tmp_path: Path) -> None:
-    """A chain's step costs one fdatasync: the start (durable), not its window's id too."""
+    """A chain's step costs one fdatasync: the start (committed before its window opens),
+    not its window's id too."""
     run = run_dir(tmp_path)
     ckpt = Checkpointer(run, lag=LONG)
     state = fresh(run)
     ckpt.save(state)
     state = state.with_step("s0", status="running", attempts=1, started_at=now())
-    ckpt.save(state, durable=True)
+    ckpt.save(state)
+    ckpt.commit()  # as a launch pass does before it opens the windows
     assert ckpt.syncs == 1
     state = state.with_step("s0", window="@7")
     ckpt.save(state, soft=True)

@@ -71,12 +71,11 @@ class Checkpointer:
         self,
         state: RunState,
         *,
-        durable: bool = False,
         soft: bool = False,
         changed: Collection[str] | None = None,
     ) -> str:
-        """Save ``state``; ``durable``: on disk before this returns, whatever happens to
-        the machine; ``soft``: a change the run can find again on its own (a window's id,
+        """Save ``state`` (on disk, against a crash of the machine, at the next ``commit``);
+        ``soft``: a change the run can find again on its own (a window's id,
         what was read of the output), made durable by the next sync of a change that
         needs one rather than by a ``commit`` of its own; ``changed``: the only steps
         changed since the last save, when the caller knows (then the same steps, none
@@ -100,8 +99,6 @@ class Checkpointer:
                 self._saved = state
             if ending:
                 self._snapshot(state)
-            elif durable:
-                self._sync()
             elif line is not None:
                 if self._log_bytes >= max(LOG_MIN, self._snapshot_bytes):
                     self._snapshot(state)

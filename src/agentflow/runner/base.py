@@ -286,9 +286,9 @@ class RunnerBase:
         # change needs: one sync a step in a chain, not two.
         self._save(soft=changes.keys() <= SOFT)
 
-    def _save(self, *, durable: bool = False, soft: bool = False) -> None:
+    def _save(self, *, soft: bool = False) -> None:
         changed, self._dirty = self._dirty, set()
-        problem = self.checkpoint.save(self.state, durable=durable, soft=soft, changed=changed)
+        problem = self.checkpoint.save(self.state, soft=soft, changed=changed)
         self.observer.update(self.state)
         if problem:
             self._emit("checkpoint_log_damaged", message=f"warning: {problem}")
