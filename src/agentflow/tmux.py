@@ -42,10 +42,10 @@ the server outlives the run that started it: nothing of a run (a secret, the wor
 variables) may be in it."""
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REPORTED_TITLE = "agentflow-reported"
-SERVER_TRIES = 3
-"""Tries of a command that may start the server, when the server exits under it."""
 """The title a step's wrapper gives its window once it has written the exit code and woken
 the runner (``wrapper.sh``): the window's end needs no wake-up of its own."""
+SERVER_TRIES = 3
+"""Tries of a command that may start the server, when the server exits under it."""
 
 
 def server_env() -> dict[str, str]:
