@@ -134,8 +134,7 @@ class Runner(Watching, Launching):
             waker.close()
             self._drop_env()
             self.s.tmux.close_control()
-            for step_id in list(self.untidy):
-                self._tidy(step_id)  # (a FIFO still open stays open where it is open)
+            self._tidy_all()
 
     def _drop_env(self) -> None:
         """Remove the environment scripts read meanwhile, after a short wait for the
@@ -242,8 +241,7 @@ class Runner(Watching, Launching):
                 self._emit(
                     "step_finished", step_id, status="failed", exit_code=code, message=reason
                 )
-        for step_id in list(self.untidy):
-            self._tidy(step_id)  # (now: a detached run's orchestrator ends with its session)
+        self._tidy_all()  # (now: a detached run's orchestrator ends with its session)
         self.s.sandbox.close()
         pooling.give_all(self)
         self._count_usage()  # (what answers no longer wanted cost so far)

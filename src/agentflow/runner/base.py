@@ -169,6 +169,12 @@ class RunnerBase:
         stepfiles.tidy(self.s.run.step_dir(step_id))
         self.untidy.discard(step_id)
 
+    def _tidy_all(self) -> None:
+        """``_tidy`` every step still untidy: this orchestrator goes (a FIFO still open
+        stays open where it is open)."""
+        for step_id in list(self.untidy):
+            self._tidy(step_id)
+
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
         return stepfiles.exit_code(self.s.run.step_dir(step_id))
 
