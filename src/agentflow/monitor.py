@@ -185,7 +185,6 @@ FIFO_GAP = 0.005
 """The shortest time between two wake-ups by the steps' FIFO (at most 200 a second)."""
 NAME_MAX = 256
 """The longest line of the FIFO taken for a step id."""
-"""The shortest time between two wake-ups by the steps' FIFO (at most 200 a second)."""
 
 
 class Waker:
@@ -223,14 +222,21 @@ class Waker:
         """Whether the last sleep ended by a step's wrapper alone (it recorded its end):
         nothing else can have happened to a window, which the runner need not look at."""
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float, replies: int | None = None) -> None:
+        """Sleep; ``replies``: a descriptor that ends the sleep when readable (tmux's
+        answers the runner waits for), which, as a wrapper's wake-up, needs no look at
+        the windows."""
         deadline = time.monotonic() + max(0, seconds)
         self.ended = set()
         fifo = other = False
         while True:
             channel = self._waiter.fileno()
-            fds = [self._fifo, channel, self._signal_r]
+            fds = [self._fifo, channel, self._signal_r, *([] if replies is None else [replies])]
             ready, _, _ = select.select(fds, [], [], max(0, deadline - time.monotonic()))
+            if replies is not None and replies in ready:
+                fifo = True  # (as by_fifo_only: nothing else happened)
+                if ready == [replies]:
+                    break
             if self._fifo in ready:
                 fifo = True
                 # Drained a bounded amount, and acted on at most every FIFO_GAP seconds: a

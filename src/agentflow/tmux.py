@@ -28,6 +28,7 @@ from agentflow.tmux_control import (
     ControlClient,
     ControlError,
     ProcessWaiter,
+    Reply,
 )
 
 _MAX_SOCKET_PATH = 100
@@ -249,6 +250,45 @@ class Tmux:
         out = self._cmd(*self.window_args(session, name, argv, cwd))
         return out[0].strip()
 
+    def begin_window(self, session: str, name: str, argv: list[str], cwd: Path) -> int | None:
+        """``new_window`` without waiting for tmux to make it (the server makes windows one
+        at a time, a few milliseconds each, while the caller does its own work): a ticket
+        for ``window_begun``; None when there is no control client (use ``new_window``)."""
+        if self.control is None:
+            return None
+        try:
+            return self.control.send(self.window_args(session, name, argv, cwd))
+        except ControlError:
+            self.close_control()
+            return None
+
+    def window_begun(self, ticket: int, wait: bool) -> str | None:
+        """The window id that ``begin_window``'s ticket made; None when tmux has not
+        answered yet (``wait``: waited for). Raises ``EnvironmentProblem`` when tmux
+        refused, and ``ControlError`` when the client went (whether the window was made
+        is then unknown: look for it by its name)."""
+        if self.control is None:
+            raise ControlError("tmux control client is gone")
+        try:
+            if wait:
+                reply: Reply | None = self.control.wait(ticket)
+            else:
+                self.control.poll()
+                reply = self.control.take(ticket)
+        except ControlError:
+            self.close_control()
+            raise
+        if reply is None:
+            return None
+        ok, lines = reply
+        if not ok or not lines:
+            raise EnvironmentProblem(f"tmux new-window failed: {' '.join(lines)}")
+        return lines[0].strip()
+
+    def replies_due(self) -> int | None:
+        """What to ``select`` on while commands sent await their reply: None when none do."""
+        return self.control.fileno() if self.control is not None and self.control.waiting else None
+
     def panes(self, session: str) -> dict[str, Pane]:
         """The session's windows by id; empty when the session (or server) is gone."""
         fmt = "#{window_id}\t#{window_name}\t#{pane_dead}\t#{pane_dead_status}"
@@ -303,6 +343,14 @@ class Tmux:
         return result.returncode == 0
 
     def kill_window(self, window_id: str) -> None:
+        """Close a window (its process gets SIGHUP); not waited for through a control
+        client: the server does it in turn, before any later command."""
+        if self.control is not None:
+            try:
+                self.control.forget(self.control.send(["kill-window", "-t", window_id]))
+                return
+            except ControlError:
+                self.close_control()
         self._run("kill-window", "-t", window_id)
 
     def kill_session(self, session: str) -> None:

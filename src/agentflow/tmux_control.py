@@ -26,6 +26,10 @@ REPLY_WAIT = 10.0
 _BLOCK = re.compile(rb"%(begin|end|error) (\d+) (\d+) (\d+)")
 
 
+Reply = tuple[bool, list[str]]
+"""A command's reply: whether it succeeded, and the lines it printed."""
+
+
 class ControlError(Exception):
     """The control client is gone or did not answer: use a client process instead."""
 
@@ -63,7 +67,12 @@ class ControlClient:
         os.set_blocking(self._out, False)
         self._buffer = b""
         self._block: tuple[bytes, list[bytes]] | None = None
-        self._replies: list[tuple[bool, list[str]]] = []
+        self._sent = 0
+        """Commands written so far: the ticket of the next one."""
+        self._answered = 0
+        """Replies read so far: they come in the order the commands were sent."""
+        self._replies: dict[int, Reply] = {}
+        self._forgotten: set[int] = set()
         self.alive = True
         self._seen_attach = False
         # The attach itself answers first (a block of flags 0): wait for it, so that a
@@ -79,16 +88,13 @@ class ControlClient:
         """What to ``select`` on: readable when a reply or a notification came."""
         return self._out
 
-    def run(self, args: list[str]) -> tuple[bool, list[str]]:
+    def run(self, args: list[str]) -> Reply:
         """Run one command: (whether it succeeded, the lines it printed)."""
-        self.send(args)
-        deadline = time.monotonic() + REPLY_WAIT
-        while not self._replies:
-            self._read(deadline)
-        return self._replies.pop(0)
+        return self.wait(self.send(args))
 
-    def send(self, args: list[str]) -> None:
-        """Write one command; its reply is read by ``run``."""
+    def send(self, args: list[str]) -> int:
+        """Write one command without waiting for it; its ticket, for ``wait`` or
+        ``take`` (replies come in the order of the commands)."""
         line = line_of(args)
         if line is None:
             raise ControlError("a command of more than one line")
@@ -101,6 +107,33 @@ class ControlClient:
         except OSError as e:
             self._dead()
             raise ControlError(f"tmux control client is gone ({e})") from e
+        self._sent += 1
+        return self._sent - 1
+
+    def wait(self, ticket: int) -> Reply:
+        """The reply to the command of ``ticket``, waited for."""
+        deadline = time.monotonic() + REPLY_WAIT
+        while ticket not in self._replies:
+            self._read(deadline)
+        return self._replies.pop(ticket)
+
+    def take(self, ticket: int) -> Reply | None:
+        """The reply to ``ticket`` if it came (read by ``poll``, ``wait`` or ``run``)."""
+        return self._replies.pop(ticket, None)
+
+    def forget(self, ticket: int) -> None:
+        """Nobody will ask for the reply to ``ticket``: dropped when it comes."""
+        if self._replies.pop(ticket, None) is None:
+            self._forgotten.add(ticket)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a command sent has not been answered yet."""
+        return self._answered < self._sent
+
+    def poll(self) -> None:
+        """Read what the client printed so far, without waiting."""
+        self._read(None)
 
     def _read(self, deadline: float | None) -> None:
         """Read and parse what the client printed: all there is (deadline None), or at
@@ -136,8 +169,13 @@ class ControlClient:
             if m and m.group(1) != b"begin" and line.split(b" ", 1)[1] == key:
                 self._block = None
                 if int(m.group(4)) & 1:  # a command of ours (0: the attach itself)
-                    text = [o.decode("utf-8", "replace") for o in out]
-                    self._replies.append((m.group(1) == b"end", text))
+                    ticket = self._answered
+                    self._answered += 1
+                    if ticket in self._forgotten:
+                        self._forgotten.discard(ticket)
+                    else:
+                        text = [o.decode("utf-8", "replace") for o in out]
+                        self._replies[ticket] = (m.group(1) == b"end", text)
                 else:  # the attach's own answer: an error is no client
                     self._seen_attach = True
                     if m.group(1) == b"error":

@@ -117,7 +117,10 @@ class Runner(Watching, Launching):
                         if self.schedule.last == changed_before:
                             self.schedule.checked()
                         self.checkpoint.commit()  # this wake-up's changes: one fdatasync
-                        waker.sleep((self._next_wake() - now()).total_seconds())
+                        waker.sleep(
+                            (self._next_wake() - now()).total_seconds(),
+                            self.s.tmux.replies_due() if self.beginning else None,
+                        )
                         self.windows_due = not waker.by_fifo_only
                         self.woken = waker.ended
                     choice = self._interrupt_choice(waker.by_ctrl_c)
@@ -186,6 +189,7 @@ class Runner(Watching, Launching):
         return min(times)
 
     def _finish(self) -> RunState:
+        self._windows_begun(wait=True)
         self._count_usage()
         outcome = self.state.outcome()
         self.state = self.state.with_run(status=outcome, finished_at=now(), message=self.aborting)
@@ -210,6 +214,7 @@ class Runner(Watching, Launching):
 
     def _detach(self) -> None:
         message = "agentflow stopped watching; running steps go on in tmux"
+        self._windows_begun(wait=True)  # (a resume finds each window by its id)
         self._count_usage()
         self.state = self.state.with_run(status="interrupted", message=message)
         self._save()
@@ -220,6 +225,7 @@ class Runner(Watching, Launching):
         run's tmux session, and mark the run interrupted."""
         for step_id in list(self.diagnoses):  # the model's answer is no longer wanted
             self._undiagnosed(step_id)
+        self._windows_begun(wait=True)
         running = list(self.index.running)
         for step_id in running:
             self._update(step_id, kill_reason="stop", kill_sent_at=now(), message=reason)

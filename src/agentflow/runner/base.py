@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -91,6 +90,8 @@ class RunnerBase:
         self._indexed = state.steps
         self.untidy: set[str] = set()
         """Steps whose folder may hold what a wrapper leaves for the host (``_tidy``)."""
+        self.beginning: dict[str, tuple[int, list[str]]] = {}
+        """Steps whose window tmux is still making: its ``new-window``'s ticket and argv."""
         self.kept_windows: deque[str] = deque()
         """The windows of ended attempts, oldest first (``WINDOWS_KEPT`` of them stay)."""
         self._dirty: set[str] | None = None
@@ -180,15 +181,6 @@ class RunnerBase:
 
     def _hung_up(self, step_id: str) -> bool:
         return stepfiles.hung_up(self.s.run.step_dir(step_id))
-
-    def _signal(self, step_id: str, signum: int) -> None:
-        pgid = stepfiles.pid(self.s.run.step_dir(step_id))
-        if self.s.sandbox.signal(step_id, pgid, signum) or pgid is not None:
-            return
-        # Not started yet: closing the window ends the wrapper itself.
-        window = self.state.steps[step_id].window
-        if window and signum == signal.SIGKILL:
-            self.s.tmux.kill_window(window)
 
     def _dependents_done(self, service: str) -> bool:
         return all(

@@ -11,15 +11,15 @@ from datetime import timedelta
 from pydantic import JsonValue
 
 from agentflow import handoff, stepfiles
-from agentflow.errors import AgentflowError, EnvironmentProblem
+from agentflow.errors import AgentflowError
 from agentflow.monitor import (
     StepClock,
 )
 from agentflow.plan import PlannedStep
 from agentflow.runner import pooling
-from agentflow.runner.base import RunnerBase
 from agentflow.runner.caching import skip_unneeded_service, take_from_cache
 from agentflow.runner.index import BAD
+from agentflow.runner.windows import Windows
 from agentflow.sandbox import wrapper_script
 from agentflow.state import FINAL, now
 from agentflow.tmux import COMMAND_MAX
@@ -42,7 +42,7 @@ class Opening:
     event_data: dict[str, JsonValue] | None
 
 
-class Launching(RunnerBase):
+class Launching(Windows):
     """Starting the steps that can start."""
 
     def _end_services(self) -> None:
@@ -127,15 +127,7 @@ class Launching(RunnerBase):
             return
         self.checkpoint.commit()
         for o in opening:
-            try:
-                window = self.s.tmux.new_window(self.session, o.step_id, o.argv, self.s.workspace)
-            except EnvironmentProblem:
-                # The tmux server or session went away (killed, or the machine's tmux
-                # restarted): make it again and try once more; a second failure is the
-                # environment's.
-                self._ensure_session()
-                window = self.s.tmux.new_window(self.session, o.step_id, o.argv, self.s.workspace)
-            self._update(o.step_id, window=window)
+            self._begin_window(o.step_id, o.argv)
             self.clocks[o.step_id] = StepClock(self.expected.get(o.step_id))
             self.schedule.changed()
             self._emit("step_started", o.step_id, status="running", data=o.event_data)
@@ -228,7 +220,7 @@ class Launching(RunnerBase):
             )  # fmt: skip
             return True
         if st.window:
-            self.s.tmux.kill_window(st.window)
+            self.s.tmux.kill_window(st.window)  # (not waited for)
         self._update(
             planned.id, status="running", attempts=attempt, started_at=now(),
             finished_at=None, exit_code=None, window=None, message=None, kill_reason=None,

@@ -13,7 +13,7 @@ from agentflow.recovery import decide
 from agentflow.report.text import cause_lines
 from agentflow.runner import metering
 from agentflow.runner.agentic import Agentic
-from agentflow.runner.base import SANDBOX_LOSSES, WINDOWS_KEPT
+from agentflow.runner.base import SANDBOX_LOSSES
 from agentflow.runner.caching import store_result
 from agentflow.state import UNSUCCESSFUL, StepState, StepStatus, now
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
@@ -79,15 +79,6 @@ class Outcomes(Agentic):
             return None
         lines = cause_lines(self.s.run.step_dir(step_id) / "output.log", self.redactor)
         return {CAUSE: list[JsonValue](lines)} if lines else None
-
-    def _keep_window(self, window: str | None) -> None:
-        """The ended attempt's window stays for people to read, as do the windows of the
-        ``WINDOWS_KEPT`` attempts that ended last; an older one is closed."""
-        if not window:
-            return
-        self.kept_windows.append(window)
-        while len(self.kept_windows) > WINDOWS_KEPT:
-            self.s.tmux.kill_window(self.kept_windows.popleft())  # (gone already: fine)
 
     def _output_lost(self, step_id: str) -> str | None:
         """Whether the wrapper recorded that output.log lost output: then an event and a

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from agentflow import listeners, ports, stepfiles
 from agentflow.errors import EnvironmentProblem
 from agentflow.runner.base import RunnerBase
+from agentflow.runner.windows import Windows
 from agentflow.sandbox import PROC_VAR
 from agentflow.sandbox.local import LocalSandbox, step_marker
 from agentflow.state import now
@@ -57,7 +58,7 @@ def release_ports(r: RunnerBase) -> None:
             ports.release(_home(r), r.state.run_id)
 
 
-def refused(r: RunnerBase, step: Step, ready: Probe) -> bool:
+def refused(r: Windows, step: Step, ready: Probe) -> bool:
     """After ``step``'s probe (``ready``, rendered) passed: True when the service must not
     be called ready. In the local sandbox, a loopback port the probe reached that is held
     by a process not of the step fails the step, naming that process."""

@@ -7,12 +7,12 @@ import signal
 from datetime import timedelta
 
 from agentflow.recovery import Decision as RecoveryDecision
-from agentflow.runner.base import RunnerBase
+from agentflow.runner.windows import Windows
 from agentflow.state import StepStatus, now
 from agentflow.workflow.model import Step
 
 
-class Recovering(RunnerBase):
+class Recovering(Windows):
     """What every kind of recovery ends with."""
 
     def _escalate(self, step_id: str, why: str) -> None:

@@ -53,18 +53,25 @@ class Watching(Outcomes):
         if not running:
             return
         self._release_env(running)
+        self._windows_begun()  # (the answers tmux gave meanwhile, not waited for)
         # Woken by wrappers alone: only the steps they named can have ended (a window
         # that died without an exit code says so through tmux, a wake-up of its own, or
         # the periodic check finds it); the others are only watched.
         named = None if self.windows_due else self.woken
         ask = running if named is None else [k for k in running if k in named]
-        over = {k for k in ask if self._exit_code(k)[0] is not None}
+        ends = {k: self._exit_code(k) for k in ask}  # (read once: used below too)
+        over = {k for k, (code, _) in ends.items() if code is not None}
+        # An attempt is recorded as ended with its window: the ones tmux has not
+        # answered for yet (it made them, since their wrappers ran) are waited for.
+        self._windows_begun(wait=True, steps=over)
         left = set(running) - over
         # One tmux call for all steps, and only when a step has not recorded its end and
         # a window may have died without saying so: the usual wake-up (a step's wrapper
         # wrote its exit code) needs none.
         looked = bool(left) and (
-            self.panes_due or self._resuming or any(not self.state.steps[k].window for k in left)
+            self.panes_due
+            or self._resuming
+            or any(not self.state.steps[k].window and k not in self.beginning for k in left)
         )
         panes = self.s.tmux.panes(self.session) if looked else {}
         if looked:
@@ -87,7 +94,7 @@ class Watching(Outcomes):
                 if job is None or not job.pending:
                     self._watch(step_id)
                 continue
-            code, ended = self._exit_code(step_id)
+            code, ended = ends[step_id] if step_id in ends else self._exit_code(step_id)
             if code is not None and st.kill_reason is None and self._hung_up(step_id):
                 self._crashed(step_id, "its tmux window went away (SIGHUP): tmux was killed?")
                 continue
@@ -97,6 +104,9 @@ class Watching(Outcomes):
             if not looked:  # its window lives: no word of its death, none due
                 if job is None or not job.pending:
                     self._watch(step_id)
+                continue
+            if step_id in self.beginning:  # its window is being made
+                self._watch(step_id)
                 continue
             pane = panes.get(st.window or "")
             if pane is None and not st.window and self._launch_cut_short(step_id, panes):
