@@ -23,7 +23,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -394,6 +394,11 @@ class RunDir:
     def write_text(self, name: str, text: str) -> None:
         _atomic_write(self.path / name, text.encode())
 
+    def write_chunks(self, name: str, chunks: Iterable[str | bytes]) -> None:
+        """``write_text`` of a text made piece by piece (a report of 10,000 steps), never
+        held whole: each piece is written as it comes."""
+        _atomic_write(self.path / name, chunks)
+
     # --- events -----------------------------------------------------------------------------
 
     def append_event(self, event: Event) -> None:
@@ -485,13 +490,16 @@ def lock_holder(path: Path) -> int | None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes, keep_previous: bool = False) -> None:
+def _atomic_write(
+    path: Path, data: bytes | Iterable[str | bytes], keep_previous: bool = False
+) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(data)
+            for chunk in [data] if isinstance(data, bytes) else data:
+                f.write(chunk.encode() if isinstance(chunk, str) else chunk)
             f.flush()
             os.fsync(f.fileno())
     except OSError:

@@ -138,3 +138,12 @@ def json_text(text: str) -> str:
     controls, bidirectional overrides, line separators) written as ``\\uXXXX``. They can
     only stand inside strings, so the JSON means the same."""
     return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
+# The same characters in UTF-8: DEL, C1 (C2 80-9F), U+2028-202E, U+2066-2069.
+_JSON_UNSAFE_UTF8 = re.compile(rb"\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
+
+
+def json_bytes(data: bytes) -> bytes:
+    """``json_text`` of UTF-8 JSON, as bytes (a large report is never held as text too)."""
+    return _JSON_UNSAFE_UTF8.sub(lambda m: b"\\u%04x" % ord(m.group(0).decode()), data)

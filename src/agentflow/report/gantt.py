@@ -8,6 +8,7 @@ titles give each bar's details without any script.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
@@ -58,30 +59,35 @@ class Scale:
 
 
 def gantt_svg(report: Report) -> str:
+    return "\n".join(gantt_parts(report))
+
+
+def gantt_parts(report: Report) -> Iterator[str]:
+    """The chart's lines (a step's row at a time: the chart of 10,000 steps is written as
+    it is made, never held whole)."""
     span = max((report.timeline_end - report.created_at).total_seconds(), 1.0)
     scale = Scale(report.created_at, span)
     rows_h = len(report.steps) * ROW_H
     bottom = len(report.steps) > BOTTOM_AXIS_ROWS
     height = AXIS_H + rows_h + (AXIS_H if bottom else 8)
     live = report.finished_at is None and any(s.status == "running" for s in report.steps)
-    parts = [
-        # Inline in HTML, an svg element needs no namespace (and the page names no URL).
+    # Inline in HTML, an svg element needs no namespace (and the page names no URL).
+    yield (
         f'<svg class="gantt" viewBox="0 0 {WIDTH} {height}" '
         f'style="width:100%;max-width:{WIDTH}px;height:auto" role="img" '
         f'aria-label="timeline of {len(report.steps)} steps">'
-    ]
-    parts += _grid(scale, AXIS_H, rows_h, bottom)
+    )
+    yield from _grid(scale, AXIS_H, rows_h, bottom)
     for i, step in enumerate(report.steps):
-        parts += _row(step, i, AXIS_H + i * ROW_H, scale, report.timeline_end)
+        yield from _row(step, i, AXIS_H + i * ROW_H, scale, report.timeline_end)
     if live:
         x = scale.x(report.timeline_end)
-        parts.append(
+        yield (
             f'<line class="now" x1="{x:.1f}" y1="{AXIS_H - 6}" x2="{x:.1f}" '
             f'y2="{AXIS_H + rows_h}" stroke="{colour("running")}" stroke-dasharray="3 3"/>'
             f'<text x="{x - 4:.1f}" y="{AXIS_H - 8}" text-anchor="end" class="tick">now</text>'
         )
-    parts.append("</svg>")
-    return "\n".join(parts)
+    yield "</svg>"
 
 
 def _grid(scale: Scale, top: int, rows_h: int, bottom: bool) -> list[str]:

@@ -5,13 +5,13 @@ decisions and the end of each failed step's log."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from html import escape
 
 from agentflow.artifacts import human_size
 from agentflow.pool.devices import held_by_attempt
 from agentflow.report.curves import curves_section
-from agentflow.report.gantt import gantt_svg
+from agentflow.report.gantt import gantt_parts
 from agentflow.report.model import Diagnosis, Report, StepReport, ToolCall
 from agentflow.report.palette import COLOURS, READY, colour
 from agentflow.report.text import (
@@ -110,39 +110,47 @@ footer { color: var(--muted); font-size: 12px; text-align: center; }
 
 
 def html_page(report: Report) -> str:
-    sections = [
-        _summary(report),
-        _timeline(report),
-        curves_section(report.steps),
-        _steps(report),
-        _outputs(report),
-        _metrics(report),
-        _artifacts(report),
-        _decisions(report),
-        _model(report),
-        _failures(report),
-        _events(report),
-    ]
+    return "".join(html_parts(report))
+
+
+def html_parts(report: Report) -> Iterator[str]:
+    """The page in pieces to be written one after the other (``write_reports`` writes
+    each as it comes: the page of a 10,000-step run is never held whole)."""
     title = f"{report.workflow}: {report.status} · agentflow report"
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{escape(title)}</title>",
-            f"<style>{CSS}</style>",
-            "</head>",
-            "<body>",
-            "<main>",
-            _hero(report),
-            *(s for s in sections if s),
-            f"<footer>agentflow report · made {escape(clock(report.generated_at, True))}</footer>",
-            "</main>",
-            "</body>",
-            "</html>",
-        ]
+    head = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{CSS}</style>",
+        "</head>",
+        "<body>",
+        "<main>",
+        _hero(report),
+    ]
+    yield "\n".join(head)
+    yield "\n"
+    yield from _timeline_parts(_summary(report), report)
+    sections: list[Callable[[Report], str]] = [
+        lambda r: curves_section(r.steps),
+        _steps,
+        _outputs,
+        _metrics,
+        _artifacts,
+        _decisions,
+        _model,
+        _failures,
+        _events,
+    ]
+    for section in sections:
+        if text := section(report):
+            yield text
+            yield "\n"
+    made = escape(clock(report.generated_at, True))
+    yield "\n".join(
+        [f"<footer>agentflow report · made {made}</footer>", "</main>", "</body>", "</html>"]
     )
 
 
@@ -199,7 +207,10 @@ def _summary(report: Report) -> str:
     )
 
 
-def _timeline(report: Report) -> str:
+def _timeline_parts(summary: str, report: Report) -> Iterator[str]:
+    """The summary, then the timeline section, its chart a row at a time."""
+    yield summary
+    yield "\n"
     seen = {a.status for s in report.steps for a in s.history}
     legend = [
         f'<span><i class="swatch" style="background:{c}"></i>{escape(status)}</span>'
@@ -213,12 +224,13 @@ def _timeline(report: Report) -> str:
     if any(len(s.history) > 1 for s in report.steps):
         legend.append('<span><i class="swatch dashed"></i>waiting to retry</span>')
     caption = f"0 = {escape(clock(report.created_at, True))}; hover a bar for its details"
-    return (
+    yield (
         '<section class="timeline"><h2>Timeline</h2>'
-        f'<div class="legend">{"".join(legend)}</div>'
-        f'<div class="chart">{gantt_svg(report)}<div class="caption">{caption}</div></div>'
-        "</section>"
+        f'<div class="legend">{"".join(legend)}</div><div class="chart">'
     )
+    for i, line in enumerate(gantt_parts(report)):
+        yield f"\n{line}" if i else line
+    yield f'<div class="caption">{caption}</div></div></section>\n'
 
 
 def _table(headers: Sequence[str], rows: Iterable[str], cls: str = "") -> str:
