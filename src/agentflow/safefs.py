@@ -200,6 +200,21 @@ def open_file(dfd: int, name: str, where: str) -> int:
     return fd
 
 
+def read_at(dfd: int, name: str, limit: int, where: str) -> tuple[bytes, os.stat_result]:
+    """The regular file ``name`` of the folder ``dfd`` (opened by ``open_dir``): its bytes,
+    at most ``limit`` (else ``TooLarge``), and its stat. One open: a step's small files
+    are read on every wake-up of the runner."""
+    fd = open_file(dfd, name, where)
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise TooLarge(errno.EFBIG, f"is larger than {limit} bytes", where)
+    return data, st
+
+
 def lstat(
     path: Path | str, root: Path, hidden: frozenset[Identity] = frozenset()
 ) -> os.stat_result:

@@ -47,26 +47,33 @@ class NewOutput:
     written: datetime
 
 
-def _number(step_dir: Path, name: str) -> int | None:
-    """The integer in a small file of the step's folder; None when it is missing, not a
-    regular file, larger than a number, or not a number."""
+def _read(step_dir: Path, name: str) -> tuple[int | None, float] | None:
+    """The integer in a small file of the step's folder (None when it is not a regular
+    file, larger than a number, or not a number) and when it was written (now, when it
+    cannot be read); None when it is missing."""
     try:
-        text = safefs.read_text(step_dir / name, step_dir.parent, SMALL).strip()
-    except OSError:
+        with safefs.open_dir(step_dir.parent, [step_dir.name]) as dfd:
+            data, st = safefs.read_at(dfd, name, SMALL, str(step_dir / name))
+    except FileNotFoundError:
         return None
+    except OSError:  # a planted link or folder, a file too large: no number
+        return None, time.time()
+    text = data.decode("utf-8", errors="replace").strip()
     # ASCII digits only: str.isdigit() takes "²", which int() refuses.
-    return int(text) if re.fullmatch(r"-?[0-9]{1,11}", text) else None
+    return (int(text) if re.fullmatch(r"-?[0-9]{1,11}", text) else None), st.st_mtime
+
+
+def _number(step_dir: Path, name: str) -> int | None:
+    found = _read(step_dir, name)
+    return None if found is None else found[0]
 
 
 def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
     """The attempt's exit code and when it was written; (None, None) while it runs."""
-    try:
-        mtime = safefs.lstat(step_dir / "exit_code", step_dir.parent).st_mtime
-    except FileNotFoundError:
+    found = _read(step_dir, "exit_code")
+    if found is None:
         return None, None
-    except OSError:
-        mtime = time.time()  # a planted link or folder: a failure
-    code = _number(step_dir, "exit_code")
+    code, mtime = found
     return (255 if code is None else code), _written(mtime)
 
 
