@@ -18,7 +18,7 @@ import libtmux
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentflow.textsafe import CUT_MARK, json_text, one_line, printable, revealed
+from agentflow.textsafe import CUT_MARK, json_bytes, json_text, one_line, printable, revealed
 from agentflow.tmux import socket_path_for
 
 from conftest import AGENTFLOW, Env, run_id_of
@@ -148,6 +148,15 @@ def test_revealed_and_json_text_show_what_they_do_not_remove() -> None:
     safe = json_text(raw)
     assert_printable(safe, "json_text")
     assert json.loads(safe) == {"v": "\x1b\x9b\u202e"}
+
+
+def test_json_bytes_escapes_over_utf8_exactly_what_json_text_escapes() -> None:
+    # Every character around the escaped ranges, one by one and all together: the bytes
+    # version (report.json is written as bytes) must agree with the text one everywhere.
+    chars = [chr(c) for c in [*range(0x70, 0x250), *range(0x2000, 0x2080), 0xFFFD, 0x1F600]]
+    for text in [*chars, "".join(chars)]:
+        raw = json.dumps({"v": text}, ensure_ascii=False)
+        assert json_bytes(raw.encode()) == json_text(raw).encode(), repr(text)
 
 
 PIECES = st.characters(categories=["Cc", "Cs", "Cf", "Zl", "Zp", "L", "N"]) | st.sampled_from(
