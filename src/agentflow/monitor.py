@@ -215,6 +215,8 @@ class Waker:
         self.by_ctrl_c = False
         """Whether the last interruption was SIGINT (a person) rather than SIGTERM."""
         self.by_fifo_only = False
+        self.by_replies_only = False
+        """Whether the last sleep ended by ``replies`` alone (tmux answered the runner)."""
         self.ended: set[str] = set()
         """The step ids the wrappers wrote to the FIFO during the last sleep: a hint of
         which steps ended (written by the steps' side, so only ever a hint)."""
@@ -228,6 +230,7 @@ class Waker:
         the windows."""
         deadline = time.monotonic() + max(0, seconds)
         self.ended = set()
+        self.by_replies_only = False
         fifo = other = False
         while True:
             channel = self._waiter.fileno()
@@ -236,6 +239,7 @@ class Waker:
             if replies is not None and replies in ready:
                 fifo = True  # (as by_fifo_only: nothing else happened)
                 if ready == [replies]:
+                    self.by_replies_only = True
                     break
             if self._fifo in ready:
                 fifo = True

@@ -117,12 +117,7 @@ class Runner(Watching, Launching):
                         if self.schedule.last == changed_before:
                             self.schedule.checked()
                         self.checkpoint.commit()  # this wake-up's changes: one fdatasync
-                        waker.sleep(
-                            (self._next_wake() - now()).total_seconds(),
-                            self.s.tmux.replies_due() if self.beginning else None,
-                        )
-                        self.windows_due = not waker.by_fifo_only
-                        self.woken = waker.ended
+                        self._sleep(waker)
                     choice = self._interrupt_choice(waker.by_ctrl_c)
                     if choice == "continue":
                         waker.interrupted = False
@@ -138,6 +133,19 @@ class Runner(Watching, Launching):
             self._drop_env()
             self.s.tmux.close_control()
             self._tidy_all()
+
+    def _sleep(self, waker: Waker) -> None:
+        """Sleep until there is something to do. tmux's reply alone (a window made) is
+        recorded, and the sleep goes on: no pass over the steps for it."""
+        until = self._next_wake()
+        while True:
+            replies = self.s.tmux.replies_due() if self.beginning else None
+            waker.sleep((until - now()).total_seconds(), replies)
+            if not waker.by_replies_only or waker.interrupted:
+                break
+            self._windows_begun()
+        self.windows_due = not waker.by_fifo_only
+        self.woken = waker.ended
 
     def _drop_env(self) -> None:
         """Remove the environment scripts read meanwhile, after a short wait for the
