@@ -10,6 +10,7 @@ sandbox in one container per run. A sandbox whose steps are jobs of a batch sche
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -251,6 +252,8 @@ def bounded(script: str, timeout: float) -> list[str]:
     return ["sh", "-c", runner, str(max(1, int(timeout))), script]
 
 
+@functools.cache
 def wrapper_script() -> str:
-    """The POSIX sh wrapper every step runs through."""
+    """The POSIX sh wrapper every step runs through (read once: a run's steps all get the
+    wrapper of the agentflow that drives it)."""
     return resources.files(__package__).joinpath("wrapper.sh").read_text(encoding="utf-8")

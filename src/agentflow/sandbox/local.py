@@ -5,6 +5,7 @@ It isolates nothing; it is for trusted workflows and for machines without Docker
 
 from __future__ import annotations
 
+import functools
 import os
 import signal as signals
 import time
@@ -95,7 +96,14 @@ class LocalSandbox:
 def _marker(step_dir: Path) -> str:
     # The same string at launch and at a later KILL, also from another orchestrator (a
     # resume) that names the home another way.
-    return marker(str(step_dir.parent.resolve() / step_dir.name))
+    return marker(str(_resolved(step_dir.parent) / step_dir.name))
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(folder: Path) -> Path:
+    """A run's steps folder, its links resolved (once: a lookup of every part of the path
+    for every launch was a measurable part of one)."""
+    return folder.resolve()
 
 
 def sweep(step_dir: Path, mark: str) -> None:
