@@ -288,9 +288,14 @@ def write_at(
     remove(dfd, name)
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dfd)
-        with os.fdopen(fd, "wb") as f:
+        try:
+            # Plain writes: no buffered file object (its own stat and lseek) per file.
             for chunk in chunks:
-                f.write(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
     except OSError as e:  # a full disk: say which file, the error alone names none
         raise OSError(e.errno, e.strerror, where or name) from None
 
