@@ -4,6 +4,7 @@ wrong: recover rules, the retry policy, the model's diagnosis, escalation, abort
 from __future__ import annotations
 
 import signal
+import time
 from datetime import datetime
 
 from pydantic import JsonValue
@@ -19,6 +20,9 @@ from agentflow.state import UNSUCCESSFUL, StepState, StepStatus, now
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
 from agentflow.viewparts import CAUSE
 from agentflow.workflow.model import Step
+
+SANDBOX_SETTLE = 1.0
+"""Seconds a crash in a container that still shows as running waits for it to settle."""
 
 
 class Outcomes(Agentic):
@@ -63,7 +67,7 @@ class Outcomes(Agentic):
             self._requeue(step_id, f"{status} while agentflow was away")
             return
         gone = self.sandbox_losses.get(step_id, 0)
-        if status == "crashed" and gone < SANDBOX_LOSSES and not self.s.sandbox.healthy():
+        if status == "crashed" and gone < SANDBOX_LOSSES and self._sandbox_lost():
             # It went down with its sandbox (a Docker daemon restarting): not the step's
             # failure, so no retry is spent; it starts again once the sandbox is back. (A
             # few times only: a step that brings its own container down is failing.)
@@ -156,6 +160,19 @@ class Outcomes(Agentic):
                 self._emit("dependency_lost", s.id, message=why)
                 self._signal(s.id, signal.SIGTERM)
 
+    def _sandbox_lost(self) -> bool:
+        """Whether the sandbox is down (an attempt that crashed then went down with it).
+        Docker shows a container it is killing as running for a moment after its
+        processes died (under load, long enough for the crash to be seen first): a
+        container still running is asked again for up to ``SANDBOX_SETTLE`` seconds."""
+        box = self.s.sandbox
+        deadline = time.monotonic() + (SANDBOX_SETTLE if box.name == "docker" else 0.0)
+        while box.healthy():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def _requeue(self, step_id: str, why: str) -> None:
         # A resume redoes whatever did not succeed: no retry allowance is needed for it.
         self._update(step_id, status="pending", message=None)
@@ -186,7 +203,7 @@ class Outcomes(Agentic):
             self._requeue(step_id, f"{status} while agentflow was away")
             return
         gone = self.sandbox_losses.get(step_id, 0)
-        if status == "crashed" and gone < SANDBOX_LOSSES and not self.s.sandbox.healthy():
+        if status == "crashed" and gone < SANDBOX_LOSSES and self._sandbox_lost():
             # It went down with its sandbox (a Docker daemon restarting): not the step's
             # failure, so no retry is spent; it starts again once the sandbox is back. (A
             # few times only: a step that brings its own container down is failing.)
