@@ -59,8 +59,7 @@ class Watching(Outcomes):
         # the periodic check finds it); the others are only watched.
         named = None if self.windows_due else self.woken
         ask = running if named is None else [k for k in running if k in named]
-        ends = {k: self._exit_code(k) for k in ask}  # (read once: used below too)
-        over = {k for k, (code, _) in ends.items() if code is not None}
+        over = {k for k in ask if self._exit_code(k)[0] is not None}
         # An attempt is recorded as ended with its window: the ones tmux has not
         # answered for yet (it made them, since their wrappers ran) are waited for.
         self._windows_begun(wait=True, steps=over)
@@ -94,7 +93,10 @@ class Watching(Outcomes):
                 if job is None or not job.pending:
                     self._watch(step_id)
                 continue
-            code, ended = ends[step_id] if step_id in ends else self._exit_code(step_id)
+            # Read again, not taken from above: handling the steps before it takes time
+            # (a crash's KILL sweep waits for its wrapper), and an end written meanwhile
+            # must meet the hangup check here.
+            code, ended = self._exit_code(step_id)
             if code is not None and st.kill_reason is None and self._hung_up(step_id):
                 self._crashed(step_id, "its tmux window went away (SIGHUP): tmux was killed?")
                 continue
