@@ -4,7 +4,6 @@ wrong: recover rules, the retry policy, the model's diagnosis, escalation, abort
 from __future__ import annotations
 
 import signal
-import time
 from datetime import datetime
 
 from pydantic import JsonValue
@@ -20,9 +19,6 @@ from agentflow.state import UNSUCCESSFUL, StepState, StepStatus, now
 from agentflow.verify import OutputError, read_outputs, success_checks, tail
 from agentflow.viewparts import CAUSE
 from agentflow.workflow.model import Step
-
-SANDBOX_SETTLE = 1.0
-"""Seconds a crash in a container that still shows as running waits for it to settle."""
 
 
 class Outcomes(Agentic):
@@ -63,18 +59,7 @@ class Outcomes(Agentic):
             return
         if st.kill_reason in ("stop", "abort", "end"):
             return  # ("end": a service whose artifacts failed; nothing needs it any more)
-        if self._resuming:
-            self._requeue(step_id, f"{status} while agentflow was away")
-            return
-        gone = self.sandbox_losses.get(step_id, 0)
-        if status == "crashed" and gone < SANDBOX_LOSSES and self._sandbox_lost():
-            # It went down with its sandbox (a Docker daemon restarting): not the step's
-            # failure, so no retry is spent; it starts again once the sandbox is back. (A
-            # few times only: a step that brings its own container down is failing.)
-            self.sandbox_losses[step_id] = gone + 1
-            self._requeue(step_id, "crashed with its sandbox: it runs again, no retry spent")
-            return
-        self._after_failure(step_id, status, code)
+        self._not_succeeded(step_id, status, code)
 
     def _cause(self, step_id: str, status: str) -> dict[str, JsonValue] | None:
         """The last meaningful lines of a failed attempt's log (masked), for the event
@@ -160,18 +145,22 @@ class Outcomes(Agentic):
                 self._emit("dependency_lost", s.id, message=why)
                 self._signal(s.id, signal.SIGTERM)
 
-    def _sandbox_lost(self) -> bool:
-        """Whether the sandbox is down (an attempt that crashed then went down with it).
-        Docker shows a container it is killing as running for a moment after its
-        processes died (under load, long enough for the crash to be seen first): a
-        container still running is asked again for up to ``SANDBOX_SETTLE`` seconds."""
-        box = self.s.sandbox
-        deadline = time.monotonic() + (SANDBOX_SETTLE if box.name == "docker" else 0.0)
-        while box.healthy():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
-        return True
+    def _not_succeeded(self, step_id: str, status: StepStatus, code: int | None) -> None:
+        """What follows an attempt that ended without success (not stopped by agentflow):
+        run again after a resume, run again at no cost when it went down with its
+        sandbox, else the step's failure (recover rules, retries, the model)."""
+        if self._resuming:
+            self._requeue(step_id, f"{status} while agentflow was away")
+            return
+        gone = self.sandbox_losses.get(step_id, 0)
+        if status == "crashed" and gone < SANDBOX_LOSSES and not self.s.sandbox.healthy():
+            # It went down with its sandbox (a Docker daemon restarting): not the step's
+            # failure, so no retry is spent; it starts again once the sandbox is back. (A
+            # few times only: a step that brings its own container down is failing.)
+            self.sandbox_losses[step_id] = gone + 1
+            self._requeue(step_id, "crashed with its sandbox: it runs again, no retry spent")
+            return
+        self._after_failure(step_id, status, code)
 
     def _requeue(self, step_id: str, why: str) -> None:
         # A resume redoes whatever did not succeed: no retry allowance is needed for it.
@@ -199,18 +188,7 @@ class Outcomes(Agentic):
         self._emit("step_finished", step_id, status=status, exit_code=code, message=why, data=cause)
         if self.s.workflow.step(step_id).service:
             self._fail_dependents(step_id, f"service {step_id} stopped ({why})")
-        if self._resuming:
-            self._requeue(step_id, f"{status} while agentflow was away")
-            return
-        gone = self.sandbox_losses.get(step_id, 0)
-        if status == "crashed" and gone < SANDBOX_LOSSES and self._sandbox_lost():
-            # It went down with its sandbox (a Docker daemon restarting): not the step's
-            # failure, so no retry is spent; it starts again once the sandbox is back. (A
-            # few times only: a step that brings its own container down is failing.)
-            self.sandbox_losses[step_id] = gone + 1
-            self._requeue(step_id, "crashed with its sandbox: it runs again, no retry spent")
-            return
-        self._after_failure(step_id, status, code)
+        self._not_succeeded(step_id, status, code)
 
     def _after_failure(self, step_id: str, status: StepStatus, code: int | None) -> None:
         # (Here, not where any attempt ends: one that went down with its sandbox runs

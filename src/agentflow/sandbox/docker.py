@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal as signals
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,8 @@ STEPS_MOUNT = "/agentflow/steps"
 """Where the run's ``steps/`` folder appears inside the container."""
 ENV_SCRIPT = "env.sh"
 """The step's variables, in its folder, for its wrapper inside the container to source."""
+SETTLE = 1.0
+"""Seconds ``healthy`` gives a container still shown as running to settle (see there)."""
 LABEL_RUN = "agentflow.run"
 LABEL_HOME = "agentflow.home"
 CLIENT_ENV = (
@@ -417,7 +420,18 @@ class DockerSandbox:
         return int(code or 0), bytes(kept).decode("utf-8", errors="replace")
 
     def healthy(self) -> bool:
-        """The daemon answers and the run's container runs."""
+        """The daemon answers and the run's container runs. Docker shows a container it is
+        killing as running for a moment after its processes died (under load, long enough
+        for the runner to see the crash first): one still running is asked again for up to
+        ``SETTLE`` seconds before it counts as there."""
+        deadline = time.monotonic() + SETTLE
+        while self._running():
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _running(self) -> bool:
         try:
             container = self._container or self._find()
             if container is None:
