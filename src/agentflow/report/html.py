@@ -132,7 +132,9 @@ def html_parts(report: Report) -> Iterator[str]:
     ]
     yield "\n".join(head)
     yield "\n"
-    yield from _timeline_parts(_summary(report), report)
+    yield _summary(report)
+    yield "\n"
+    yield from _timeline_parts(report)
     sections: list[Callable[[Report], str]] = [
         lambda r: curves_section(r.steps),
         _steps,
@@ -207,10 +209,8 @@ def _summary(report: Report) -> str:
     )
 
 
-def _timeline_parts(summary: str, report: Report) -> Iterator[str]:
-    """The summary, then the timeline section, its chart a row at a time."""
-    yield summary
-    yield "\n"
+def _timeline_parts(report: Report) -> Iterator[str]:
+    """The timeline section, its chart a row at a time."""
     seen = {a.status for s in report.steps for a in s.history}
     legend = [
         f'<span><i class="swatch" style="background:{c}"></i>{escape(status)}</span>'
