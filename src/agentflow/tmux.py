@@ -272,9 +272,11 @@ class Tmux:
         try:
             if wait:
                 reply: Reply | None = self.control.wait(ticket)
-            else:
-                self.control.poll()
+            else:  # (read only when not in already: one read brings all that came)
                 reply = self.control.take(ticket)
+                if reply is None:
+                    self.control.poll()
+                    reply = self.control.take(ticket)
         except ControlError:
             self.close_control()
             raise
