@@ -10,8 +10,9 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import AfterValidator, ConfigDict, Field, NonNegativeInt
 
+from agentflow.lean import LeanModel
 from agentflow.workflow.model import Scalar
 
 RunStatus = Literal["running", "succeeded", "failed", "interrupted", "blocked"]
@@ -64,7 +65,7 @@ Timestamp = Annotated[datetime, AfterValidator(_plausible)]
 """A point in time as the checkpoint, the events and the plan keep it."""
 
 
-class StateModel(BaseModel):
+class StateModel(LeanModel):
     # No NaN or infinity: agentflow never writes one (JSON has none; pydantic would write
     # null), so one read back was put there by someone else.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -29,17 +29,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import ConfigDict, Field, JsonValue, ValidationError
 
 from agentflow import checkpoint_log, event_replay
 from agentflow.checkpoint_log import LogReplay
 from agentflow.errors import RunLockedError, StateError, UsageError
+from agentflow.lean import LeanModel
 from agentflow.plan import Plan
 from agentflow.settings import settings
 from agentflow.state import EARLIEST, RunState, StepState, Timestamp
 
 
-class Event(BaseModel):
+class Event(LeanModel):
     """One line of ``events.jsonl``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import ConfigDict, Field, JsonValue
 
 from agentflow.artifacts import Artifact
+from agentflow.lean import LeanModel
 from agentflow.series import Series
 from agentflow.state import UNSUCCESSFUL, Usage
 from agentflow.store import Event
@@ -40,7 +41,7 @@ UNFINISHED = frozenset({"pending", "running"})
 NOT_RUN = frozenset({"skipped", "pending"})
 
 
-class ReportModel(BaseModel):
+class ReportModel(LeanModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
