@@ -15,9 +15,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr
+from pydantic import ConfigDict, Field, JsonValue, PrivateAttr
 
 from agentflow.byid import ById
+from agentflow.lean import LeanModel
 from agentflow.state import Timestamp, Usage
 from agentflow.workflow.model import Expect, Probe, Scalar, Step, Success, Workflow
 from agentflow.workflow.types import Duration
@@ -30,7 +31,7 @@ INHERITED = ("workdir", "env", "retry", "on_failure", "recover", "resources")
 service, ``timeout`` and ``stall_timeout``)."""
 
 
-class PlanModel(BaseModel):
+class PlanModel(LeanModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
     )
