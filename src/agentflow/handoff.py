@@ -15,6 +15,7 @@ pid (it has read it) or the attempt is over.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shlex
@@ -29,12 +30,16 @@ environment either): sourcing them would change how the wrapper itself runs."""
 def script(env: dict[str, str]) -> str:
     """``export NAME='value'`` lines for the variables a shell can hold (a name that is no
     shell identifier cannot be exported by one, and is left out)."""
-    lines = [
-        f"export {k}={shlex.quote(v)}\n"
-        for k, v in env.items()
-        if _NAME.fullmatch(k) and k not in _SHELL_OWN and "\0" not in v
-    ]
-    return "".join(lines)
+    return "".join(_export(k, v) for k, v in env.items())
+
+
+@functools.lru_cache(maxsize=4096)
+def _export(name: str, value: str) -> str:
+    """One variable's line, or '' (remembered: most of a step's environment is the same
+    for every step of the run, the orchestrator's own)."""
+    if not _NAME.fullmatch(name) or name in _SHELL_OWN or "\0" in value:
+        return ""
+    return f"export {name}={shlex.quote(value)}\n"
 
 
 ARG_STRLEN = 131072
@@ -83,10 +88,13 @@ class Handoff:
     def put(self, key: str, env: dict[str, str]) -> str:
         """Hold ``env`` as a script for ``key`` (a step); the path a shell sources it from."""
         self.release(key)
-        self.private.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(key)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o600)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:  # the folder is made at the first script (or again)
+            self.private.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, flags, 0o600)
         try:
             _write_all(fd, script(env).encode())
         finally:

@@ -47,13 +47,34 @@ class NewOutput:
     written: datetime
 
 
+@dataclass(frozen=True)
+class End:
+    """An attempt's end as its wrapper recorded it."""
+
+    code: int
+    written: datetime
+    hung_up: bool
+    """Its window went away first (the wrapper got SIGHUP: ``hangup``, written before
+    the exit code)."""
+
+
 def _read(step_dir: Path, name: str) -> tuple[int | None, float] | None:
     """The integer in a small file of the step's folder (None when it is not a regular
     file, larger than a number, or not a number) and when it was written (now, when it
     cannot be read); None when it is missing."""
     try:
         with safefs.open_dir(step_dir.parent, [step_dir.name]) as dfd:
-            data, st = safefs.read_at(dfd, name, SMALL, str(step_dir / name))
+            return _read_at(dfd, step_dir, name)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a folder swapped for a link: no number
+        return None, time.time()
+
+
+def _read_at(dfd: int, step_dir: Path, name: str) -> tuple[int | None, float] | None:
+    """``_read`` in the step's folder, open as ``dfd``."""
+    try:
+        data, st = safefs.read_at(dfd, name, SMALL, str(step_dir / name))
     except FileNotFoundError:
         return None
     except OSError:  # a planted link or folder, a file too large: no number
@@ -77,13 +98,26 @@ def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
     return (255 if code is None else code), _written(mtime)
 
 
-def hung_up(step_dir: Path) -> bool:
-    """Whether the attempt ended because its window went away (the wrapper got SIGHUP)."""
+def end(step_dir: Path) -> End | None:
+    """The attempt's end (``exit_code``, and ``hangup`` beside it), read through one open
+    of the folder: every wake-up reads it for the steps it was told of; None while the
+    attempt runs."""
     try:
-        safefs.lstat(step_dir / "hangup", step_dir.parent)
-    except OSError:
-        return False
-    return True
+        with safefs.open_dir(step_dir.parent, [step_dir.name]) as dfd:
+            found = _read_at(dfd, step_dir, "exit_code")
+            if found is None:
+                return None
+            try:
+                os.stat("hangup", dir_fd=dfd, follow_symlinks=False)
+                hung_up = True
+            except OSError:
+                hung_up = False
+    except FileNotFoundError:
+        return None
+    except OSError:  # a folder swapped for a link
+        found, hung_up = (None, time.time()), False
+    code, mtime = found
+    return End(255 if code is None else code, _written(mtime), hung_up)
 
 
 def pid(step_dir: Path) -> int | None:

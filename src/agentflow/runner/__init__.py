@@ -112,6 +112,10 @@ class Runner(Watching, Launching):
                         self._check_running()
                         self._resuming = False
                         self._start_ready()
+                        # What the ended attempts leave (their FIFOs, the environment
+                        # scripts their windows read) goes once their dependents started.
+                        self._release_env(self.index.running)
+                        self._tidy_ended()
                         if self._done():
                             return self._finish()
                         if self.schedule.last == changed_before:

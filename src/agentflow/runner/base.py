@@ -90,6 +90,9 @@ class RunnerBase:
         self._indexed = state.steps
         self.untidy: set[str] = set()
         """Steps whose folder may hold what a wrapper leaves for the host (``_tidy``)."""
+        self.tidy_soon: set[str] = set()
+        """Ended attempts whose folders are tidied after the wake-up's launches
+        (``_tidy_ended``): the steps waiting on them start first."""
         self.beginning: dict[str, tuple[int, list[str]]] = {}
         """Steps whose window tmux is still making: its ``new-window``'s ticket and argv."""
         self.kept_windows: deque[str] = deque()
@@ -169,6 +172,12 @@ class RunnerBase:
         this orchestrator goes (a FIFO in a run's folder blocks `cp -r` of it)."""
         stepfiles.tidy(self.s.run.step_dir(step_id))
         self.untidy.discard(step_id)
+        self.tidy_soon.discard(step_id)
+
+    def _tidy_ended(self) -> None:
+        """``_tidy`` the attempts that ended in this wake-up (after its launches)."""
+        for step_id in sorted(self.tidy_soon):
+            self._tidy(step_id)
 
     def _tidy_all(self) -> None:
         """``_tidy`` every step still untidy: this orchestrator goes (a FIFO still open
@@ -179,8 +188,8 @@ class RunnerBase:
     def _exit_code(self, step_id: str) -> tuple[int | None, datetime | None]:
         return stepfiles.exit_code(self.s.run.step_dir(step_id))
 
-    def _hung_up(self, step_id: str) -> bool:
-        return stepfiles.hung_up(self.s.run.step_dir(step_id))
+    def _end(self, step_id: str) -> stepfiles.End | None:
+        return stepfiles.end(self.s.run.step_dir(step_id))
 
     def _dependents_done(self, service: str) -> bool:
         return all(

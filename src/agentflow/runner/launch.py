@@ -172,6 +172,8 @@ class Launching(Windows):
         env.update(drawn.env(self))
         command = self._render(st.run_override or planned.run, env, planned.id)
         header = f"# agentflow step {planned.id}, attempt {attempt}, run {self.state.run_id}\n"
+        if planned.id in self.tidy_soon:
+            self._tidy(planned.id)  # the attempt before, ended in this wake-up
         self.untidy.add(planned.id)
         try:
             stepfiles.prepare(step_dir, st.attempts, f"{header}{command}\n", wrapper_script())

@@ -30,7 +30,7 @@ class Outcomes(Agentic):
         self._look_at_output(step_id, final=True)  # the last lines: final progress, metrics
         status, message = self._judge(step, st, code)
         lost = self._output_lost(step_id)
-        self._tidy(step_id)
+        self.tidy_soon.add(step_id)  # (after the launches its end allows)
         self._keep_window(st.window)
         if lost:
             message = f"{message}; {lost}" if message else lost

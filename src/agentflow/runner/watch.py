@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -52,14 +53,14 @@ class Watching(Outcomes):
         running = sorted(self.index.running, key=self.index.order.__getitem__)
         if not running:
             return
-        self._release_env(running)
         self._windows_begun()  # (the answers tmux gave meanwhile, not waited for)
         # Woken by wrappers alone: only the steps they named can have ended (a window
         # that died without an exit code says so through tmux, a wake-up of its own, or
         # the periodic check finds it); the others are only watched.
         named = None if self.windows_due else self.woken
         ask = running if named is None else [k for k in running if k in named]
-        over = {k for k in ask if self._exit_code(k)[0] is not None}
+        ends = {k: e for k in ask if (e := self._end(k)) is not None}
+        over = set(ends)
         # An attempt is recorded as ended with its window: the ones tmux has not
         # answered for yet (it made them, since their wrappers ran) are waited for.
         self._windows_begun(wait=True, steps=over)
@@ -93,15 +94,15 @@ class Watching(Outcomes):
                 if job is None or not job.pending:
                     self._watch(step_id)
                 continue
-            # Read again, not taken from above: handling the steps before it takes time
-            # (a crash's KILL sweep waits for its wrapper), and an end written meanwhile
-            # must meet the hangup check here.
-            code, ended = self._exit_code(step_id)
-            if code is not None and st.kill_reason is None and self._hung_up(step_id):
+            # An end not found above is looked for again: handling the steps before it
+            # takes time (a crash's KILL sweep waits for its wrapper), and an end written
+            # meanwhile must meet the hangup check here.
+            end = ends.get(step_id) or self._end(step_id)
+            if end is not None and st.kill_reason is None and end.hung_up:
                 self._crashed(step_id, "its tmux window went away (SIGHUP): tmux was killed?")
                 continue
-            if code is not None:
-                self._attempt_ended(step_id, code, ended)
+            if end is not None:
+                self._attempt_ended(step_id, end.code, end.written)
                 continue
             if not looked:  # its window lives: no word of its death, none due
                 if job is None or not job.pending:
@@ -130,12 +131,15 @@ class Watching(Outcomes):
                 continue  # waiting in the queue: no output, no deadline, no probe yet
             self._watch(step_id)
 
-    def _release_env(self, running: list[str]) -> None:
+    def _release_env(self, running: Collection[str]) -> None:
         """Drop the environment scripts the steps' windows have read (their wrapper
         recorded its pid) or will never read (the attempt is over)."""
         for step_id in self.handoff.keys():  # noqa: SIM118 (not a dict)
-            read = stepfiles.pid(self.s.run.step_dir(step_id)) is not None
-            if step_id not in running or read or self._exit_code(step_id)[0] is not None:
+            if (
+                step_id not in running
+                or stepfiles.pid(self.s.run.step_dir(step_id)) is not None
+                or self._exit_code(step_id)[0] is not None
+            ):
                 self.handoff.release(step_id)
 
     def _launch_cut_short(self, step_id: str, panes: dict[str, Pane]) -> bool:
