@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agentflow.docstrings import attribute_docstrings
 from agentflow.settings import Settings, settings
 
 
@@ -40,6 +41,7 @@ def test_values_and_empty_values(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_field_names_its_variable() -> None:
+    docs = attribute_docstrings(Settings)
     for name, field in Settings.model_fields.items():
         assert field.validation_alias is not None, name
-        assert field.description, name  # the generated configuration page needs it
+        assert docs.get(name), name  # the generated configuration page needs its docstring

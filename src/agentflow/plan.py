@@ -32,9 +32,7 @@ service, ``timeout`` and ``stall_timeout``)."""
 
 
 class PlanModel(LeanModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PlannedStep(PlanModel):

@@ -28,7 +28,7 @@ from agentflow.errors import UsageError
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     home: Path = Field(Path(".agentflow"), validation_alias="AGENTFLOW_HOME")
     """``AGENTFLOW_HOME``: where runs are kept (``runs/<run-id>/``). Relative paths are taken

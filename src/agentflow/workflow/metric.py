@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 
+from agentflow.docstrings import described
+
 
 def _pattern_shorthand(value: Any) -> Any:
     # `loss: 'loss=([0-9.eE+-]+)'` is short for `loss: {log: 'loss=([0-9.eE+-]+)'}`.
@@ -19,7 +21,7 @@ class MetricSource(BaseModel):
     ``{log: PATTERN}``), or a JSON-lines file the step appends to."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
     )
 
     log: str | None = None

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from agentflow.byid import ById
+from agentflow.docstrings import described
 from agentflow.template import EXPRESSION as _EXPRESSION
 from agentflow.template import references
 from agentflow.workflow.metric import Metric
@@ -34,7 +35,7 @@ class Model(BaseModel):
     that never fails, an infinite one overflows the clock."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
     )
 
 

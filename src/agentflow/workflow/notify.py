@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentflow.docstrings import described
+
 NotifyEvent = Literal["end", "failure", "blocked", "stall"]
 """``end``: the run succeeded; ``failure``: it failed; ``blocked``: a step waits for a
 person (escalated), or the run ended so; ``stall``: a step printed nothing for its
@@ -26,7 +28,7 @@ class Notify(BaseModel):
     """Where to send a notification when the run ends, fails or waits for a person."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
     )
 
     webhook: str | None = None

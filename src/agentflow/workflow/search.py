@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from agentflow.docstrings import described
 from agentflow.workflow.types import StepId
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ SearchScalar = str | int | float | bool
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
     )
 
 
