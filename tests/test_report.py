@@ -9,6 +9,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from junitparser import Error, Failure, JUnitXml, Skipped
+from pydantic import TypeAdapter
+
+from agentflow.report import Report
+from agentflow.report.jsonfile import report_json
+from agentflow.textsafe import json_bytes
 
 from conftest import Env, run_id_of
 
@@ -125,6 +130,11 @@ def test_report_md_and_json_tell_what_happened(af: Env) -> None:
     assert "ValueError: bad | value" in steps["broken"]["log_tail"]
     assert steps["flaky"]["log_tail"] is None  # only for steps that went wrong
     assert data["counts"] == {"failed": 1, "skipped": 1, "succeeded": 2}
+    # Written a step and an event at a time, the file is the whole report dumped at once.
+    report_value = Report.model_validate_json((af.run_dir(rid) / "report.json").read_bytes())
+    whole = json_bytes(TypeAdapter(Report).dump_json(report_value, indent=2))
+    assert (af.run_dir(rid) / "report.json").read_bytes() == whole
+    assert b"".join(report_json(report_value)) == whole
 
 
 def test_report_command_prints_the_report_again(af: Env) -> None:

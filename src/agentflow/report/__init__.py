@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import TypeAdapter
-
 from agentflow.report.build import build_report
 from agentflow.report.html import html_page, html_parts
+from agentflow.report.jsonfile import report_json
 from agentflow.report.junit import junit_xml
 from agentflow.report.markdown import markdown
 from agentflow.report.model import Report, StepReport
 from agentflow.state import RunState
 from agentflow.store import RunDir
-from agentflow.textsafe import json_bytes
 from agentflow.workflow import Workflow
 
 __all__ = [
@@ -33,9 +31,6 @@ __all__ = [
 ]
 
 
-_REPORT = TypeAdapter(Report)
-
-
 def write_reports(
     run: RunDir, state: RunState, junit: Path | None = None, workflow: Workflow | None = None
 ) -> Report:
@@ -43,9 +38,10 @@ def write_reports(
     ``workflow``: the run's, when the caller has it (the frozen file is not read again)."""
     report = build_report(run, state, workflow=workflow)
     # The values as written (JSON escapes C0 controls; json_bytes the rest a terminal
-    # heeds). Made as bytes, and the page a section at a time: at 10,000 steps each text
-    # held whole (and again encoded) was most of the orchestrator's peak memory.
-    run.write_chunks("report.json", [json_bytes(_REPORT.dump_json(report, indent=2))])
+    # heeds). Made as bytes a step at a time, and the page a section at a time: at 10,000
+    # steps each text held whole (and again encoded) was most of the orchestrator's peak
+    # memory.
+    run.write_chunks("report.json", report_json(report))
     run.write_text("report.md", markdown(report))
     run.write_chunks("report.html", html_parts(report))
     xml = junit_xml(report)
