@@ -98,11 +98,8 @@ class Watching(Outcomes):
             # takes time (a crash's KILL sweep waits for its wrapper), and an end written
             # meanwhile must meet the hangup check here.
             end = ends.get(step_id) or self._end(step_id)
-            if end is not None and st.kill_reason is None and end.hung_up:
-                self._crashed(step_id, "its tmux window went away (SIGHUP): tmux was killed?")
-                continue
             if end is not None:
-                self._attempt_ended(step_id, end.code, end.written)
+                self._recorded_end(step_id, end)
                 continue
             if not looked:  # its window lives: no word of its death, none due
                 if job is None or not job.pending:
@@ -116,9 +113,9 @@ class Watching(Outcomes):
                 continue
             if pane is None or pane.dead or pane.name != step_id:
                 # The exit code is written before the window can die; look once more.
-                code, ended = self._exit_code(step_id)
-                if code is not None:
-                    self._attempt_ended(step_id, code, ended)
+                end = self._end(step_id)
+                if end is not None:
+                    self._recorded_end(step_id, end)
                 elif st.kill_reason is not None:
                     # Killed by agentflow before its wrapper could write (a cancelled job):
                     # the reason for the kill says how it ended.
@@ -130,6 +127,14 @@ class Watching(Outcomes):
             if job is not None and job.pending:
                 continue  # waiting in the queue: no output, no deadline, no probe yet
             self._watch(step_id)
+
+    def _recorded_end(self, step_id: str, end: stepfiles.End) -> None:
+        """An attempt whose wrapper recorded its end: lost with its window when that went
+        first (a hangup agentflow did not send), else ended with its exit code."""
+        if end.hung_up and self.state.steps[step_id].kill_reason is None:
+            self._crashed(step_id, "its tmux window went away (SIGHUP): tmux was killed?")
+        else:
+            self._attempt_ended(step_id, end.code, end.written)
 
     def _release_env(self, running: Collection[str]) -> None:
         """Drop the environment scripts the steps' windows have read (their wrapper
