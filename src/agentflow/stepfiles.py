@@ -91,11 +91,8 @@ def _number(step_dir: Path, name: str) -> int | None:
 
 def exit_code(step_dir: Path) -> tuple[int | None, datetime | None]:
     """The attempt's exit code and when it was written; (None, None) while it runs."""
-    found = _read(step_dir, "exit_code")
-    if found is None:
-        return None, None
-    code, mtime = found
-    return (255 if code is None else code), _written(mtime)
+    found = end(step_dir)
+    return (None, None) if found is None else (found.code, found.written)
 
 
 def end(step_dir: Path) -> End | None:
