@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BeforeValidator, model_validator
 
-from agentflow.docstrings import described
+from agentflow.workflow.base import Model
 
 
 def _pattern_shorthand(value: Any) -> Any:
@@ -16,13 +16,9 @@ def _pattern_shorthand(value: Any) -> Any:
     return {"log": value} if isinstance(value, str) else value
 
 
-class MetricSource(BaseModel):
+class MetricSource(Model):
     """Where a metric's values come from: a pattern over the output (a string is short for
     ``{log: PATTERN}``), or a JSON-lines file the step appends to."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
-    )
 
     log: str | None = None
     """A regular expression over output lines with one group, the value

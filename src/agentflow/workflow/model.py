@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -20,24 +19,13 @@ from pydantic import (
 )
 
 from agentflow.byid import ById
-from agentflow.docstrings import described
 from agentflow.template import EXPRESSION as _EXPRESSION
 from agentflow.template import references
+from agentflow.workflow.base import Model
 from agentflow.workflow.metric import Metric
 from agentflow.workflow.notify import Notify
 from agentflow.workflow.search import Search
 from agentflow.workflow.types import Duration, Env, EnvName, StepId, parse_size
-
-
-class Model(BaseModel):
-    """Base of every workflow model: frozen, no unknown keys, docstrings become descriptions.
-    No number may be NaN or infinite (YAML's ``.nan``, ``.inf``): a NaN bound makes a check
-    that never fails, an infinite one overflows the clock."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
-    )
-
 
 Scalar = str | int | float | bool
 

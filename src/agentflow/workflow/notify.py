@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from agentflow.docstrings import described
+from agentflow.workflow.base import Model
 
 NotifyEvent = Literal["end", "failure", "blocked", "stall"]
 """``end``: the run succeeded; ``failure``: it failed; ``blocked``: a step waits for a
@@ -24,12 +24,8 @@ ENV_REF = re.compile(r"^\$\{\{\s*env\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
 better kept out of a committed workflow file."""
 
 
-class Notify(BaseModel):
+class Notify(Model):
     """Where to send a notification when the run ends, fails or waits for a person."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
-    )
 
     webhook: str | None = None
     """A URL (``http://`` or ``https://``) that gets a JSON POST: a Slack-compatible

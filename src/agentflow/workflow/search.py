@@ -10,9 +10,9 @@ import difflib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
-from agentflow.docstrings import described
+from agentflow.workflow.base import Model
 from agentflow.workflow.types import StepId
 
 if TYPE_CHECKING:
@@ -22,13 +22,7 @@ Number = int | float
 SearchScalar = str | int | float | bool
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, json_schema_extra=described, allow_inf_nan=False
-    )
-
-
-class _Bounds(_Model):
+class _Bounds(Model):
     @model_validator(mode="after")
     def _ordered(self) -> _Bounds:
         lo, hi = self.bounds()
@@ -71,7 +65,7 @@ class IntRange(_Bounds):
         return self.int_range
 
 
-class Choice(_Model):
+class Choice(Model):
     """One of a list of values (unordered: the sampler learns which is good)."""
 
     choice: Annotated[list[SearchScalar], Field(min_length=1)]
@@ -101,7 +95,7 @@ Param = Annotated[
 ]
 
 
-class Prune(_Model):
+class Prune(Model):
     """Stopping clearly worse trials early, from a metric series a step reports while it
     runs (its ``expect.metrics``): each new value is given to the trial at its step number,
     and a trial whose value is worse than the ``percentile`` of the other trials' values at
@@ -130,7 +124,7 @@ class Prune(_Model):
     """Pruning is considered every this many step numbers."""
 
 
-class Search(_Model):
+class Search(Model):
     """An adaptive search over inputs (``agentflow search``): trials are runs, each with
     values the sampler chose for the ``space``, ranked by the workflow's ``objective``."""
 
